@@ -1,0 +1,234 @@
+"""The harness-owned denoising loop and the hook protocol method adapters implement.
+
+One batch = B images. Each UNet call evaluates, in one batched forward pass,
+    [uncond (B) | cond (B) | extra branch 1 (B) | ... | extra branch K (B)]
+and the noise prediction is
+    eps = eps_u + s_g * (eps_c - eps_u) + sum(adapter.guide(...))
+which reproduces diffusers' StableDiffusionPipeline for the baseline (no hooks), SLD
+(guide returns -s_g * gamma) and SEGA/Fair Diffusion (guide returns the edit term).
+
+Hooks, all optional (the baseline implements none):
+  prepare(pipe)                    load checkpoints, patch or swap weights (once per run)
+  encode(cond_embeds, batch)       transform the conditional prompt embeddings
+  extra_conditions(batch)          texts of extra branches, each a list of B strings
+  init_state(batch)                per-batch, per-image state the adapter owns
+  guide(eps_u, eps_c, extras, i, t, state) -> additive term to the guided prediction, or None
+  on_step(latents, i, t, state)    update latents before step i's UNet call; autograd is enabled
+
+`i` is the index into `scheduler.timesteps`, as in diffusers: with order-2 schedulers (Heun,
+DPM2) each model step appears twice in the timesteps, so `i` counts UNet evaluations, not model
+steps, and a warm-up of N means N entries of `scheduler.timesteps`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Batch:
+    prompts: list[str]
+    seeds: list[int]
+    metadata: list[dict[str, Any]] = field(default_factory=list)
+    guidance: float = 7.5  # the CFG scale this batch is sampled at (SLD scales its term by it)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+@dataclass(frozen=True)
+class NoParams:
+    pass
+
+
+class Adapter:
+    """Base class for method adapters. Subclasses set `name`, `description` and `Params`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams  # frozen dataclass; fields with defaults = the parameters
+
+    def __init__(self, params: Any = None) -> None:
+        self.params = params if params is not None else self.Params()
+
+    @classmethod
+    def from_strings(cls, values: dict[str, str]) -> "Adapter":
+        """Build from `key=value` strings, converting by the Params field types."""
+        fields = {f.name: f for f in dataclasses.fields(cls.Params)}
+        kwargs: dict[str, Any] = {}
+        for key, raw in values.items():
+            if key not in fields:
+                raise ValueError(
+                    f"method '{cls.name}' has no parameter '{key}'; parameters: {sorted(fields)}"
+                )
+            default = fields[key].default
+            kwargs[key] = _convert(raw, default, f"{cls.name}:{key}")
+        return cls(cls.Params(**kwargs))
+
+    def skip_reason(self, pipe: Any) -> str | None:
+        """None if the adapter can run on this pipeline, else a one-line reason (missing checkpoint)."""
+        return None
+
+    def prepare(self, pipe: Any) -> None:
+        pass
+
+    def encode(self, cond: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return cond
+
+    def extra_conditions(self, batch: Batch) -> list[list[str]]:
+        return []
+
+    def init_state(self, batch: Batch) -> Any:
+        return None
+
+    def guide(self, eps_u: torch.Tensor, eps_c: torch.Tensor, extras: list[torch.Tensor],
+              i: int, t: torch.Tensor, state: Any) -> torch.Tensor | None:
+        return None
+
+    def on_step(self, latents: torch.Tensor, i: int, t: torch.Tensor, state: Any) -> torch.Tensor:
+        return latents
+
+    # True where on_step is overridden: the sampler then enables autograd around it.
+    @classmethod
+    def has_hook(cls, hook: str) -> bool:
+        return getattr(cls, hook) is not getattr(Adapter, hook)
+
+
+def _convert(raw: str, default: Any, where: str) -> Any:
+    try:
+        if isinstance(default, bool):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{where}: cannot read '{raw}' as {type(default).__name__}") from None
+    return raw
+
+
+@dataclass
+class BatchResult:
+    images: np.ndarray  # (B, H, W, 3) float in [0, 1]
+    seconds: float  # wall time of the whole batch
+    unet_evals: int  # UNet evaluations per image (branches x timesteps)
+    step_seconds: float  # mean wall time of one denoising step for the batch
+    peak_memory_mb: float | None
+
+
+def initial_latents(pipe: Any, seeds: Sequence[int], height: int, width: int,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """One CPU generator per image, drawn exactly as diffusers draws a single image's latents,
+    so an image never depends on its batch, its neighbours or its shard."""
+    channels = pipe.unet.config.in_channels
+    scale = pipe.vae_scale_factor
+    shape = (1, channels, height // scale, width // scale)
+    parts = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s)), dtype=dtype)
+             for s in seeds]
+    return torch.cat(parts).to(pipe.device)
+
+
+@torch.no_grad()
+def encode_text(pipe: Any, texts: Sequence[str]) -> torch.Tensor:
+    """Prompt embeddings as diffusers' encode_prompt computes them (no clip-skip, no LoRA scale)."""
+    tok = pipe.tokenizer(list(texts), padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt")
+    enc = pipe.text_encoder
+    mask = None
+    if getattr(enc.config, "use_attention_mask", False):
+        mask = tok.attention_mask.to(pipe.device)
+    out = enc(tok.input_ids.to(pipe.device), attention_mask=mask)[0]
+    return out.to(dtype=pipe.unet.dtype)
+
+
+def _fresh_scheduler(pipe: Any) -> Any:
+    # Schedulers keep per-run state (PNDM's history, step index): one fresh copy per batch.
+    return pipe.scheduler.__class__.from_config(pipe.scheduler.config)
+
+
+def sample(pipe: Any, adapters: Sequence[Adapter], batch: Batch, *, steps: int,
+           height: int, width: int, negative_prompt: str = "") -> BatchResult:
+    """Generate one batch. Returns images in [0, 1] as diffusers' output_type="np" does."""
+    start = time.perf_counter()
+    device = pipe.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    B = len(batch)
+    guidance = batch.guidance
+    cond = encode_text(pipe, batch.prompts)
+    for a in adapters:
+        cond = a.encode(cond, batch)
+    use_cfg = guidance > 1.0
+    parts = [cond]
+    if use_cfg:
+        parts.insert(0, encode_text(pipe, [negative_prompt] * B))
+    n_extra: list[int] = []
+    for a in adapters:
+        branches = a.extra_conditions(batch)
+        n_extra.append(len(branches))
+        parts.extend(encode_text(pipe, texts) for texts in branches)
+    embeds = torch.cat(parts)
+    n_branches = len(parts)
+    states = [a.init_state(batch) for a in adapters]
+
+    scheduler = _fresh_scheduler(pipe)
+    scheduler.set_timesteps(steps, device=device)
+    latents = initial_latents(pipe, batch.seeds, height, width, embeds.dtype)
+    latents = latents * scheduler.init_noise_sigma
+    step_kwargs = {}
+    if "eta" in inspect.signature(scheduler.step).parameters:
+        step_kwargs["eta"] = 0.0
+    stepping = [a for a in adapters if a.has_hook("on_step")]
+    step_start = time.perf_counter()
+    for i, t in enumerate(scheduler.timesteps):
+        for a, st in zip(adapters, states):
+            if a in stepping:
+                with torch.enable_grad():
+                    latents = a.on_step(latents.detach(), i, t, st).detach()
+        with torch.no_grad():
+            model_in = torch.cat([latents] * n_branches)
+            model_in = scheduler.scale_model_input(model_in, t)
+            eps_all = pipe.unet(model_in, t, encoder_hidden_states=embeds, return_dict=False)[0]
+            chunks = list(eps_all.chunk(n_branches))
+            if use_cfg:
+                eps_u, eps_c = chunks[0], chunks[1]
+                extras = chunks[2:]
+                eps = eps_u + guidance * (eps_c - eps_u)
+            else:
+                eps_u = eps_c = chunks[0]
+                extras = chunks[1:]
+                eps = eps_c
+            offset = 0
+            for a, st, k in zip(adapters, states, n_extra):
+                term = a.guide(eps_u, eps_c, list(extras[offset:offset + k]), i, t, st)
+                offset += k
+                if term is not None:
+                    eps = eps + term
+            latents = scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
+    n_steps = len(scheduler.timesteps)
+    step_seconds = (time.perf_counter() - step_start) / max(n_steps, 1)
+    images = decode(pipe, latents)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return BatchResult(images, time.perf_counter() - start, n_branches * n_steps, step_seconds, peak)
+
+
+@torch.no_grad()
+def decode(pipe: Any, latents: torch.Tensor) -> np.ndarray:
+    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    image = (image / 2 + 0.5).clamp(0, 1)
+    return image.cpu().permute(0, 2, 3, 1).float().numpy()
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """diffusers' numpy_to_pil rounding, so PNGs match the pipeline's PIL output."""
+    return (images * 255).round().astype("uint8")

@@ -1,0 +1,102 @@
+"""Frozen run specifications. They serialise into the run directory's manifest and back.
+
+A method spec is written `name[:key=value,...]` on the command line (`sld-strong:warmup=5`); its
+canonical string (sorted keys) is part of every cache key, so equal specs share cached images.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class SpecError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    params: tuple[tuple[str, str], ...] = ()  # sorted (key, value-as-written) pairs
+
+    @classmethod
+    def parse(cls, text: str) -> "MethodSpec":
+        name, _, rest = text.strip().partition(":")
+        if not name:
+            raise SpecError(f"empty method spec in '{text}'; write name[:key=value,...]")
+        params: dict[str, str] = {}
+        for part in filter(None, (p.strip() for p in rest.split(","))):
+            key, eq, value = part.partition("=")
+            if not eq or not key:
+                raise SpecError(f"method spec '{text}': '{part}' is not key=value")
+            params[key.strip()] = value.strip()
+        return cls(name, tuple(sorted(params.items())))
+
+    def __str__(self) -> str:
+        if not self.params:
+            return self.name
+        return self.name + ":" + ",".join(f"{k}={v}" for k, v in self.params)
+
+    def param_dict(self) -> dict[str, str]:
+        return dict(self.params)
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    steps: int = 25
+    guidance: float = 7.5
+    height: int | None = None  # None -> the model's native size
+    width: int | None = None
+    scheduler: str | None = None  # None -> the pipeline's own scheduler; else a diffusers class name
+    negative_prompt: str = ""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    model: str = "world"
+    methods: tuple[str, ...] = ("baseline",)  # method spec strings; ("all",) expands at run time
+    prompt_sets: tuple[str, ...] = ()  # registered names or file paths; () -> the model's default sets
+    samples: int = 4  # images per prompt
+    seed: int = 0
+    guidance: tuple[float, ...] = (7.5,)  # a list sweeps guidance scales
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    batch_size: int = 8
+    device: str | None = None  # None -> cuda if available else cpu
+    metrics: tuple[str, ...] = ("all",)
+    limit: int | None = None  # max prompts per prompt set (after filtering)
+    out: str = "runs/latest"
+    shard: str | None = None  # "i/n"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(f"unknown run-spec key(s) {unknown}; valid keys: {sorted(known)}")
+        data = dict(data)
+        if "sampler" in data and isinstance(data["sampler"], dict):
+            data["sampler"] = SamplerSpec(**data["sampler"])
+        for key in ("methods", "prompt_sets", "guidance", "metrics"):
+            if key in data and data[key] is not None:
+                value = data[key]
+                data[key] = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "RunSpec":
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}  # safe_load: config is never code
+        except (OSError, yaml.YAMLError) as exc:
+            raise SpecError(f"cannot read config {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise SpecError(f"config {path}: expected a mapping of run-spec keys")
+        return cls.from_dict(data)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -1,0 +1,4 @@
+"""Built-in method adapters, registered lazily by name."""
+from bench.registry import METHODS
+
+METHODS.register("baseline", "methods.baseline:Baseline")

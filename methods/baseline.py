@@ -1,0 +1,7 @@
+"""Plain Stable Diffusion: the sampler with no hooks."""
+from bench.sampler import Adapter
+
+
+class Baseline(Adapter):
+    name = "baseline"
+    description = "Stable Diffusion as is: classifier-free guidance, no intervention."

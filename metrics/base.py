@@ -1,0 +1,74 @@
+"""The metric contract.
+
+Two kinds of module live in `metrics/`:
+
+* **Scorers** read images (and their per-image rows) from the run store and return one or more
+  numeric or categorical columns per image. They are batched and device-aware, and declare what
+  weights they need; `available()` says why they cannot run (missing weights) instead of crashing.
+* **Aggregators** turn the per-image score table into leaderboard cells: per (method, prompt set)
+  a `Cell` with value and 95% CI, using `metrics.stats`.
+
+Metric metadata (`higher_is_better`, unit) drives the leaderboard arrows and the "best" marks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import pandas as pd
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    name: str  # leaderboard column, e.g. "parity_l2"
+    unit: str  # e.g. "", "s/image", "%"
+    higher_is_better: bool
+    description: str
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One leaderboard cell: a value with its 95% CI and the sample it came from."""
+    value: float
+    lo: float
+    hi: float
+    n: int  # images (or prompts) behind the value
+
+
+class Scorer:
+    """Per-image scorer.
+
+    `score(images, rows)` gets a batch of PIL images and the matching per-image table rows (prompt,
+    metadata, seed, method...) and returns a DataFrame with one row per image, columns prefixed by
+    the scorer name (e.g. `mtcnn.n_faces`). `available()` returns None when the scorer can run, or a
+    one-line reason naming the missing weights and how to get them.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    applies_to: ClassVar[Sequence[str]] = ()  # prompt-set kinds ("occupations", "i2p", ...); () = all
+
+    def available(self) -> str | None:
+        return None
+
+    def score(self, images: Sequence[Image.Image], rows: pd.DataFrame) -> pd.DataFrame:
+        raise NotImplementedError
+
+
+class Aggregator:
+    """Turns the per-image score table into leaderboard cells.
+
+    `compute(scores)` gets the per-image table joined with scorer columns (one prompt set, all
+    methods) and returns {method_spec: {metric_name: Cell}}.
+    """
+
+    infos: ClassVar[Sequence[MetricInfo]] = ()
+    requires: ClassVar[Sequence[str]] = ()  # scorer names whose columns it reads
+
+    def compute(self, scores: pd.DataFrame) -> dict[str, dict[str, Cell]]:
+        raise NotImplementedError
+
+
+def as_float(x: Any) -> float:
+    return float(x)

@@ -1,0 +1,2 @@
+"""Built-in prompt sets, registered lazily by name."""
+from bench.registry import PROMPT_SETS  # noqa: F401
