@@ -8,7 +8,8 @@ which reproduces diffusers' StableDiffusionPipeline for the baseline (no hooks),
 (guide returns -s_g * gamma) and SEGA/Fair Diffusion (guide returns the edit term).
 
 Hooks, all optional (the baseline implements none):
-  prepare(pipe)                    load checkpoints, patch or swap weights (once per run)
+  prepare(pipe) / release(pipe)    load checkpoints, patch or swap weights before this method's
+                                   batches, and undo it after (methods run one after another)
   encode(cond_embeds, batch)       transform the conditional prompt embeddings
   extra_conditions(batch)          texts of extra branches, each a list of B strings
   init_state(batch)                per-batch, per-image state the adapter owns
@@ -21,6 +22,7 @@ steps, and a warm-up of N means N entries of `scheduler.timesteps`.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import time
@@ -77,6 +79,9 @@ class Adapter:
 
     def prepare(self, pipe: Any) -> None:
         pass
+
+    def release(self, pipe: Any) -> None:
+        """Undo what `prepare` patched in the shared pipeline."""
 
     def encode(self, cond: torch.Tensor, batch: Batch) -> torch.Tensor:
         return cond
@@ -152,8 +157,10 @@ def encode_text(pipe: Any, texts: Sequence[str]) -> torch.Tensor:
 
 
 def _fresh_scheduler(pipe: Any) -> Any:
-    # Schedulers keep per-run state (PNDM's history, step index): one fresh copy per batch.
-    return pipe.scheduler.__class__.from_config(pipe.scheduler.config)
+    # Schedulers keep per-run state (PNDM's history, step index): one copy per batch. A deep
+    # copy, because from_config() resets keys listed in `_use_default_values` (e.g. clip_sample
+    # after StableDiffusionPipeline patched it) and would sample with another scheduler.
+    return copy.deepcopy(pipe.scheduler)
 
 
 def sample(pipe: Any, adapters: Sequence[Adapter], batch: Batch, *, steps: int,

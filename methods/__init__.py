@@ -2,3 +2,7 @@
 from bench.registry import METHODS
 
 METHODS.register("baseline", "methods.baseline:Baseline")
+METHODS.register("sld-weak", "methods.sld:SLDWeak")
+METHODS.register("sld-medium", "methods.sld:SLDMedium")
+METHODS.register("sld-strong", "methods.sld:SLDStrong")
+METHODS.register("sld-max", "methods.sld:SLDMax")

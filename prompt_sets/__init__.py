@@ -1,2 +1,5 @@
 """Built-in prompt sets, registered lazily by name."""
-from bench.registry import PROMPT_SETS  # noqa: F401
+from bench.registry import PROMPT_SETS
+
+PROMPT_SETS.register("occupations", "prompt_sets.occupations:load_occupations")
+PROMPT_SETS.register("i2p", "prompt_sets.i2p:load_i2p")

@@ -1,0 +1,36 @@
+"""`bench list`: what is registered, one line each."""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+from bench.registry import METHODS, METRICS, MODELS, PROMPT_SETS
+
+
+def _first_line(obj: object) -> str:
+    doc = getattr(obj, "description", "") or inspect.getdoc(obj) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def _params(cls: type) -> str:
+    params = getattr(cls, "Params", None)
+    if params is None or not dataclasses.is_dataclass(params):
+        return ""
+    fields = [f"{f.name}={f.default}" for f in dataclasses.fields(params)]
+    return f"  [{', '.join(fields)}]" if fields else ""
+
+
+def listing(what: str) -> str:
+    if what == "models":
+        from bench.models import ALIASES
+
+        rows = [f"{n:<14} {_first_line(obj)}" for n, obj in MODELS.items()]
+        rows += [f"{a:<14} {hub}" for a, hub in ALIASES.items()]
+        rows.append("(or any hub id or local diffusers pipeline directory)")
+        return "\n".join(rows)
+    registry = {"methods": METHODS, "metrics": METRICS, "prompt-sets": PROMPT_SETS}[what]
+    rows = []
+    for name, obj in registry.items():
+        extra = _params(obj) if what == "methods" else ""
+        rows.append(f"{name:<18} {_first_line(obj)}{extra}")
+    return "\n".join(rows)

@@ -1,0 +1,196 @@
+"""Command line: parses, builds a spec, calls one function per command. No logic lives here."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from bench.spec import RunSpec, SamplerSpec
+
+RUN_EXAMPLES = """examples:
+  bench run --methods all                                 # the synthetic world, every method
+  bench run --model sd15 --methods baseline --prompt-set occupations --device cuda
+  bench run --model sd14 --methods baseline,sld-strong:warmup=5 --prompt-set i2p:hard=1,limit=100
+  bench run --methods fair-mapping+sld-strong --guidance 1 --guidance 7.5 --dry-run
+  bench run --config run.yaml --samples 8                 # flags override the YAML
+"""
+
+
+def _add_sampler_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="alias (sd14, sd15, sd21-base, world, tiny-random), hub id or "
+                                   "local diffusers directory (default: world)")
+    p.add_argument("--steps", type=int, help="denoising steps (default 25)")
+    p.add_argument("--resolution", type=int, help="image size in pixels (default: the model's)")
+    p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="bench", description="Fairness and safety benchmark "
+                                   "harness for text-to-image diffusion models.")
+    sub = root.add_subparsers(dest="command", required=True)
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    run = sub.add_parser("run", help="generate, score and report", epilog=RUN_EXAMPLES,
+                         formatter_class=fmt)
+    _add_sampler_flags(run)
+    run.add_argument("--methods", help="'all' or a comma list of name[:key=value,...]; join "
+                                       "methods with + to compose them (default: baseline)")
+    run.add_argument("--prompt-set", action="append", dest="prompt_sets",
+                     help="registered name[:options] or a prompt file; repeatable")
+    run.add_argument("--samples", type=int, help="images per prompt (default 4)")
+    run.add_argument("--seed", type=int, help="run seed (default 0)")
+    run.add_argument("--guidance", type=float, action="append",
+                     help="classifier-free guidance scale; repeat to sweep (default 7.5)")
+    run.add_argument("--batch-size", type=int, help="images per UNet batch (default 8)")
+    run.add_argument("--metrics", help="'all' or a comma list of scorer names (default all)")
+    run.add_argument("--limit", type=int, help="at most this many prompts per prompt set")
+    run.add_argument("--shard", help="i/n: generate only shard i of n (0-based)")
+    run.add_argument("--out", help="run directory (default runs/latest)")
+    run.add_argument("--config", help="YAML run spec; flags override it")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the grid size and UNet evaluations; generate nothing")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    lst = sub.add_parser("list", help="list registered methods, metrics, prompt sets or models",
+                         epilog="examples:\n  bench list methods\n  bench list prompt-sets",
+                         formatter_class=fmt)
+    lst.add_argument("what", choices=["methods", "metrics", "prompt-sets", "models"])
+
+    gen = sub.add_parser("generate", help="one prompt, one seed, one method, to a PNG (debugging)",
+                         epilog="example:\n  bench generate --model tiny-random --method sld-max "
+                                "--prompt 'a photo of a nurse' --seed 3 --out nurse.png",
+                         formatter_class=fmt)
+    _add_sampler_flags(gen)
+    gen.add_argument("--method", default="baseline", help="method spec (default baseline)")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--guidance", type=float, default=7.5)
+    gen.add_argument("--out", required=True, help="output PNG path")
+
+    rep = sub.add_parser("report", help="rescore and rebuild tables and plots from a run directory",
+                         epilog="example:\n  bench report runs/latest", formatter_class=fmt)
+    rep.add_argument("run_dir")
+    rep.add_argument("--metrics", help="'all' or a comma list of scorer names")
+    rep.add_argument("--device")
+    rep.add_argument("--quiet", action="store_true")
+
+    train = sub.add_parser("train", help="train a method's checkpoint",
+                           epilog="examples:\n  bench train fair-mapping --model world --attribute "
+                                  "skin --out ckpt/fm\n  bench train rs-corrector --help",
+                           formatter_class=fmt)
+    train.add_argument("method", choices=["fair-mapping", "rs-corrector"])
+    train.add_argument("args", nargs=argparse.REMAINDER, help="the trainer's own flags")
+
+    world = sub.add_parser("world", help="build the synthetic-portrait world",
+                           epilog="examples:\n  bench world build\n  bench world build --quick "
+                                  "--out /tmp/world", formatter_class=fmt)
+    world.add_argument("action", choices=["build"])
+    world.add_argument("args", nargs=argparse.REMAINDER, help="the builder's own flags")
+    return root
+
+
+def spec_from_args(a: argparse.Namespace) -> RunSpec:
+    base = RunSpec.from_yaml(a.config) if a.config else RunSpec()
+    sampler = base.sampler
+    sampler = SamplerSpec(
+        steps=a.steps or sampler.steps,
+        guidance=sampler.guidance,
+        height=a.resolution or sampler.height,
+        width=a.resolution or sampler.width,
+        scheduler=sampler.scheduler,
+        negative_prompt=sampler.negative_prompt)
+    pick = lambda new, old: old if new is None else new  # noqa: E731
+    return RunSpec(
+        model=pick(a.model, base.model),
+        methods=(a.methods,) if a.methods else base.methods,
+        prompt_sets=tuple(a.prompt_sets) if a.prompt_sets else base.prompt_sets,
+        samples=pick(a.samples, base.samples),
+        seed=pick(a.seed, base.seed),
+        guidance=tuple(a.guidance) if a.guidance else base.guidance,
+        sampler=sampler,
+        batch_size=pick(a.batch_size, base.batch_size),
+        device=pick(a.device, base.device),
+        metrics=tuple(a.metrics.split(",")) if a.metrics else base.metrics,
+        limit=pick(a.limit, base.limit),
+        out=pick(a.out, base.out),
+        shard=pick(a.shard, base.shard),
+    )
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from bench import runner
+
+    spec = spec_from_args(a)
+    if a.dry_run:
+        print(runner.dry_run_summary(runner.plan(spec)))
+        return 0
+    out = runner.run(spec, quiet=a.quiet)
+    print(f"run directory: {out}")
+    return 0
+
+
+def cmd_list(a: argparse.Namespace) -> int:
+    from bench import catalog
+
+    print(catalog.listing(a.what))
+    return 0
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from bench import debug
+
+    debug.generate_one(model=a.model or "world", method=a.method, prompt=a.prompt, seed=a.seed,
+                       guidance=a.guidance, steps=a.steps or 25, resolution=a.resolution,
+                       device=a.device, out=Path(a.out))
+    print(f"wrote {a.out}")
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from bench import report
+
+    out = report.build(Path(a.run_dir), metrics=a.metrics, device=a.device, quiet=a.quiet)
+    print(f"report: {out}")
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    if a.method == "fair-mapping":
+        from methods.fair_mapping_train import main as train_main
+    else:
+        from methods.rs_corrector_train import main as train_main
+    return train_main(a.args) or 0
+
+
+def cmd_world(a: argparse.Namespace) -> int:
+    from bench.world.build import main as world_main
+
+    return world_main(a.args) or 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run, "list": cmd_list, "generate": cmd_generate, "report": cmd_report,
+    "train": cmd_train, "world": cmd_world,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("bench: interrupted; finished images are kept, rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line for expected errors; traceback for bugs
+        from bench.errors import USER_ERRORS
+
+        if isinstance(exc, USER_ERRORS):
+            print(f"bench: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""The exceptions that mean 'the user asked for something that cannot be done' (one line, exit 2),
+as opposed to bugs (traceback)."""
+from bench.models import ModelError
+from bench.registry import UnknownNameError
+from bench.spec import SpecError
+from prompt_sets.base import PromptSetError
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ModelError, UnknownNameError, SpecError, PromptSetError, FileNotFoundError)

@@ -1,0 +1,91 @@
+"""Spec -> work grid: one WorkItem per image, with its stable seed and content-addressed key.
+
+Seeds and keys are SHA-256 based (never Python's salted `hash()`), so they are the same on every
+machine, in every process, for every shard and batch composition.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from bench.spec import SamplerSpec
+from prompt_sets.base import Prompt, PromptSet
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    key: str
+    method: str  # canonical method spec string
+    prompt_set: str
+    prompt: Prompt
+    sample: int
+    seed: int
+    guidance: float
+
+
+def _sha(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def image_seed(run_seed: int, prompt_set: str, prompt: Prompt, sample: int) -> int:
+    """The prompt set's own seed (I2P's sd_seed) plus the sample index when it has one, else a
+    hash of (run seed, prompt set, prompt id, sample index), in [0, 2**32)."""
+    if prompt.seed is not None:
+        return int(prompt.seed) + sample
+    return int(_sha([run_seed, prompt_set, prompt.id, sample])[:8], 16)
+
+
+def cache_key(model_fp: str, method: str, prompt_text: str, seed: int, guidance: float,
+              sampler: SamplerSpec, height: int, width: int) -> str:
+    settings = [sampler.steps, guidance, height, width, sampler.scheduler, sampler.negative_prompt]
+    return _sha([model_fp, method, prompt_text, seed, settings])[:24]
+
+
+def build_grid(model_fp: str, methods: Sequence[str], prompt_sets: Sequence[PromptSet],
+               samples: int, run_seed: int, guidances: Sequence[float], sampler: SamplerSpec,
+               height: int, width: int) -> list[WorkItem]:
+    items: list[WorkItem] = []
+    for method in methods:
+        for guidance in guidances:
+            for ps in prompt_sets:
+                for prompt in ps.prompts:
+                    for s in range(samples):
+                        seed = image_seed(run_seed, ps.name, prompt, s)
+                        key = cache_key(model_fp, method, prompt.text, seed, guidance, sampler,
+                                        height, width)
+                        items.append(WorkItem(key, method, ps.name, prompt, s, seed, guidance))
+    return items
+
+
+def shard(items: Sequence[WorkItem], index: int, count: int,
+          cost: dict[str, int] | None = None) -> list[WorkItem]:
+    """Deterministic partition balanced by cost (UNet evaluations per image of each method):
+    greedy longest-processing-time over items sorted by key, so every shard computes the same
+    assignment independently."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: index must be in 0..{count - 1}")
+    loads = [0] * count
+    mine: list[WorkItem] = []
+    ordered = sorted(items, key=lambda w: (-(cost or {}).get(w.method, 1), w.key))
+    for item in ordered:
+        target = min(range(count), key=lambda s: (loads[s], s))
+        loads[target] += (cost or {}).get(item.method, 1)
+        if target == index:
+            mine.append(item)
+    order = {id(w): n for n, w in enumerate(items)}
+    return sorted(mine, key=lambda w: order[id(w)])
+
+
+def batches(items: Iterable[WorkItem], size: int) -> list[list[WorkItem]]:
+    """Consecutive batches of at most `size` items sharing method and guidance."""
+    out: list[list[WorkItem]] = []
+    for item in items:
+        last = out[-1] if out else None
+        if last and len(last) < size and last[0].method == item.method \
+                and last[0].guidance == item.guidance:
+            last.append(item)
+        else:
+            out.append([item])
+    return out

