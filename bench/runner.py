@@ -193,4 +193,9 @@ def run(spec: RunSpec, quiet: bool = False) -> Path:
     settings = GenerationSettings(spec.model, spec.sampler, p.height, p.width, spec.batch_size)
     generate(p.pipe, p.items, p.adapters, store, settings, quiet=quiet)
     store.consolidate()
+    if spec.shard:  # a shard's table is partial: `bench report RUN` once every shard is done
+        return store.root
+    from bench import report
+
+    report.build(store.root, device=spec.device, quiet=quiet)
     return store.root

@@ -177,7 +177,7 @@ def pad_by_prompt(prompt_keys: Sequence[object], values: np.ndarray) -> tuple[np
     prompt = rank[inv.ravel()]
     order = np.argsort(prompt, kind="stable")
     counts = np.bincount(prompt)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    starts = np.cumsum(counts) - counts
     slot = np.arange(len(order)) - np.repeat(starts, counts)
     out = np.empty((len(counts), counts.max() if len(counts) else 0) + values.shape[1:],
                    dtype=values.dtype)
@@ -204,21 +204,24 @@ def prompt_proportions(codes: np.ndarray, mask: np.ndarray, n_groups: int) -> np
     return proportions(onehot.sum(-2))
 
 
-def parity_statistic(name: str, n_groups: int, confusion: np.ndarray | None = None) -> Statistic:
-    """Mean over prompts of a discrepancy of each prompt's proportions (optionally corrected)."""
-    fn = DISCREPANCIES[name]
+def prompt_discrepancies(codes: np.ndarray, mask: np.ndarray, n_groups: int,
+                         names: Sequence[str], confusion: np.ndarray | None = None) -> np.ndarray:
+    """Discrepancies (named in DISCREPANCIES) of each prompt's proportions: -> (..., P, M).
 
-    def stat(codes: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return nanmean(prompt_discrepancy(fn, codes, mask, n_groups, confusion), -1)
-
-    return stat
-
-
-def prompt_discrepancy(fn: Callable[[np.ndarray], np.ndarray], codes: np.ndarray, mask: np.ndarray,
-                       n_groups: int, confusion: np.ndarray | None = None) -> np.ndarray:
-    """Discrepancy of each prompt's proportions: (..., P, n) codes -> (..., P)."""
+    With a confusion matrix, each prompt's proportions are corrected first.
+    """
     p = prompt_proportions(codes, mask, n_groups)
-    return fn(p if confusion is None else correct_proportions(p, confusion))
+    if confusion is not None:
+        p = correct_proportions(p, confusion)
+    return np.stack([DISCREPANCIES[name](p) for name in names], -1)
+
+
+def parity_statistic(n_groups: int, names: Sequence[str], confusion: np.ndarray | None = None
+                     ) -> Statistic:
+    """Mean over prompts (with a labelled image) of each prompt's discrepancies: -> (..., M)."""
+    def stat(codes: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return nanmean(prompt_discrepancies(codes, mask, n_groups, names, confusion), -2)
+    return stat
 
 
 def pooled_mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -233,10 +236,6 @@ def prompt_mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Per-prompt mean over finite values: (..., P, n) -> (..., P)."""
     x = values.astype(float)
     return nanmean(np.where(mask, x, np.nan), -1)
-
-
-def mean_of_prompt_means(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    return nanmean(prompt_mean(values, mask), -1)
 
 
 # --------------------------------------------------------------------------------- bootstrap
@@ -265,9 +264,8 @@ def bootstrap(values: np.ndarray, mask: np.ndarray, statistic: Statistic,
     are dropped. One prompt: only images vary; one image per prompt: only prompts vary.
     """
     mask = np.asarray(mask, dtype=bool)
-    if mask.size == 0 or not mask.any():
-        m = np.atleast_1d(statistic(values, mask)).shape[-1] if mask.size else 1
-        return [NAN_ESTIMATE] * m
+    if not mask.any():  # statistics are defined on empty input: ask for M
+        return [NAN_ESTIMATE] * np.atleast_1d(statistic(values, mask)).shape[-1]
     if not (mask == (np.arange(mask.shape[1]) < mask.sum(1)[:, None])).all():
         raise ValueError("mask must mark each prompt's images first (use pad_by_prompt)")
     value = np.atleast_1d(statistic(values, mask)).astype(float)
@@ -309,7 +307,7 @@ def mean_ci(values: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
 
 @dataclass(frozen=True)
 class Paired:
-    diff: Estimate  # mean over prompts of (method - baseline) per-prompt statistic
+    diff: Estimate  # mean over prompts of the per-prompt (method - baseline) difference
     p_value: float  # two-sided Wilcoxon signed-rank on the per-prompt differences
     n_prompts: int  # prompts where both statistics are defined
 
@@ -328,22 +326,23 @@ def wilcoxon_p(diffs: np.ndarray) -> float:
     return float(sps.wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
 
 
-def paired_comparison(values: np.ndarray, mask: np.ndarray,
-                      prompt_stat: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                      rng: np.random.Generator, n_boot: int = 1000) -> Paired:
+def paired_comparison(values: np.ndarray, mask: np.ndarray, prompt_stat: Statistic,
+                      rng: np.random.Generator, n_boot: int = 1000,
+                      resample_images: bool = True) -> list[Paired]:
     """Compare a method with the baseline on the same prompts and seeds.
 
-    `values` is (P, n, 2, ...): channel 0 the method, channel 1 the baseline, image j of a prompt
-    in both channels sharing its seed. `prompt_stat(values (..., P, n), mask) -> (..., P)`.
-    The CI resamples prompts and images hierarchically with the same draws for both channels.
+    `values` is (P, n, 2): channel 0 the method, channel 1 the baseline, image j of a prompt
+    sharing its seed in both channels. `prompt_stat(values (..., P, n), mask) -> (..., P, M)`
+    gives M per-prompt statistics. For each: d_i = stat_i(method) - stat_i(baseline); the CI of
+    mean_i d_i resamples prompts and images with the same draws for both channels.
     """
     def per_prompt_diff(v: np.ndarray, m: np.ndarray) -> np.ndarray:
         return prompt_stat(v[..., 0], m) - prompt_stat(v[..., 1], m)
 
-    d = per_prompt_diff(values, mask) if mask.any() else np.array([])
-    est = hierarchical_bootstrap(values, mask, lambda v, m: nanmean(per_prompt_diff(v, m), -1),
-                                 rng, n_boot)
-    return Paired(est, wilcoxon_p(d), int(np.isfinite(d).sum()))
+    ests = bootstrap(values, mask, lambda v, m: nanmean(per_prompt_diff(v, m), -2), rng, n_boot,
+                     resample_images=resample_images)
+    d = per_prompt_diff(values, mask) if mask.any() else np.full((0, len(ests)), np.nan)
+    return [Paired(e, wilcoxon_p(col), int(np.isfinite(col).sum())) for e, col in zip(ests, d.T)]
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:

@@ -104,17 +104,31 @@ def test_heun_warmup_counts_timestep_entries(pipe):
     assert np.abs(ours - base).max() > 1e-3
 
 
+class _ConceptBranchOnly(SLDMedium):
+    """Evaluates the safety-concept branch but never adds a term: the baseline with SLD's batch
+    shape (batch composition alone changes CPU float results by ~1e-5)."""
+
+    def guide(self, *args, **kwargs):
+        return None
+
+
 def test_applies_only_after_warmup(pipe):
     steps = 12
-    base = _ours(pipe, [], [PROMPT], [9], steps, 7.5)
-    never = _ours(pipe, [SLDMedium(dataclasses.replace(SLDMedium.Params(), warmup=steps))],
+    sched = pipe.scheduler.__class__.from_config(pipe.scheduler.config)
+    sched.set_timesteps(steps)
+    entries = len(sched.timesteps)
+    assert entries == steps + 1  # PNDM's PLMS evaluates the first step twice
+    control = _ours(pipe, [_ConceptBranchOnly()], [PROMPT], [9], steps, 7.5)
+    never = _ours(pipe, [SLDMedium(dataclasses.replace(SLDMedium.Params(), warmup=entries))],
                   [PROMPT], [9], steps, 7.5)
-    late = _ours(pipe, [SLDMedium(dataclasses.replace(SLDMedium.Params(), warmup=steps - 2))],
+    late = _ours(pipe, [SLDMedium(dataclasses.replace(SLDMedium.Params(), warmup=entries - 2))],
                  [PROMPT], [9], steps, 7.5)
-    before, after = float(np.abs(never - base).max()), float(np.abs(late - base).max())
-    print(f"vs baseline: warm-up not ended {before:.3g}, applied for the last 2 steps {after:.3g}")
-    assert before <= 1e-5  # only the momentum was built; nothing applied
-    assert after > 1e-3
+    base = _ours(pipe, [], [PROMPT], [9], steps, 7.5)
+    before, after = float(np.abs(never - control).max()), float(np.abs(late - control).max())
+    print(f"vs control: warm-up not ended {before:.3g}, applied for the last 2 steps {after:.3g}; "
+          f"control vs 2-branch baseline {float(np.abs(control - base).max()):.3g}")
+    assert before == 0.0  # the momentum was built, nothing applied
+    assert after > 1e-4
 
 
 def test_disabled_without_cfg_or_small_scale():

@@ -1,0 +1,106 @@
+"""Report: run store -> scores -> statistics -> leaderboards (md, csv, tex, html) and plots.
+
+Writes RUN/leaderboard.{md,csv,tex}, RUN/report/index.html and RUN/report/*.png.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.registry import METRICS
+from bench.report import boards as boards_mod
+from bench.report import page, plots, tables
+from bench.scoring import score_run, scorer_names
+from bench.store import RunStore, atomic_write
+
+
+def build(run_dir: Path, metrics: str | None = None, device: str | None = None,
+          quiet: bool = False) -> Path:
+    store = RunStore(run_dir)
+    manifest = store.manifest()
+    store.consolidate()
+    requested = metrics.split(",") if metrics else manifest["spec"].get("metrics", ["all"])
+    names = scorer_names(manifest["model"]["name"], requested)
+    skipped_metrics = score_run(store, names, device=device, quiet=quiet)
+    table = joined_table(store)
+    boards = list(boards_mod.leaderboards(table, confusions(table)))
+    write_tables(store.root, boards)
+    figures = make_plots(store.root, table, boards)
+    examples = [] if table.empty else list(
+        table.drop_duplicates("prompt_id").groupby("prompt_set").head(20)["prompt"])
+    html_text = page.render(manifest, boards, figures, manifest.get("skipped_methods", {}),
+                            skipped_metrics, examples)
+    out = store.root / "report" / "index.html"
+    atomic_write(out, html_text.encode())
+    atomic_write(store.root / "report" / "skipped.json",
+                 pd.Series({**skipped_metrics}).to_json().encode())
+    for name, reason in {**manifest.get("skipped_methods", {}), **skipped_metrics}.items():
+        if not quiet:
+            print(f"skipped {name}: {reason}")
+    return out
+
+
+def joined_table(store: RunStore) -> pd.DataFrame:
+    images = store.images()
+    scores = store.scores()
+    if scores.empty or "key" not in scores:
+        return images
+    keep = [c for c in scores.columns if not c.startswith("_scored.")]
+    return images.merge(scores[keep], on="key", how="left")
+
+
+def confusions(table: pd.DataFrame) -> dict[str, Any]:
+    """Confusion matrices (rows true, cols predicted) for label columns whose scorer has one."""
+    out: dict[str, Any] = {}
+    for col, attribute in boards_mod.label_columns(table):
+        scorer = col.split(".")[0]
+        if scorer in METRICS:
+            getter = getattr(METRICS.get(scorer), "confusion_matrix", None)
+            matrix = getter(attribute) if getter else None
+            if matrix is not None:
+                out[col] = matrix
+    return out
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
+
+
+def write_tables(root: Path, boards: list[tables.Leaderboard]) -> None:
+    md = "".join(f"## {b.title}\n\n{tables.markdown(b)}\n" for b in boards)
+    tex = "".join(f"% {b.title}\n{tables.latex(b)}\n" for b in boards)
+    frames = [tables.long_frame(b) for b in boards]
+    csv_text = pd.concat(frames).to_csv(index=False) if frames else ""
+    atomic_write(root / "leaderboard.md", md.encode())
+    atomic_write(root / "leaderboard.tex", tex.encode())
+    atomic_write(root / "leaderboard.csv", csv_text.encode())
+
+
+def make_plots(root: Path, table: pd.DataFrame, boards: list[tables.Leaderboard]) -> list[Path]:
+    out_dir = root / "report"
+    made: list[Path | None] = []
+    if table.empty:
+        return []
+    for (ps, g), part in table.groupby(["prompt_set", "guidance"]):
+        tag = _slug(f"{ps}-g{g:g}")
+        for col, attribute in boards_mod.label_columns(part):
+            if "meta.group" in part and part["meta.group"].isna().any():
+                made.append(plots.proportions(part, col, boards_mod.GROUPS[attribute],
+                                              out_dir / f"proportions-{tag}-{_slug(col)}.png",
+                                              f"{col} on neutral prompts — {ps}, guidance {g:g}"))
+        made.append(plots.image_grid(part, root, out_dir / f"grid-{tag}.png"))
+    for b in boards:
+        tag = _slug(b.title)
+        made.append(plots.metric_bars(b, "parity_l2", out_dir / f"parity-{tag}.png"))
+        for y in ("occupation_acc", "clipscore", "quality", "aesthetic"):
+            made.append(plots.tradeoff(b, "parity_l2", y, out_dir / f"tradeoff-{tag}-{y}.png"))
+    by_set: dict[str, list] = {}
+    for b, (ps, g) in zip(boards, table.groupby(["prompt_set", "guidance"]).groups):
+        by_set.setdefault(ps, []).append((g, b))
+    for ps, items in by_set.items():
+        made.append(plots.against_guidance(items, "parity_l2",
+                                           out_dir / f"parity-vs-guidance-{_slug(ps)}.png"))
+    return [p for p in made if p is not None]

@@ -1,0 +1,194 @@
+"""RS-Corrector (Jiang et al., "RS-Corrector: Correcting the Racial Stereotypes in Latent Diffusion
+Models", arXiv 2312.04810), as we reconstruct it: the paper's method details are not public.
+
+A noise-aware latent preference model R(z_t, t) (a small conv net with a timestep embedding;
+prompt-agnostic, see docs/methods.md) classifies a latent into one of the attribute's groups or
+"distorted". It is trained by methods/rs_corrector_train.py on the model's own sampling
+trajectories for group-specified prompts; the "distorted" class (corrupted latents) is the quality
+term: raising p_R(target) also lowers the probability of an out-of-distribution latent.
+
+At inference every image gets a target group, drawn from its seed alone (uniform, or
+`distribution=0.2/0.3/0.5` in the card's group order; a prompt that requests a group of this
+attribute keeps it), and before each step i in [start, stop) the latent is moved k times:
+    z_t <- z_t + eta * grad_z log p_R(target | z_t, t).
+R sees latents in the unit-variance space the UNet sees (see `latent_input_scale`).
+"""
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from bench.sampler import Adapter, Batch
+from methods.fair_mapping import (CheckpointError, no_checkpoint_reason, read_card,
+                                  resolve_checkpoint)
+
+DISTORTED = "distorted"
+
+
+def timestep_embedding(t: torch.Tensor, dim: int = 64) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class PreferenceNet(nn.Module):
+    """R(z_t, t): logits over the groups + "distorted". The timestep scales and shifts the first
+    feature map (FiLM); global pooling makes it resolution-independent. No batch statistics, so an
+    image's logits never depend on its batch."""
+
+    def __init__(self, n_classes: int, in_channels: int = 4, width: int = 32) -> None:
+        super().__init__()
+        w = width
+        self.temb = nn.Sequential(nn.Linear(64, 2 * w), nn.SiLU(), nn.Linear(2 * w, 2 * w))
+        self.stem = nn.Conv2d(in_channels, w, 3, padding=1)
+        layers: list[nn.Module] = []
+        for cin, cout in ((w, 2 * w), (2 * w, 4 * w), (4 * w, 4 * w)):
+            layers += [nn.GroupNorm(8, cin), nn.SiLU(), nn.Conv2d(cin, cout, 3, stride=2, padding=1)]
+        layers += [nn.GroupNorm(8, 4 * w), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(4 * w, n_classes)
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.temb(timestep_embedding(t)).chunk(2, dim=-1)
+        h = self.stem(z) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+        return self.head(self.body(h))
+
+
+def latent_input_scale(scheduler: Any, t: torch.Tensor | float) -> float:
+    """Factor taking the sampler's latents at timestep t into the unit-variance DDPM space:
+    1 for DDPM-type schedulers (init_noise_sigma 1: DDIM, PNDM, DPM-Solver), sqrt(alpha_bar_t) =
+    1 / sqrt(sigma_t^2 + 1) for sigma-space ones (Euler, Heun, LMS), with alpha_bar at the
+    nearest integer timestep, i.e. what `scale_model_input` does up to that rounding."""
+    if float(getattr(scheduler, "init_noise_sigma", 1.0)) == 1.0:
+        return 1.0
+    alphas = scheduler.alphas_cumprod
+    return float(alphas[min(int(round(float(t))), len(alphas) - 1)].sqrt())
+
+
+def draw_target(seed: int, probs: Sequence[float]) -> int:
+    """A group index from the image's seed alone (its own RNG stream, not the latents')."""
+    u = random.Random(f"rs-corrector:{int(seed)}").random()
+    return min(bisect.bisect_right(list(itertools.accumulate(probs)), u), len(probs) - 1)
+
+
+def parse_distribution(text: str, groups: Sequence[str]) -> list[float]:
+    """'' -> uniform; '0.2/0.3/0.5' -> one probability per group (in the card's group order)."""
+    if not text:
+        return [1.0 / len(groups)] * len(groups)
+    hint = (f"rs-corrector: distribution={text} needs {len(groups)} non-negative numbers "
+            f"separated by '/' summing to 1, one per group {'/'.join(groups)}")
+    try:
+        probs = [float(x) for x in text.split("/")]
+    except ValueError:
+        raise ValueError(hint) from None
+    if len(probs) != len(groups) or min(probs) < 0 or abs(sum(probs) - 1.0) > 1e-6:
+        raise ValueError(hint)
+    return probs
+
+
+def load_preference(path: Any, card: dict[str, Any], device: Any = "cpu") -> PreferenceNet:
+    from safetensors.torch import load_file
+
+    net = PreferenceNet(len(card["labels"]), card["in_channels"], card["width"])
+    net.load_state_dict(load_file(str(path / "preference.safetensors")))
+    return net.to(device).eval().requires_grad_(False)
+
+
+@dataclass(frozen=True)
+class RSCorrectorParams:
+    checkpoint: str = ""  # a `bench train rs-corrector` directory; "" -> the model's default
+    attribute: str = ""  # which default checkpoint (rs-corrector-<attribute>); "" -> the only one
+    eta: float = 0.5  # step size of the latent update
+    k: int = 1  # inner iterations per corrected step
+    start: int = 0  # first corrected step index (into scheduler.timesteps)
+    stop: int = 10  # first step index no longer corrected
+    distribution: str = ""  # target-group probabilities "p1/p2/...", card's group order; "" uniform
+
+
+@dataclass
+class _State:
+    targets: torch.Tensor  # [B] group index per image
+
+
+class RSCorrector(Adapter):
+    name = "rs-corrector"
+    description = ("RS-Corrector (reconstructed): gradient steps on the latent toward a per-image "
+                   "target group under a trained latent preference model.")
+    Params = RSCorrectorParams
+
+    def __init__(self, params: Any = None) -> None:
+        super().__init__(params)
+        p = self.params
+        if p.k < 0 or p.start < 0 or p.stop < p.start:
+            raise ValueError(f"{self.name}: need k >= 0 and 0 <= start <= stop; "
+                             f"got k={p.k}, start={p.start}, stop={p.stop}")
+        self.net: PreferenceNet | None = None
+        self.card: dict[str, Any] = {}
+        self.probs: list[float] = []
+        self._pipe: Any = None
+
+    def skip_reason(self, pipe: Any) -> str | None:
+        p = self.params
+        if resolve_checkpoint(self.name, p.checkpoint, p.attribute, pipe) is None:
+            return no_checkpoint_reason(self.name, p.attribute)
+        return None
+
+    def prepare(self, pipe: Any) -> None:
+        p = self.params
+        path = resolve_checkpoint(self.name, p.checkpoint, p.attribute, pipe)
+        if path is None:
+            raise CheckpointError(f"{self.name}: {no_checkpoint_reason(self.name, p.attribute)}")
+        card = read_card(path, self.name)
+        channels = pipe.unet.config.in_channels
+        if card["in_channels"] != channels:
+            raise CheckpointError(f"{self.name}: {path} was trained on {card['in_channels']}-channel "
+                                  f"latents, this model has {channels}; retrain for this model")
+        self.probs = parse_distribution(p.distribution, card["groups"])
+        self.net = load_preference(path, card, pipe.device)
+        self.card = card
+        self._pipe = pipe
+
+    def release(self, pipe: Any) -> None:
+        self._pipe = None
+
+    def targets(self, batch: Batch) -> list[int]:
+        """Per image: the group its prompt requests for this attribute, else one drawn from its seed."""
+        groups = self.card["groups"]
+        out = []
+        for n, seed in enumerate(batch.seeds):
+            meta = batch.metadata[n] if n < len(batch.metadata) else {}
+            asked = meta.get("group") if meta.get("attribute") == self.card["attribute"] else None
+            out.append(groups.index(asked) if asked in groups else draw_target(seed, self.probs))
+        return out
+
+    def init_state(self, batch: Batch) -> _State:
+        if self.net is None:
+            raise RuntimeError(f"{self.name}: prepare(pipe) must run before sampling")
+        device = next(self.net.parameters()).device
+        return _State(torch.tensor(self.targets(batch), device=device))
+
+    def log_prob(self, latents: torch.Tensor, t: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """log p_R(target | z_t, t) per image, [B]."""
+        assert self.net is not None
+        scale = latent_input_scale(self._pipe.scheduler, t) if self._pipe is not None else 1.0
+        tt = torch.as_tensor(t, device=latents.device).float().expand(latents.shape[0])
+        logits = self.net(latents.float() * scale, tt)
+        return logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
+
+    def on_step(self, latents: torch.Tensor, i: int, t: torch.Tensor, state: _State) -> torch.Tensor:
+        p = self.params
+        if not p.start <= i < p.stop or p.eta == 0:
+            return latents
+        for _ in range(p.k):
+            z = latents.detach().requires_grad_(True)
+            grad, = torch.autograd.grad(self.log_prob(z, t, state.targets).sum(), z)
+            latents = (z + p.eta * grad).detach()
+        return latents

@@ -1,0 +1,209 @@
+"""`bench train rs-corrector`: train the latent preference model R on the model's own trajectories.
+
+1. Sample, through bench.sampler (so trajectories are exactly what inference sees), `samples`
+   images per occupation and group from group-specified prompts ("a photo of the face of a Black
+   doctor", templates cycled), recording the latent before every step, in the UNet's
+   unit-variance space (`latent_input_scale`).
+2. With a `classify(images) -> labels` callable, keep an image's whole trajectory only where the
+   classifier's label equals the requested group (label noise would teach R the model's own bias).
+3. Fit R(z_t, t) by cross-entropy on (latent, timestep, group); a quarter of every minibatch is
+   corrupted copies labelled "distorted" (patches shuffled, channels rescaled/shifted, or detail
+   blurred away): the quality term, so that raising p_R(target) also moves latents away from
+   out-of-distribution ones.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.sampler import Adapter, Batch, sample
+from methods.fair_mapping import TEMPLATES, AttributeSpec, get_spec, read_lines, spec_to_card
+from methods.rs_corrector import DISTORTED, PreferenceNet, latent_input_scale
+
+Classifier = Callable[[np.ndarray], Sequence[Any]]
+
+
+class _Recorder(Adapter):
+    """Keeps the latent before each step, as R will see it."""
+    name = "rs-corrector-recorder"
+
+    def __init__(self, pipe: Any) -> None:
+        super().__init__()
+        self.pipe = pipe
+        self.latents: list[torch.Tensor] = []
+        self.timesteps: list[float] = []
+
+    def on_step(self, latents: torch.Tensor, i: int, t: torch.Tensor, state: Any) -> torch.Tensor:
+        scale = latent_input_scale(self.pipe.scheduler, t)
+        self.latents.append((latents.detach() * scale).to("cpu", torch.float16))
+        self.timesteps.append(float(t))
+        return latents
+
+
+@dataclass
+class Trajectories:
+    latents: torch.Tensor  # [N, C, h, w] float16
+    timesteps: torch.Tensor  # [N]
+    labels: torch.Tensor  # [N] group index
+    requested: dict[str, int]  # images sampled per group
+    kept: dict[str, int]  # images whose trajectories were kept per group
+
+
+def collect(pipe: Any, spec: AttributeSpec, occupations: Sequence[str], samples: int,
+            sample_steps: int, guidance: float, seed: int, classify: Classifier | None = None,
+            templates: Sequence[str] = TEMPLATES, batch_size: int = 8) -> Trajectories:
+    from bench.models import native_size
+    from prompt_sets.occupations import with_article
+
+    jobs = [(templates[s % len(templates)].format(noun=with_article(spec.noun(occ, g))), g)
+            for occ in occupations for g in range(len(spec.groups)) for s in range(samples)]
+    size = native_size(pipe)
+    zs, ts, ys = [], [], []
+    requested = dict.fromkeys(spec.groups, 0)
+    kept = dict.fromkeys(spec.groups, 0)
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start:start + batch_size]
+        rec = _Recorder(pipe)
+        batch = Batch([text for text, _ in chunk], [seed * 100_003 + start + n for n in range(len(chunk))],
+                      [{} for _ in chunk], guidance)
+        result = sample(pipe, [rec], batch, steps=sample_steps, height=size, width=size)
+        labels = list(classify(result.images)) if classify else None
+        for n, (_, g) in enumerate(chunk):
+            requested[spec.groups[g]] += 1
+            if labels is not None and labels[n] != spec.groups[g]:
+                continue
+            kept[spec.groups[g]] += 1
+            zs += [z[n] for z in rec.latents]
+            ts += rec.timesteps
+            ys += [g] * len(rec.latents)
+    if not zs:
+        raise RuntimeError("rs-corrector: the classifier agreed with no requested group; "
+                           "nothing to train on (check the classifier's labels match the groups "
+                           f"{list(spec.groups)})")
+    return Trajectories(torch.stack(zs), torch.tensor(ts), torch.tensor(ys), requested, kept)
+
+
+def corrupt(z: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Each latent gets one of: 4x4 patches shuffled, per-channel gain/offset, detail blurred."""
+    out = []
+    for x in z:
+        kind = int(torch.randint(3, (1,), generator=gen))
+        c, h, w = x.shape
+        if kind == 0:
+            ph, pw = h // 4, w // 4
+            patches = x[:, :ph * 4, :pw * 4].reshape(c, 4, ph, 4, pw).permute(1, 3, 0, 2, 4).reshape(16, c, ph, pw)
+            patches = patches[torch.randperm(16, generator=gen)]
+            x = patches.reshape(4, 4, c, ph, pw).permute(2, 0, 3, 1, 4).reshape(c, ph * 4, pw * 4)
+        elif kind == 1:
+            gain = torch.exp(0.7 * torch.randn(c, 1, 1, generator=gen))
+            x = x * gain + 0.7 * torch.randn(c, 1, 1, generator=gen)
+        else:
+            x = F.interpolate(F.avg_pool2d(x[None], 4), size=(h, w), mode="nearest")[0]
+        out.append(x)
+    return torch.stack(out)
+
+
+def fit_preference(data: Trajectories, n_groups: int, steps: int, batch_size: int = 64,
+                   lr: float = 1e-3, width: int = 32, seed: int = 0, device: str = "cpu"
+                   ) -> tuple[PreferenceNet, list[float]]:
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    net = PreferenceNet(n_groups + 1, data.latents.shape[1], width).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    n_bad = max(1, batch_size // 3)  # a quarter of each minibatch: "distorted"
+    curve = []
+    for _ in range(steps):
+        idx = torch.randint(len(data.labels), (batch_size,), generator=gen)
+        bad = torch.randint(len(data.labels), (n_bad,), generator=gen)
+        z = torch.cat([data.latents[idx].float(), corrupt(data.latents[bad].float(), gen)])
+        t = torch.cat([data.timesteps[idx], data.timesteps[bad]])
+        y = torch.cat([data.labels[idx], torch.full((n_bad,), n_groups)])
+        loss = F.cross_entropy(net(z.to(device), t.to(device)), y.to(device))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        curve.append(float(loss.detach()))
+    return net.eval(), curve
+
+
+def train(model: str, attribute: str, occupations: list[str] | None, out: Path, steps: int = 2000,
+          seed: int = 0, device: str | None = None, *, samples: int = 2, sample_steps: int = 25,
+          guidance: float = 7.5, classify: Classifier | None = None, batch_size: int = 64,
+          lr: float = 1e-3, width: int = 32, templates: Sequence[str] = TEMPLATES,
+          spec: AttributeSpec | None = None) -> Path:
+    """Sample trajectories, fit R, write `out/preference.safetensors` + `out/card.json`."""
+    from safetensors.torch import save_file
+
+    from bench.models import fingerprint, load_pipeline
+    from prompt_sets.occupations import occupations as default_occupations
+
+    start = time.perf_counter()
+    spec = spec or get_spec(attribute)
+    occupations = list(occupations or default_occupations()[:20])  # sampling is the cost
+    pipe = load_pipeline(model, device)
+    data = collect(pipe, spec, occupations, samples, sample_steps, guidance, seed, classify, templates)
+    sampled = time.perf_counter()
+    net, curve = fit_preference(data, len(spec.groups), steps, batch_size, lr, width, seed,
+                                str(pipe.device))
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.cpu().contiguous() for k, v in net.state_dict().items()},
+              str(out / "preference.safetensors"))
+    card = {
+        "method": "rs-corrector", "model": model, "model_fingerprint": fingerprint(pipe),
+        "attribute": attribute, **spec_to_card(spec), "labels": [*spec.groups, DISTORTED],
+        "templates": list(templates), "occupations": occupations, "samples": samples,
+        "sample_steps": sample_steps, "guidance": guidance,
+        "classifier": getattr(classify, "__name__", type(classify).__name__) if classify else None,
+        "requested": data.requested, "kept": data.kept, "latents": len(data.labels),
+        "in_channels": int(data.latents.shape[1]), "width": width, "steps": steps,
+        "batch_size": batch_size, "lr": lr, "seed": seed,
+        "sampling_seconds": round(sampled - start, 3),
+        "seconds": round(time.perf_counter() - start, 3),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "loss": curve,
+    }
+    (out / "card.json").write_text(json.dumps(card, indent=1))
+    return out
+
+
+def load_classifier(target: str) -> Classifier:
+    module, _, attr = target.partition(":")
+    if not module or not attr:
+        raise ValueError(f"--classifier {target}: write module:callable, e.g. mypkg.faces:classify_race")
+    return getattr(importlib.import_module(module), attr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench train rs-corrector", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="model name, alias, hub id or diffusers dir")
+    ap.add_argument("--attribute", required=True, choices=["race", "gender", "skin"])
+    ap.add_argument("--occupations", type=Path, help="file, one occupation a line "
+                    "(default: the first 20 of the `occupations` prompt set)")
+    ap.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+    ap.add_argument("--steps", type=int, default=2000, help="optimiser steps for R")
+    ap.add_argument("--samples", type=int, default=2, help="images per occupation and group")
+    ap.add_argument("--sample-steps", type=int, default=25, help="denoising steps per image")
+    ap.add_argument("--guidance", type=float, default=7.5)
+    ap.add_argument("--classifier", help="module:callable, images (B,H,W,3 in [0,1]) -> group "
+                    "labels; trajectories are kept only where it agrees with the requested group")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default=None)
+    a = ap.parse_args(argv)
+    occ = read_lines(a.occupations, "occupation") if a.occupations else None
+    classify = load_classifier(a.classifier) if a.classifier else None
+    out = train(a.model, a.attribute, occ, a.out, a.steps, a.seed, a.device, samples=a.samples,
+                sample_steps=a.sample_steps, guidance=a.guidance, classify=classify)
+    card = json.loads((out / "card.json").read_text())
+    head, tail = np.mean(card["loss"][:50]), np.mean(card["loss"][-50:])
+    print(f"wrote {out}: {card['latents']} latents (kept {card['kept']} of {card['requested']}), "
+          f"loss {head:.4g} -> {tail:.4g} in {card['seconds']:.1f} s")
+    return 0
