@@ -31,6 +31,9 @@ from methods.fair_mapping import TEMPLATES, AttributeSpec, get_spec, read_lines,
 from methods.rs_corrector import DISTORTED, PreferenceNet, latent_input_scale
 
 Classifier = Callable[[np.ndarray], Sequence[Any]]
+# Training images' seeds start here, away from the small seeds tests and users pick, so that R
+# never sees at t=T the very noise it is later asked to correct.
+TRAIN_SEED_BASE = 2**31
 
 
 class _Recorder(Adapter):
@@ -74,8 +77,8 @@ def collect(pipe: Any, spec: AttributeSpec, occupations: Sequence[str], samples:
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
         rec = _Recorder(pipe)
-        batch = Batch([text for text, _ in chunk], [seed * 100_003 + start + n for n in range(len(chunk))],
-                      [{} for _ in chunk], guidance)
+        seeds = [TRAIN_SEED_BASE + seed * 100_003 + start + n for n in range(len(chunk))]
+        batch = Batch([text for text, _ in chunk], seeds, [{} for _ in chunk], guidance)
         result = sample(pipe, [rec], batch, steps=sample_steps, height=size, width=size)
         labels = list(classify(result.images)) if classify else None
         for n, (_, g) in enumerate(chunk):
@@ -195,13 +198,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--guidance", type=float, default=7.5)
     ap.add_argument("--classifier", help="module:callable, images (B,H,W,3 in [0,1]) -> group "
                     "labels; trajectories are kept only where it agrees with the requested group")
+    ap.add_argument("--batch-size", type=int, default=64, help="R's minibatch (clean latents)")
+    ap.add_argument("--width", type=int, default=32, help="R's base channel count (multiple of 8)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None)
     a = ap.parse_args(argv)
     occ = read_lines(a.occupations, "occupation") if a.occupations else None
     classify = load_classifier(a.classifier) if a.classifier else None
     out = train(a.model, a.attribute, occ, a.out, a.steps, a.seed, a.device, samples=a.samples,
-                sample_steps=a.sample_steps, guidance=a.guidance, classify=classify)
+                sample_steps=a.sample_steps, guidance=a.guidance, classify=classify,
+                batch_size=a.batch_size, width=a.width)
     card = json.loads((out / "card.json").read_text())
     head, tail = np.mean(card["loss"][:50]), np.mean(card["loss"][-50:])
     print(f"wrote {out}: {card['latents']} latents (kept {card['kept']} of {card['requested']}), "

@@ -154,13 +154,15 @@ def detect(images: Sequence[Image.Image], backend: str = "mtcnn", *, device: str
     tag = backend if backend == "mtcnn" else f"{backend}:{Path(root).expanduser()}"
     keys = [(tag, image_key(im.convert("RGB"))) for im in images]
     todo = [i for i, k in enumerate(keys) if _DETECTIONS.get(k) is None]
-    todo_images = [images[i].convert("RGB") for i in todo]
-    if backend == "mtcnn":
-        fresh = _mtcnn_raw(todo_images, device, batch_size)
-    elif backend == "insightface":
-        fresh = _insightface_raw(todo_images, root, device)
-    else:
+    if backend not in ("mtcnn", "insightface"):
         raise ValueError(f"unknown face backend '{backend}'; use mtcnn or insightface")
+    todo_images = [images[i].convert("RGB") for i in todo]
+    if not todo:
+        fresh: list[Faces] = []
+    elif backend == "mtcnn":
+        fresh = _mtcnn_raw(todo_images, device, batch_size)
+    else:
+        fresh = _insightface_raw(todo_images, root, device)
     for i, faces in zip(todo, fresh):
         _DETECTIONS.put(keys[i], faces)
     return [_DETECTIONS.get(k).above(min_prob) for k in keys]

@@ -63,7 +63,7 @@ def test_fixed_direction_matches_diffusers_sega(pipe, case):
     print(f"{case}: max abs pixel diff vs SemanticStableDiffusionPipeline = {diff:.3g}; "
           f"edit effect vs baseline {float(np.abs(ours - base).max()):.3g}")
     assert diff <= 1e-4
-    assert np.abs(ours - base).max() > 1e-3  # the edit did act
+    assert np.abs(ours - base).max() > 1e-4  # the edit acts (beyond the reference tolerance)
 
 
 def test_per_image_direction_is_batch_independent(pipe):

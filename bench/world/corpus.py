@@ -68,7 +68,8 @@ def make_corpus(n: int, seed: int) -> Corpus:
     rng = np.random.default_rng(seed)
     images = np.empty((n, 32, 32, 3), np.uint8)
     caps, kinds = [], []
-    occ_a, mst_a, grp_a, haz_a = (np.empty(n, int) for _ in range(3)) + (np.empty(n, bool),)
+    occ_a, mst_a, grp_a = (np.empty(n, int) for _ in range(3))
+    haz_a = np.empty(n, bool)
     for i in range(n):
         o = i % len(OCCUPATIONS)
         occ = OCCUPATIONS[o]

@@ -1,0 +1,25 @@
+"""The synthetic-portrait world: a tiny text-to-image model with a known, injected bias, built in
+Stable Diffusion's formats (see docs/synthetic-world.md)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def load_world_pipeline(weights_dir: Path | None = None) -> Any:
+    """The committed world as a diffusers StableDiffusionPipeline (registered as model "world")."""
+    from diffusers import StableDiffusionPipeline
+
+    path = Path(weights_dir or WEIGHTS_DIR) / "pipeline"
+    if not (path / "model_index.json").exists():
+        raise FileNotFoundError(f"{path} has no model_index.json; rebuild with `bench world build`")
+    return StableDiffusionPipeline.from_pretrained(
+        str(path), safety_checker=None, requires_safety_checker=False, use_safetensors=True)
+
+
+def load_world_clip(weights_dir: Path | None = None) -> Any:
+    from bench.world.clip import load_world_clip as load
+
+    return load(weights_dir)

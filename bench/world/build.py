@@ -1,0 +1,167 @@
+"""`bench world build`: retrain the whole world from scratch, reproducibly.
+
+Stages: corpus -> VAE (then latents made zero-mean, scaling_factor = 1/std) -> evaluators
+(attribute/hazard classifier and quality scorer, trained on clean and VAE-reconstructed renders)
+-> CLIP pair (contrastive) -> UNet on the frozen text tower's embeddings. Writes into out_dir:
+pipeline/ (diffusers StableDiffusionPipeline), clip_head.safetensors, evaluators.safetensors,
+evaluators.json and card.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from bench.world import WEIGHTS_DIR
+from bench.world.corpus import BIAS, HAZARD_RATE, make_corpus, make_eval_set
+from bench.world.evaluators import WorldEvaluators, measure, save_evaluators
+from bench.world.render import corrupt
+from bench.world.train import (encode_latents, reconstruct, standardise_vae, text_table,
+                               train_clip, train_evaluator, train_quality, train_unet, train_vae)
+
+
+@dataclass(frozen=True)
+class Settings:
+    corpus: int
+    vae_steps: int
+    vae_batch: int
+    eval_images: int
+    eval_steps: int
+    quality_steps: int
+    eval_batch: int
+    heldout_images: int
+    clip_steps: int
+    clip_batch: int
+    unet_steps: int
+    unet_batch: int
+    caption_dropout: float = 0.1
+
+
+FULL = Settings(corpus=40000, vae_steps=1500, vae_batch=64, eval_images=24000, eval_steps=1500,
+                quality_steps=800, eval_batch=128, heldout_images=4000, clip_steps=800,
+                clip_batch=256, unet_steps=3000, unet_batch=128)
+QUICK = Settings(corpus=256, vae_steps=8, vae_batch=16, eval_images=256, eval_steps=8,
+                 quality_steps=8, eval_batch=32, heldout_images=128, clip_steps=8, clip_batch=32,
+                 unet_steps=8, unet_batch=16)
+
+
+def build(out_dir: Path, quick: bool, seed: int) -> None:
+    s = QUICK if quick else FULL
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    card: dict[str, Any] = {"seed": seed, "quick": quick, "settings": asdict(s),
+                            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                            "machine": platform.machine(), "bias": BIAS, "hazard_rate": HAZARD_RATE,
+                            "stages": {}}
+    start = time.perf_counter()
+    t0 = time.perf_counter()
+    corpus = make_corpus(s.corpus, seed)
+    card["stages"]["corpus"] = {"images": s.corpus, "seconds": round(time.perf_counter() - t0, 1)}
+
+    vae, card["stages"]["vae"] = train_vae(corpus.images, s.vae_steps, s.vae_batch, seed)
+    raw = encode_latents(vae, corpus.images)
+    card["stages"]["vae"].update(standardise_vae(vae, raw))
+    latents = encode_latents(vae, corpus.images) * vae.config.scaling_factor
+    card["stages"]["vae"]["recon_mse"] = _recon_mse(vae, corpus.images[:1000])
+
+    evaluators = _train_evaluators(vae, s, seed, card)
+    save_evaluators(evaluators, out_dir)
+
+    from bench.models import clip_tokenizer
+    tokenizer = clip_tokenizer()
+    text_encoder, head, card["stages"]["clip"] = train_clip(
+        corpus.images, corpus.captions, tokenizer, s.clip_steps, s.clip_batch, seed)
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()},
+              str(out_dir / "clip_head.safetensors"))
+
+    texts = sorted(set(corpus.captions)) + [""]
+    index = {t: i for i, t in enumerate(texts)}
+    table = text_table(text_encoder, tokenizer, texts)
+    ids = np.array([index[c] for c in corpus.captions])
+
+    def snapshot(unet: Any, steps_done: int) -> None:
+        save_pipeline(out_dir / "pipeline", vae, text_encoder, tokenizer, unet)
+        print(f"[unet] pipeline snapshot after {steps_done} steps", flush=True)
+
+    unet, card["stages"]["unet"] = train_unet(
+        latents, ids, table, index[""], s.unet_steps, s.unet_batch, seed,
+        dropout=s.caption_dropout, on_checkpoint=None if quick else snapshot)
+    card["stages"]["unet"]["distinct_captions"] = len(texts)
+    save_pipeline(out_dir / "pipeline", vae, text_encoder, tokenizer, unet)
+    card["params"] = {n: sum(p.numel() for p in m.parameters()) for n, m in (
+        ("unet", unet), ("vae", vae), ("text_encoder", text_encoder), ("clip_head", head),
+        ("attributes", evaluators.attributes), ("quality", evaluators.quality))}
+    card["total_seconds"] = round(time.perf_counter() - start, 1)
+    (out_dir / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+    print(f"[build] done in {card['total_seconds']}s -> {out_dir}", flush=True)
+
+
+def _recon_mse(vae: Any, images: np.ndarray) -> float:
+    recon = reconstruct(vae, images).astype(np.float32) / 127.5 - 1
+    return float(np.mean((recon - (images.astype(np.float32) / 127.5 - 1)) ** 2))
+
+
+def _train_evaluators(vae: Any, s: Settings, seed: int, card: dict[str, Any]) -> WorldEvaluators:
+    """Half of the training images pass through the VAE, so the evaluators see the same kind of
+    images the generator produces; the quality scorer counts reconstructions as clean."""
+    t0 = time.perf_counter()
+    images, labels = make_eval_set(s.eval_images, seed + 10)
+    half = len(images) // 2
+    images[half:] = reconstruct(vae, images[half:])
+    rng = np.random.default_rng(seed + 11)
+    bad = np.stack([np.asarray(corrupt(Image.fromarray(im), rng)) for im in images[::2]])
+    q_images = np.concatenate([images[1::2], bad])
+    q_clean = np.concatenate([np.ones(len(images[1::2])), np.zeros(len(bad))])
+    card["stages"]["evaluator_data"] = {"seconds": round(time.perf_counter() - t0, 1)}
+    attributes, card["stages"]["attributes"] = train_evaluator(
+        images, labels, s.eval_steps, s.eval_batch, seed)
+    quality, card["stages"]["quality"] = train_quality(
+        q_images, q_clean, s.quality_steps, s.eval_batch, seed)
+    ev = WorldEvaluators(attributes, quality, {})
+    test, test_labels = make_eval_set(s.heldout_images, seed + 20)
+    recon = reconstruct(vae, test)
+    heldout = {}
+    for name, imgs in (("clean", test), ("reconstructed", recon)):
+        bad = np.stack([np.asarray(corrupt(Image.fromarray(im), rng)) for im in imgs])
+        heldout[name] = measure(ev, imgs, test_labels, bad)
+    ev.card = {"heldout": heldout, "groups": ["light", "medium", "dark"],
+               "occupations": list(card["bias"]), "seed": seed,
+               "note": "held-out renders with uniform labels (seed + 20); rows true, cols predicted"}
+    return ev
+
+
+def save_pipeline(path: Path, vae: Any, text_encoder: Any, tokenizer: Any, unet: Any) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    from bench.world.nets import make_scheduler
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=make_scheduler(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    pipe.save_pretrained(str(path), safe_serialization=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench world build", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a few steps of each stage (for tests)")
+    ap.add_argument("--out", type=Path, default=WEIGHTS_DIR, help=f"output dir (default {WEIGHTS_DIR})")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    build(args.out, args.quick, args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,98 @@
+"""debias-vl (Chuang et al. 2023, "Debiasing Vision-Language Models via Biased Prompts").
+
+A closed-form calibration of the text embedding: with z the L2-normalised embeddings of prompts
+that differ only in the group ("A photo of a male doctor." / "A photo of a female doctor."),
+    M = 1/|S| * sum_{(i,j) in S} (z_i - z_j)(z_i - z_j)^T,      P = (lambda * M + I)^-1
+and every conditional prompt embedding is replaced by P e. As in the official generative code
+(chingyaoc/debias_vl, generative/main.py): z is the text encoder's final hidden state at the EOS
+token, P is applied to every token of the conditional sequence (not to the unconditional one), and
+P_0 = I (the generative setting uses the calibration term only, no orthogonal projection).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Any
+
+import torch
+
+from bench.sampler import Adapter, Batch, encode_text
+
+# The 80 training occupations of the official code (generative/job_list.py, MIT licence).
+OFFICIAL_OCCUPATIONS = (
+    "Actor|Architect|Audiologist|Author|Baker|Barber|Blacksmith|Bricklayer|Bus Driver|Butcher|"
+    "Chef|Chemist|Cleaner|Coach|Comedian|Computer Programmer|Construction Worker|Consultant|"
+    "Counselor|Dancer|Dentist|Designer|Dietitian|DJ|Doctor|Driver|Economist|Electrician|Engineer|"
+    "Entrepreneur|Farmer|Florist|Graphic Designer|Hairdresser|Historian|Journalist|Judge|Lawyer|"
+    "Librarian|Magician|Makeup Artist|Mathematician|Marine Biologist|Mechanic|Model|Musician|"
+    "Nanny|Nurse|Optician|Painter|Pastry Chef|Pediatrician|Photographer|Plumber|Police Officer|"
+    "Politician|Professor|Psychologist|Real Estate Agent|Receptionist|Recruiter|Researcher|Sailor|"
+    "Salesperson|Surveyor|Singer|Social Worker|Software Developer|Statistician|Surgeon|Teacher|"
+    "Technician|Therapist|Tour Guide|Translator|Vet|Videographer|Waiter|Writer|Zoologist"
+)
+
+
+@dataclass(frozen=True)
+class DebiasVLParams:
+    lam: float = 500.0  # lambda, the official default
+    groups: str = "male|female"  # '|'-separated; every pair of groups forms a pair per occupation
+    template: str = "A photo of a {group} {occupation}."  # the official prompt
+    occupations: str = ""  # '|'-separated; "" = the official 80 training occupations
+
+
+def pair_prompts(p: DebiasVLParams) -> list[tuple[str, str]]:
+    groups = [g.strip() for g in p.groups.split("|") if g.strip()]
+    occupations = [o.strip().lower() for o in (p.occupations or OFFICIAL_OCCUPATIONS).split("|")]
+    if len(set(groups)) < 2 or "{group}" not in p.template or "" in occupations:
+        raise ValueError(f"debias-vl: need two or more distinct '|'-separated groups (got "
+                         f"{p.groups!r}), a template containing {{group}} (got {p.template!r}) "
+                         f"and non-empty occupations")
+
+    def fill(group: str, occupation: str) -> str:  # replace, not str.format: templates are text
+        return p.template.replace("{group}", group).replace("{occupation}", occupation)
+
+    return [(fill(a, o), fill(b, o)) for o in occupations for a, b in combinations(groups, 2)]
+
+
+@torch.no_grad()
+def eos_embeddings(pipe: Any, texts: list[str], chunk: int = 64) -> torch.Tensor:
+    """L2-normalised final hidden state at each text's first EOS token, float64 on the CPU."""
+    out = []
+    for start in range(0, len(texts), chunk):
+        part = texts[start:start + chunk]
+        ids = pipe.tokenizer(part, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        hidden = encode_text(pipe, part).double().cpu()
+        eos = (ids == pipe.tokenizer.eos_token_id).int().argmax(dim=1)
+        out.append(hidden[torch.arange(len(part)), eos])
+    return torch.nn.functional.normalize(torch.cat(out), dim=-1)
+
+
+def calibration_matrix(z_a: torch.Tensor, z_b: torch.Tensor, lam: float) -> torch.Tensor:
+    """P = (lam * M + I)^-1 with M the mean outer product of the pair differences."""
+    d = z_a - z_b
+    m = d.T @ d / d.shape[0]
+    return torch.linalg.inv(lam * m + torch.eye(m.shape[0], dtype=m.dtype))
+
+
+class DebiasVL(Adapter):
+    name = "debias-vl"
+    description = "debias-vl: project prompt embeddings with (lambda*M + I)^-1 from group-paired prompts."
+    Params = DebiasVLParams
+
+    def __init__(self, params: Any = None) -> None:
+        super().__init__(params)
+        if self.params.lam < 0:
+            raise ValueError(f"debias-vl:lam={self.params.lam}: lambda must be >= 0")
+        self.pairs = pair_prompts(self.params)
+        self.projection: torch.Tensor | None = None  # float64 (d, d), set by prepare
+
+    def prepare(self, pipe: Any) -> None:
+        a, b = zip(*self.pairs)
+        z = eos_embeddings(pipe, list(a) + list(b))
+        self.projection = calibration_matrix(z[: len(a)], z[len(a):], self.params.lam)
+
+    def encode(self, cond: torch.Tensor, batch: Batch) -> torch.Tensor:
+        if self.projection is None:
+            raise RuntimeError("debias-vl: call prepare(pipe) before sampling (it builds P)")
+        return cond @ self.projection.T.to(device=cond.device, dtype=cond.dtype)

@@ -1,0 +1,229 @@
+"""`bench run` end to end on tiny-random: store layout, cache, resume after SIGKILL, sharding,
+errors, plugins and the HTML report."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from bench import runner
+from bench.cli import main
+from bench.executor import GenerationSettings, generate
+from bench.spec import RunSpec, SamplerSpec
+from bench.store import RunStore
+
+FAST = ["--model", "tiny-random", "--steps", "3", "--metrics", "none", "--quiet"]
+
+
+def run_cli(args, capsys=None):
+    code = main(args)
+    return code
+
+
+@pytest.fixture
+def prompts(prompt_file):
+    return prompt_file(["a photo of a doctor", "a photo of a nurse", "a photo of a chef"])
+
+
+def test_run_writes_store_manifest_tables(tmp_path, prompts):
+    out = tmp_path / "run"
+    assert main(["run", *FAST, "--methods", "baseline,sld-max", "--prompt-set", str(prompts),
+                 "--samples", "2", "--out", str(out)]) == 0
+    table = pd.read_parquet(out / "images.parquet")
+    assert len(table) == 2 * 3 * 2
+    assert set(table["method"]) == {"baseline", "sld-max"}
+    for col in ("key", "prompt_id", "seed", "sample", "seconds", "unet_evals", "step_seconds",
+                "peak_memory_mb", "file", "guidance"):
+        assert col in table
+    assert table["key"].is_unique
+    row = table.iloc[0]
+    with Image.open(out / row["file"]) as im:
+        assert im.text["bench.prompt"] == row["prompt"]
+        assert im.text["bench.seed"] == str(row["seed"])
+        assert im.text["bench.method"] == row["method"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    from prompt_sets.resolve import load_prompt_set
+    assert manifest["prompt_sets"][0]["sha256"] == load_prompt_set(str(prompts)).content_hash()
+    assert manifest["versions"]["torch"] and manifest["versions"]["diffusers"]
+    assert manifest["model"]["fingerprint"]
+    assert (out / "leaderboard.md").read_text().count("| sld-max") == 1
+    # SLD adds the safety branch: 3 branches instead of 2.
+    evals = table.groupby("method")["unet_evals"].first()
+    assert evals["sld-max"] * 2 == evals["baseline"] * 3
+
+
+def test_rerun_generates_nothing_and_images_match_bench_generate(tmp_path, prompts, tiny_pipe):
+    spec = RunSpec(model="tiny-random", methods=("baseline",), prompt_sets=(str(prompts),),
+                   samples=2, sampler=SamplerSpec(steps=3), metrics=("none",),
+                   out=str(tmp_path / "r"))
+    runner.run(spec, quiet=True)
+    p = runner.plan(spec)
+    settings = GenerationSettings("tiny-random", spec.sampler, p.height, p.width, 4)
+    assert generate(p.pipe, p.items, p.adapters, RunStore(spec.out), settings, quiet=True) == 0
+    item = p.items[1]
+    png = tmp_path / "one.png"
+    main(["generate", "--model", "tiny-random", "--steps", "3", "--prompt", item.prompt.text,
+          "--seed", str(item.seed), "--out", str(png)])
+    stored = np.asarray(Image.open(Path(spec.out) / "images" / f"{item.key}.png"))
+    assert np.array_equal(np.asarray(Image.open(png)), stored)
+
+
+def test_shards_together_equal_one_run(tmp_path, prompts):
+    common = [*FAST, "--methods", "baseline,sld-weak", "--prompt-set", str(prompts), "--samples", "2"]
+    main(["run", *common, "--out", str(tmp_path / "whole")])
+    for i in range(3):
+        main(["run", *common, "--shard", f"{i}/3", "--out", str(tmp_path / "sharded")])
+    main(["report", str(tmp_path / "sharded"), "--quiet"])
+    whole = sorted((tmp_path / "whole" / "images").glob("*.png"))
+    sharded = sorted((tmp_path / "sharded" / "images").glob("*.png"))
+    assert [p.name for p in whole] == [p.name for p in sharded]
+    for a, b in zip(whole, sharded):
+        assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+    keep = ["key", "method", "prompt_id", "seed"]
+    assert pd.read_parquet(tmp_path / "whole" / "images.parquet")[keep].equals(
+        pd.read_parquet(tmp_path / "sharded" / "images.parquet")[keep])
+
+
+def test_shards_are_disjoint_and_balanced_by_cost():
+    from bench.grid import WorkItem, shard
+    from prompt_sets.base import Prompt
+
+    items = [WorkItem(f"k{i:03d}", "sld" if i % 2 else "base", "s", Prompt(str(i), "t"), 0, i, 7.5)
+             for i in range(60)]
+    cost = {"sld": 3, "base": 2}
+    parts = [shard(items, i, 3, cost) for i in range(3)]
+    keys = [w.key for part in parts for w in part]
+    assert sorted(keys) == sorted(w.key for w in items)
+    loads = [sum(cost[w.method] for w in part) for part in parts]
+    assert max(loads) - min(loads) <= 3
+
+
+def test_kill_and_resume_loses_nothing(tmp_path, prompt_file):
+    prompts = prompt_file([f"a photo of person number {i}" for i in range(12)])
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "bench.cli", "run", *FAST, "--steps", "20", "--batch-size", "1",
+            "--prompt-set", str(prompts), "--samples", "2", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "records").glob("*.json"))) < 4:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = {p.stem for p in (out / "records").glob("*.json")}
+    assert 4 <= len(done_before) < 24, "the kill must land mid-run"
+    for key in done_before:  # every counted image is a complete PNG
+        Image.open(out / "images" / f"{key}.png").load()
+    mtimes = {k: (out / "images" / f"{k}.png").stat().st_mtime_ns for k in done_before}
+    assert subprocess.run(args, env=env, capture_output=True).returncode == 0
+    table = pd.read_parquet(out / "images.parquet")
+    assert len(table) == 24 and table["key"].is_unique
+    for k in done_before:  # finished images were not regenerated
+        assert (out / "images" / f"{k}.png").stat().st_mtime_ns == mtimes[k]
+    assert not list(out.rglob("*.tmp"))
+    # The resumed run equals an uninterrupted one.
+    clean = tmp_path / "clean"
+    subprocess.run([*args[:-1], str(clean)], env=env, check=True, capture_output=True)
+    for png in (clean / "images").glob("*.png"):
+        assert np.array_equal(np.asarray(Image.open(png)),
+                              np.asarray(Image.open(out / "images" / png.name)))
+
+
+def test_dry_run_counts_and_generates_nothing(tmp_path, prompts, capsys):
+    out = tmp_path / "dry"
+    assert main(["run", *FAST, "--methods", "baseline,sld-strong", "--prompt-set", str(prompts),
+                 "--samples", "2", "--dry-run", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    # PNDM at 3 steps = 4 timesteps; baseline 2 branches, SLD 3: 6 images each.
+    assert "12 images" in text and f"{6 * 4 * 2 + 6 * 4 * 3} UNet evaluations" in text
+    assert not out.exists()
+
+
+def test_unknown_method_suggests_close_names(tmp_path, prompts, capsys):
+    code = main(["run", *FAST, "--methods", "sld-strnog", "--prompt-set", str(prompts),
+                 "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "sld-strong" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_prompt_file_stops_before_generation(tmp_path, prompt_file, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,id\nhello,1\n")
+    code = main(["run", *FAST, "--prompt-set", str(bad), "--out", str(tmp_path / "y")])
+    err = capsys.readouterr().err
+    assert code == 2 and "bad.csv" in err and "prompt" in err
+    assert not (tmp_path / "y").exists()
+
+
+def test_bad_method_param_is_one_line(tmp_path, prompts, capsys):
+    code = main(["run", *FAST, "--methods", "sld-strong:warmup=abc", "--prompt-set", str(prompts),
+                 "--out", str(tmp_path / "z")])
+    err = capsys.readouterr().err
+    assert code == 2 and "warmup" in err and len(err.strip().splitlines()) == 1
+
+
+def test_config_file_and_flag_override(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("model: tiny-random\nsamples: 3\nsampler:\n  steps: 7\nmethods: [baseline]\n")
+    from bench.cli import parser, spec_from_args
+
+    spec = spec_from_args(parser().parse_args(["run", "--config", str(cfg), "--samples", "5"]))
+    assert spec.samples == 5 and spec.sampler.steps == 7 and spec.model == "tiny-random"
+    assert RunSpec.from_yaml(cfg).samples == 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("modle: x\n")
+    with pytest.raises(Exception, match="modle"):
+        RunSpec.from_yaml(bad)
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("model: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(Exception):
+        RunSpec.from_yaml(evil)
+
+
+def test_method_list_parsing():
+    assert runner.split_method_list("baseline,sld-strong:warmup=5,threshold=0.1,debias-vl") == [
+        "baseline", "sld-strong:warmup=5,threshold=0.1", "debias-vl"]
+    assert runner.canonical_method("a:z=1,b=2 + c") == "a:b=2,z=1+c"
+
+
+def test_html_report_escapes_prompts(tmp_path, prompt_file):
+    prompts = prompt_file(["a photo of a <script>alert('x')</script> doctor"])
+    out = tmp_path / "html"
+    main(["run", *FAST, "--prompt-set", str(prompts), "--samples", "1", "--out", str(out)])
+    page = (out / "report" / "index.html").read_text()
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+
+
+def test_plugin_method_through_entry_point(tmp_path, prompts, monkeypatch):
+    pkg = tmp_path / "plugin_src"
+    pkg.mkdir()
+    (pkg / "my_plugin.py").write_text(
+        "from bench.sampler import Adapter\n"
+        "class Darken(Adapter):\n"
+        "    name = 'darken'\n"
+        "    description = 'test plugin: scales the conditional embedding'\n"
+        "    def encode(self, cond, batch):\n"
+        "        return cond * 0.5\n")
+    dist = pkg / "my_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[bench.methods]\ndarken = my_plugin:Darken\n")
+    monkeypatch.syspath_prepend(str(pkg))
+    from bench.registry import METHODS
+    monkeypatch.setattr(METHODS, "_plugins_loaded", False)
+    out = tmp_path / "plug"
+    assert main(["run", *FAST, "--methods", "baseline,darken", "--prompt-set", str(prompts),
+                 "--samples", "1", "--out", str(out)]) == 0
+    table = pd.read_parquet(out / "images.parquet")
+    assert set(table["method"]) == {"baseline", "darken"}
+    a, b = (np.asarray(Image.open(out / table[table.method == m].iloc[0]["file"]))
+            for m in ("baseline", "darken"))
+    assert not np.array_equal(a, b)
