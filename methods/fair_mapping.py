@@ -37,40 +37,35 @@ class AttributeSpec:
     groups: tuple[str, ...]  # canonical labels, as in prompt metadata "group" and classifier output
     phrases: tuple[str, ...]  # how each group is written into a prompt
     pattern: str  # where the phrase goes: "{phrase} {occupation}" or "{occupation} {phrase}"
+    templates: tuple[str, ...]  # training prompts; "{noun}" gets "a"/"an" + the occupation phrase
 
     def noun(self, occupation: str, group: int | None) -> str:
         if group is None:
             return occupation
         return self.pattern.format(phrase=self.phrases[group], occupation=occupation)
 
+    def to_card(self) -> dict[str, Any]:
+        return {"groups": list(self.groups), "phrases": list(self.phrases),
+                "pattern": self.pattern, "templates": list(self.templates)}
 
-def _spec(groups: dict[str, str], pattern: str) -> AttributeSpec:
-    return AttributeSpec(tuple(groups), tuple(groups.values()), pattern)
+
+# The `occupations` prompt set's template first, then variants.
+FACE_TEMPLATES = ("a photo of the face of {noun}", "a portrait photo of {noun}",
+                  "a photo of {noun} at work")
 
 
 def attribute_specs() -> dict[str, AttributeSpec]:
-    """race/gender as the `occupations` prompt set phrases them (FairFace's 7 race groups), and
-    the synthetic world's skin tone."""
+    """race/gender as the `occupations` prompt set phrases them (FairFace's 7 race groups), skin
+    as the synthetic world's captions do ("a photo of a doctor with dark skin")."""
     from prompt_sets.occupations import GROUPS
 
+    def spec(groups: dict[str, str], pattern: str, templates: tuple[str, ...]) -> AttributeSpec:
+        return AttributeSpec(tuple(groups), tuple(groups.values()), pattern, templates)
+
     skin = {"light": "with light skin", "medium": "with medium skin", "dark": "with dark skin"}
-    return {"race": _spec(GROUPS["race"], "{phrase} {occupation}"),
-            "gender": _spec(GROUPS["gender"], "{phrase} {occupation}"),
-            "skin": _spec(skin, "{occupation} {phrase}")}
-
-
-# Prompt templates for training; "{noun}" gets "a"/"an" + the (group-specified) occupation. The
-# first is the `occupations` prompt set's own template.
-TEMPLATES: tuple[str, ...] = ("a photo of the face of {noun}", "a portrait photo of {noun}",
-                              "a photo of {noun} at work")
-
-
-def spec_from_card(card: dict[str, Any]) -> AttributeSpec:
-    return AttributeSpec(tuple(card["groups"]), tuple(card["phrases"]), card["pattern"])
-
-
-def spec_to_card(spec: AttributeSpec) -> dict[str, Any]:
-    return {"groups": list(spec.groups), "phrases": list(spec.phrases), "pattern": spec.pattern}
+    return {"race": spec(GROUPS["race"], "{phrase} {occupation}", FACE_TEMPLATES),
+            "gender": spec(GROUPS["gender"], "{phrase} {occupation}", FACE_TEMPLATES),
+            "skin": spec(skin, "{occupation} {phrase}", ("a photo of {noun}", "a portrait of {noun}"))}
 
 
 def get_spec(attribute: str) -> AttributeSpec:
@@ -78,6 +73,17 @@ def get_spec(attribute: str) -> AttributeSpec:
     if attribute not in specs:
         raise ValueError(f"unknown attribute '{attribute}'; choose one of {sorted(specs)}")
     return specs[attribute]
+
+
+def default_occupations(attribute: str) -> list[str]:
+    """Training occupations: the synthetic world's for skin, else the `occupations` prompt set's."""
+    if attribute == "skin":
+        from bench.world.render import OCCUPATIONS
+
+        return list(OCCUPATIONS)
+    from prompt_sets.occupations import occupations
+
+    return occupations()
 
 
 def read_lines(path: Path, what: str) -> list[str]:

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import torch
 
-from methods.fair_mapping import TEMPLATES, AttributeSpec, get_spec, read_lines, spec_to_card
+from methods.fair_mapping import AttributeSpec, default_occupations, get_spec, read_lines
 
 
 @dataclass
@@ -37,14 +37,14 @@ class TextStats:
     dist0: float = 1.0  # mean d_k^2 at the identity map: L_fair's unit
 
 
-def build_prompts(spec: AttributeSpec, occupations: Sequence[str],
-                  templates: Sequence[str] = TEMPLATES) -> tuple[list[str], list[list[str]]]:
+def build_prompts(spec: AttributeSpec, occupations: Sequence[str]
+                  ) -> tuple[list[str], list[list[str]]]:
     """Neutral prompts and, for each, its group-specified versions in `spec.groups` order."""
     from prompt_sets.occupations import with_article
 
     neutral, grouped = [], []
     for occ in occupations:
-        for tpl in templates:
+        for tpl in spec.templates:
             neutral.append(tpl.format(noun=with_article(spec.noun(occ, None))))
             grouped.append([tpl.format(noun=with_article(spec.noun(occ, g)))
                             for g in range(len(spec.groups))])
@@ -109,26 +109,26 @@ def fit(stats: TextStats, steps: int, lam: float, lr: float = 1e-3
 
 def train(model: str, attribute: str, occupations: list[str] | None, out: Path, steps: int = 1000,
           lam: float = 1.0, seed: int = 0, device: str | None = None, *, lr: float = 1e-3,
-          templates: Sequence[str] = TEMPLATES, spec: AttributeSpec | None = None) -> Path:
-    """Train and write `out/mapping.safetensors` + `out/card.json`; returns `out`."""
+          spec: AttributeSpec | None = None) -> Path:
+    """Train and write `out/mapping.safetensors` + `out/card.json`; returns `out`. `spec`
+    overrides the attribute's groups, phrasings and templates (all recorded in the card)."""
     from safetensors.torch import save_file
 
     from bench.models import load_pipeline, text_encoder_fingerprint
-    from prompt_sets.occupations import occupations as default_occupations
 
     start = time.perf_counter()
     torch.manual_seed(seed)
     spec = spec or get_spec(attribute)
-    occupations = list(occupations or default_occupations())
+    occupations = list(occupations or default_occupations(attribute))
     pipe = load_pipeline(model, device)
-    stats = text_stats(pipe, *build_prompts(spec, occupations, templates))
+    stats = text_stats(pipe, *build_prompts(spec, occupations))
     weight, bias, curve = fit(stats, steps, lam, lr)
     out.mkdir(parents=True, exist_ok=True)
     save_file({"weight": weight.float().cpu().contiguous(), "bias": bias.float().cpu().contiguous()},
               str(out / "mapping.safetensors"))
     card = {
-        "method": "fair-mapping", "model": model, "attribute": attribute, **spec_to_card(spec),
-        "templates": list(templates), "occupations": occupations, "lambda": lam, "lr": lr,
+        "method": "fair-mapping", "model": model, "attribute": attribute, **spec.to_card(),
+        "occupations": occupations, "lambda": lam, "lr": lr,
         "steps": steps, "seed": seed, "dim": int(weight.shape[0]),
         "text_encoder_fingerprint": text_encoder_fingerprint(pipe.text_encoder),
         "seconds": round(time.perf_counter() - start, 3),
@@ -142,8 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench train fair-mapping", description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="model name, alias, hub id or diffusers dir")
     ap.add_argument("--attribute", required=True, choices=["race", "gender", "skin"])
-    ap.add_argument("--occupations", type=Path, help="file, one occupation a line "
-                    "(default: the `occupations` prompt set's list)")
+    ap.add_argument("--occupations", type=Path, help="file, one occupation a line (default: the "
+                    "`occupations` prompt set's list; the world's occupations for skin)")
     ap.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--lam", type=float, default=1.0, help="weight of L_fair against L_text")

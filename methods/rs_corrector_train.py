@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.sampler import Adapter, Batch, sample
-from methods.fair_mapping import TEMPLATES, AttributeSpec, get_spec, read_lines, spec_to_card
+from methods.fair_mapping import AttributeSpec, default_occupations, get_spec, read_lines
 from methods.rs_corrector import DISTORTED, PreferenceNet, latent_input_scale
 
 Classifier = Callable[[np.ndarray], Sequence[Any]]
@@ -64,10 +64,11 @@ class Trajectories:
 
 def collect(pipe: Any, spec: AttributeSpec, occupations: Sequence[str], samples: int,
             sample_steps: int, guidance: float, seed: int, classify: Classifier | None = None,
-            templates: Sequence[str] = TEMPLATES, batch_size: int = 8) -> Trajectories:
+            batch_size: int = 8) -> Trajectories:
     from bench.models import native_size
     from prompt_sets.occupations import with_article
 
+    templates = spec.templates
     jobs = [(templates[s % len(templates)].format(noun=with_article(spec.noun(occ, g))), g)
             for occ in occupations for g in range(len(spec.groups)) for s in range(samples)]
     size = native_size(pipe)
@@ -142,19 +143,17 @@ def fit_preference(data: Trajectories, n_groups: int, steps: int, batch_size: in
 def train(model: str, attribute: str, occupations: list[str] | None, out: Path, steps: int = 2000,
           seed: int = 0, device: str | None = None, *, samples: int = 2, sample_steps: int = 25,
           guidance: float = 7.5, classify: Classifier | None = None, batch_size: int = 64,
-          lr: float = 1e-3, width: int = 32, templates: Sequence[str] = TEMPLATES,
-          spec: AttributeSpec | None = None) -> Path:
+          lr: float = 1e-3, width: int = 32, spec: AttributeSpec | None = None) -> Path:
     """Sample trajectories, fit R, write `out/preference.safetensors` + `out/card.json`."""
     from safetensors.torch import save_file
 
     from bench.models import fingerprint, load_pipeline
-    from prompt_sets.occupations import occupations as default_occupations
 
     start = time.perf_counter()
     spec = spec or get_spec(attribute)
-    occupations = list(occupations or default_occupations()[:20])  # sampling is the cost
+    occupations = list(occupations or default_occupations(attribute)[:20])  # sampling is the cost
     pipe = load_pipeline(model, device)
-    data = collect(pipe, spec, occupations, samples, sample_steps, guidance, seed, classify, templates)
+    data = collect(pipe, spec, occupations, samples, sample_steps, guidance, seed, classify)
     sampled = time.perf_counter()
     net, curve = fit_preference(data, len(spec.groups), steps, batch_size, lr, width, seed,
                                 str(pipe.device))
@@ -163,8 +162,8 @@ def train(model: str, attribute: str, occupations: list[str] | None, out: Path, 
               str(out / "preference.safetensors"))
     card = {
         "method": "rs-corrector", "model": model, "model_fingerprint": fingerprint(pipe),
-        "attribute": attribute, **spec_to_card(spec), "labels": [*spec.groups, DISTORTED],
-        "templates": list(templates), "occupations": occupations, "samples": samples,
+        "attribute": attribute, **spec.to_card(), "labels": [*spec.groups, DISTORTED],
+        "occupations": occupations, "samples": samples,
         "sample_steps": sample_steps, "guidance": guidance,
         "classifier": getattr(classify, "__name__", type(classify).__name__) if classify else None,
         "requested": data.requested, "kept": data.kept, "latents": len(data.labels),
@@ -189,8 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench train rs-corrector", description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="model name, alias, hub id or diffusers dir")
     ap.add_argument("--attribute", required=True, choices=["race", "gender", "skin"])
-    ap.add_argument("--occupations", type=Path, help="file, one occupation a line "
-                    "(default: the first 20 of the `occupations` prompt set)")
+    ap.add_argument("--occupations", type=Path, help="file, one occupation a line (default: the "
+                    "first 20 of the `occupations` prompt set; the world's occupations for skin)")
     ap.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
     ap.add_argument("--steps", type=int, default=2000, help="optimiser steps for R")
     ap.add_argument("--samples", type=int, default=2, help="images per occupation and group")

@@ -115,28 +115,24 @@ def test_parity_paired_comparison_with_correction(correction, adjusted):
     assert out["same"]["parity_l2_diff[gender]"].value == 0
 
 
-def test_parity_holm_differs_from_bh_on_hand_example():
-    rng = np.random.default_rng(0)
-    base = [[rng.choice(GENDER, p=[0.8, 0.2]) for _ in range(8)] for _ in range(12)]
-    t = table({"baseline": base,
-               "a": [[rng.choice(GENDER) for _ in range(8)] for _ in range(12)],
-               "b": [[rng.choice(GENDER, p=[0.7, 0.3]) for _ in range(8)] for _ in range(12)]})
-    kw = dict(n_boot=200)
-    holm = Parity("face.gender", GENDER, "gender", **kw).compute(t)
-    bh = Parity("face.gender", GENDER, "gender", correction="bh", **kw).compute(t)
-    # raw p-values from scipy on the per-prompt differences, corrected by hand
-    codes = {m: t[t.method == m]["face.gender"].map({"male": 0, "female": 1}).to_numpy().reshape(12, 8)
-             for m in ("baseline", "a", "b")}
-    raw = {m: sps.wilcoxon(S.parity_l2(S.prompt_proportions(codes[m], np.ones((12, 8), bool), 2))
-                           - S.parity_l2(S.prompt_proportions(codes["baseline"],
-                                                              np.ones((12, 8), bool), 2))).pvalue
-           for m in ("a", "b")}
-    lo, hi = sorted(raw.values())
-    holm_ref = {m: max(min(1, 2 * lo), min(1, hi)) if raw[m] == hi else min(1, 2 * lo) for m in raw}
-    bh_ref = {m: min(1, hi) if raw[m] == hi else min(2 * lo, hi) for m in raw}
-    for m in ("a", "b"):
-        assert holm[m]["parity_l2_p[gender]"].value == pytest.approx(holm_ref[m])
-        assert bh[m]["parity_l2_p[gender]"].value == pytest.approx(bh_ref[m])
+def test_parity_holm_and_bh_on_hand_example():
+    def prompts(males: list[int]) -> list[list[str]]:
+        return [["male"] * c + ["female"] * (8 - c) for c in males]
+
+    males = {"baseline": [6] * 12, "a": [4] * 9 + [5, 5, 7], "b": [4] * 6 + [5] * 5 + [7]}
+    t = table({m: prompts(c) for m, c in males.items()})
+    # per-prompt parity is sqrt(2) |c/8 - 1/2|; raw p from scipy's exact test on the differences
+    units = {m: np.abs(np.array(c) - 4) - 2 for m, c in males.items()}  # in sqrt(2)/8
+    pa, pb = (sps.wilcoxon(units[m]).pvalue for m in ("a", "b"))
+    assert pa < pb < 2 * pa  # the case where Holm and BH differ
+    holm = Parity("face.gender", GENDER, "gender", n_boot=200).compute(t)
+    bh = Parity("face.gender", GENDER, "gender", correction="bh", n_boot=200).compute(t)
+    # Holm: 2 pa, max(2 pa, pb); BH: min(2 pa, pb), pb
+    assert holm["a"]["parity_l2_p[gender]"].value == pytest.approx(2 * pa)
+    assert holm["b"]["parity_l2_p[gender]"].value == pytest.approx(2 * pa)
+    assert bh["a"]["parity_l2_p[gender]"].value == pytest.approx(pb)
+    assert bh["b"]["parity_l2_p[gender]"].value == pytest.approx(pb)
+    assert holm["a"]["parity_l2_diff[gender]"].value == pytest.approx(units["a"].mean() * math.sqrt(2) / 8)
 
 
 def test_parity_unmatched_seeds_are_noted():

@@ -72,11 +72,12 @@ def test_per_image_direction_is_batch_independent(pipe):
     batch = Batch([PROMPT] * 4, seeds, [{}] * 4, 7.0)
     targets = fd.targets(batch)
     assert targets == [fd.targets(Batch([PROMPT], [s], [{}], 7.0))[0] for s in seeds]
-    assert len(set(targets)) == 2  # these seeds draw both directions
-    together = _ours(pipe, [fd], [PROMPT] * 4, seeds)
-    for k, s in enumerate(seeds):
-        fixed = FairDiffusion(dataclasses.replace(fd.params, target=targets[k]))
+    assert targets[1] != targets[2]  # images 17 and 42 are edited in opposite directions
+    together = _ours(pipe, [fd], [PROMPT] * 2, seeds[1:3])
+    for k, s in enumerate(seeds[1:3]):
+        fixed = FairDiffusion(dataclasses.replace(fd.params, target=targets[k + 1]))
         alone = _ours(pipe, [fixed], [PROMPT], [s])
+        print(f"seed {s}: batch vs alone max abs diff {np.abs(together[k] - alone[0]).max():.3g}")
         assert np.abs(together[k] - alone[0]).max() <= 1e-4
 
 

@@ -182,11 +182,42 @@ def test_nudenet_threshold_and_classes_match_the_detector(photos):
 
     bgr = np.ascontiguousarray(np.asarray(photos[0])[:, :, ::-1])
     ref = max(d["score"] for d in NudeDetector().detect(bgr) if d["class"] == "FACE_FEMALE")
-    low = NudeNet(classes="FACE_FEMALE", threshold=ref - 0.01).score(photos[:1], rows_for(["a"]))
+    # threads=1 rebuilds the detector's onnxruntime session: it must still be the same model.
+    low = NudeNet(classes="FACE_FEMALE", threshold=ref - 0.01, threads=1).score(photos[:1], rows_for(["a"]))
     high = NudeNet(classes="FACE_FEMALE", threshold=ref + 0.01).score(photos[:1], rows_for(["a"]))
     assert low["nudenet.max_score"].iloc[0] == pytest.approx(ref)
     assert bool(low["nudenet.flag"].iloc[0]) and low["nudenet.classes"].iloc[0] == "FACE_FEMALE"
     assert not high["nudenet.flag"].iloc[0] and high["nudenet.classes"].iloc[0] == ""
+
+
+def test_insightface_glue_maps_its_faces(photos, monkeypatch, tmp_path):
+    """No buffalo_l offline: a stand-in FaceAnalysis checks what we feed it and how we read it."""
+    import metrics.faces as faces
+    from insightface.app.common import Face
+
+    from metrics.attributes import InsightFaceGenderAge
+    from metrics.faces import InsightFaceFaces
+
+    seen: list[np.ndarray] = []
+
+    class App:
+        def get(self, img: np.ndarray) -> list[Face]:
+            seen.append(img)
+            if len(seen) > 1:
+                return []
+            return [Face(bbox=np.array([1.0, 2, 3, 4]), det_score=0.6, gender=0, age=34),
+                    Face(bbox=np.array([5.0, 6, 7, 8]), det_score=0.9, gender=1, age=7),
+                    Face(bbox=np.array([0.0, 0, 1, 1]), det_score=0.3, gender=1, age=50)]
+
+    monkeypatch.setattr(faces, "_insightface_app", lambda root, device: App())
+    root = str(tmp_path / "fake-root")  # its own cache entries
+    out = InsightFaceFaces(root=root).score(photos[:2], rows_for(["a", "b"]))
+    assert out["insightface.n_faces"].tolist() == [2, 0]  # det_score 0.3 < min_prob 0.5
+    np.testing.assert_array_equal(seen[0], np.asarray(photos[0])[:, :, ::-1])  # BGR
+    one = InsightFaceGenderAge(root=root, min_prob=0.7).score(photos[:2], rows_for(["a", "b"]))
+    assert len(seen) == 2  # detections were cached
+    assert one.iloc[0].tolist() == [1, "male", "3-9", 7]  # insightface gender 1 = male
+    assert one.iloc[1]["insightface-genderage.gender"] is None or pd.isna(one.iloc[1]["insightface-genderage.gender"])
 
 
 # ---- CLIP-based scorers on a random ViT-S-32 read from a file ------------------------------------
@@ -207,8 +238,7 @@ def test_clipscore_is_100_max_cos_0(photos, clip_ref):
     prompts = ["an astronaut in a white suit", "a cup of coffee", "a cat"]
     out = CLIPScore(model=SMALL_CLIP, pretrained=clip_ref[3], device="cpu").score(photos, rows_for(prompts))
     cos = (ref_image_emb(clip_ref, photos) * ref_text_emb(clip_ref, prompts)).sum(-1)
-    assert (cos > 0).all()  # this random model's cosines; the clamp is tested below
-    np.testing.assert_allclose(out["clipscore.score"], 100 * cos, atol=1e-3)
+    np.testing.assert_allclose(out["clipscore.score"], 100 * np.maximum(cos, 0), atol=1e-3)
     assert not out["clipscore.truncated"].any()
 
 
@@ -217,17 +247,18 @@ def test_clipscore_clamps_negative_cosines(photos, clip_ref, tmp_path):
 
     from metrics.clip_score import CLIPScore
 
-    # The random model's cosines are all positive; negating the text projection flips their sign
-    # (encode_text ends in `x @ text_projection`), which exercises the max(cos, 0).
+    # Negating the text projection flips every cosine's sign (encode_text ends in
+    # `x @ text_projection`), so the max(cos, 0) is exercised whatever the random draw.
     state = {k: v.contiguous() for k, v in clip_ref[0].state_dict().items()}
     state["text_projection"] = -state["text_projection"]
     save_file(state, str(tmp_path / "flipped.safetensors"))
     prompts = ["an astronaut", "coffee", "a cat"]
-    out = CLIPScore(model=SMALL_CLIP, pretrained=str(tmp_path / "flipped.safetensors"),
-                    device="cpu").score(photos, rows_for(prompts))
-    cos = (ref_image_emb(clip_ref, photos) * -ref_text_emb(clip_ref, prompts)).sum(-1)
-    assert (cos < 0).all()
-    assert out["clipscore.score"].tolist() == [0.0, 0.0, 0.0]
+    scores = [CLIPScore(model=SMALL_CLIP, pretrained=p, device="cpu").score(photos, rows_for(prompts))
+              ["clipscore.score"].to_numpy() for p in (clip_ref[3], str(tmp_path / "flipped.safetensors"))]
+    cos = (ref_image_emb(clip_ref, photos) * ref_text_emb(clip_ref, prompts)).sum(-1)
+    # max(c, 0) - max(-c, 0) = c, and one of the two is clamped to exactly 0.
+    np.testing.assert_allclose(scores[0] - scores[1], 100 * cos, atol=1e-3)
+    assert (np.minimum(*scores) == 0).all()
 
 
 def test_clipscore_truncates_long_prompts_and_counts_them(photos, clip_ref):

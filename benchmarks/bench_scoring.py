@@ -1,0 +1,117 @@
+"""Scoring throughput per scorer (images/s) on this machine; prints a Markdown table.
+
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/bench_scoring.py --threads 1
+
+Images: N distinct 512 x 512 crops of scikit-image's photos (distinct pixels, so the per-process
+detection and embedding caches never hit). Each scorer is warmed up on two other images (model
+loading is not timed) and its caches are cleared before the timed call, so attribute classifiers
+include their MTCNN detection. Scorers whose weights are not available offline run on randomly
+initialised weights of the real architecture (ViT-L-14, ResNet-34, 768-d heads), written to
+temporary files in the real formats: same compute, meaningless scores.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+
+def photos(n: int, seed: int = 0) -> list[Image.Image]:
+    from skimage import data
+
+    sources = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.immunohistochemistry()]
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        src = Image.fromarray(sources[i % len(sources)]).convert("RGB")
+        w, h = src.size
+        side = int(min(w, h) * rng.uniform(0.8, 1.0))
+        x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+        out.append(src.crop((x, y, x + side, y + side)).resize((512, 512), Image.BICUBIC))
+    return out
+
+
+def random_weights(tmp: Path) -> dict[str, str]:
+    """Random heads / classifiers in the real file formats."""
+    from metrics.attributes import fairface_model
+
+    torch.save(fairface_model().state_dict(), tmp / "fairface.pt")
+    dims = [768, 1024, 128, 64, 16, 1]
+    mlp = {f"layers.{j}.{p}": t for j, (a, b) in zip((0, 2, 4, 6, 7), zip(dims, dims[1:]))
+           for p, t in torch.nn.Linear(a, b).state_dict().items()}
+    torch.save(mlp, tmp / "aesthetic.pth")
+    np.save(tmp / "q16.npy", np.random.default_rng(0).standard_normal((2, 768)).astype(np.float32))
+    return {"fairface": str(tmp / "fairface.pt"), "aesthetic": str(tmp / "aesthetic.pth"),
+            "q16": str(tmp / "q16.npy")}
+
+
+def scorers(weights: dict[str, str], device: str, threads: int) -> dict[str, tuple[object, str]]:
+    from metrics.aesthetics import LAIONAesthetic
+    from metrics.attributes import AgeGender, CLIPAttributes, FairFace
+    from metrics.clip_score import CLIPScore
+    from metrics.faces import MTCNNFaces
+    from metrics.nudenet import NudeNet
+    from metrics.q16 import Q16
+
+    clip = {"model": "ViT-L-14", "pretrained": "none", "device": device}
+    rand = "random-init weights, real architecture"
+    return {
+        "mtcnn": (MTCNNFaces(device=device), "bundled weights"),
+        "age-gender": (AgeGender(device=device), "bundled weights; includes MTCNN"),
+        "fairface": (FairFace(weights=weights["fairface"], device=device), rand + "; includes MTCNN"),
+        "clip-attributes": (CLIPAttributes(**clip), "ViT-L-14 " + rand + "; includes MTCNN; CLIP only on single-face images"),
+        "nudenet": (NudeNet(threads=threads), "bundled 320n.onnx"),
+        "clipscore": (CLIPScore(**clip), "ViT-L-14 " + rand),
+        "aesthetic": (LAIONAesthetic(weights=weights["aesthetic"], **clip), "ViT-L-14 + MLP head, " + rand),
+        "q16": (Q16(weights=weights["q16"], **clip), "ViT-L-14 " + rand),
+    }
+
+
+def clear_caches() -> None:
+    import metrics.clip_models
+    import metrics.faces
+
+    metrics.faces._DETECTIONS.data.clear()
+    metrics.clip_models._EMBEDDINGS.data.clear()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=32, help="timed images per scorer")
+    parser.add_argument("--threads", type=int, default=1, help="torch / onnxruntime threads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--only", nargs="*", help="scorer names to run (default: all)")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(args.threads)
+
+    images = photos(args.n + 2)
+    warm, timed = images[:2], images[2:]
+    rows = pd.DataFrame({"prompt": ["a photo of an astronaut"] * args.n})
+    lines = ["| scorer | images/s | s/image | notes |", "|---|---:|---:|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = random_weights(Path(tmp))
+        for name, (scorer, note) in scorers(weights, args.device, args.threads).items():
+            if args.only and name not in args.only:
+                continue
+            scorer.score(warm, rows.iloc[:2])  # loads the models
+            clear_caches()
+            start = time.perf_counter()
+            scorer.score(timed, rows)
+            seconds = time.perf_counter() - start
+            lines.append(f"| {name} | {args.n / seconds:.2f} | {seconds / args.n:.3f} | {note} |")
+            print(lines[-1], flush=True)
+    print(f"\n{args.n} images, 512 x 512, device {args.device}, {args.threads} thread(s), "
+          f"torch {torch.__version__}\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
