@@ -82,8 +82,10 @@ class Parity(_Bootstrapped):
     def __init__(self, label_column: str, groups: Sequence[str], attribute: str,
                  confusion: np.ndarray | None = None, correction: str = "holm",
                  compare: Sequence[str] = ("parity_l2",), baseline: str = BASELINE,
-                 **boot: object) -> None:
-        super().__init__(**boot)  # type: ignore[arg-type]
+                 resample_images: bool = False, **boot: object) -> None:
+        # Prompts only by default: resampling images too adds a second layer of the plug-in
+        # bias of discrepancies, and the interval can miss its own point (docs/metrics.md).
+        super().__init__(resample_images=resample_images, **boot)  # type: ignore[arg-type]
         if len(groups) < 2:
             raise ValueError(f"Parity({attribute}): need at least 2 groups, got {list(groups)}")
         if correction not in stats.CORRECTIONS:
@@ -149,6 +151,13 @@ class Parity(_Bootstrapped):
     def compute(self, table: pd.DataFrame) -> dict[str, dict[str, Cell]]:
         df = self._neutral(table)
         k, names = len(self.groups), list(stats.DISCREPANCIES)
+        stat, labels = stats.parity_statistic(k, names), names
+        if self.confusion is not None:  # raw and corrected from the same replicates
+            raw, corr = stat, stats.parity_statistic(k, names, self.confusion)
+            stat = lambda c, m: np.concatenate([raw(c, m), corr(c, m)], -1)  # noqa: E731
+            labels = names + [n + "_corrected" for n in names]
+        if df.empty:
+            self.notes.append(f"{self._name('parity')}: no neutral prompt in this prompt set")
         result: dict[str, dict[str, Cell]] = {}
         for method, g in df.groupby("method", sort=False):
             codes, mask = stats.pad_by_prompt(g["prompt_id"], g["_code"].to_numpy())
@@ -158,13 +167,8 @@ class Parity(_Bootstrapped):
                 self.notes.append(f"{self._name('parity')} {method}: none of {len(g)} neutral "
                                   f"images has a {self.attribute} label (no face found?)")
             cells = result.setdefault(str(method), {})
-            stat = stats.parity_statistic(k, names)
-            for m, est in zip(names, self._boot(codes, mask, stat, method, "parity")):
+            for m, est in zip(labels, self._boot(codes, mask, stat, method, "parity")):
                 cells[self._name(m)] = _cell(est, n_known)
-            if self.confusion is not None:
-                stat = stats.parity_statistic(k, names, self.confusion)
-                for m, est in zip(names, self._boot(codes, mask, stat, method, "corrected")):
-                    cells[self._name(m + "_corrected")] = _cell(est, n_known)
             no_face = self._boot(codes < 0, mask, stats.pooled_mean, method, "no_face")[0]
             cells[self._name("no_face_rate")] = _cell(no_face, len(g))
             cells[self._name("chi2_p")] = _point(stats.chisquare_uniform(counts)[1], n_known)
@@ -352,11 +356,11 @@ class MeanScore(_Bootstrapped):
                 code = np.full(len(g), -1.0)
             values, mask = stats.pad_by_prompt(g["prompt_id"], np.column_stack([x, code]))
             ests = self._boot(values, mask, self._statistic(k), str(method), self.info.name)
-            ns = [int(np.isfinite(x).sum())] + [int((np.isfinite(x) & (code == i)).sum())
-                                                for i in range(k)]
-            names = [self.info.name] + ([f"{self.info.name}[{gr}]" for gr in self.groups]
-                                        + [f"{self.info.name}_gap"] if self.by else [])
-            ns.append(sum(ns[1:]))  # the gap rests on all labelled images
+            ns, names = [int(np.isfinite(x).sum())], [self.info.name]
+            if self.by:
+                ns += [int((np.isfinite(x) & (code == i)).sum()) for i in range(k)]
+                ns.append(sum(ns[1:]))  # the gap rests on all labelled images
+                names += [f"{self.info.name}[{gr}]" for gr in self.groups] + [f"{self.info.name}_gap"]
             result[str(method)] = {n: _cell(e, c) for n, e, c in zip(names, ests, ns)}
             if ns[0] == 0:
                 self.notes.append(f"{self.info.name} {method}: no finite {self.column} value")

@@ -87,8 +87,10 @@ def test_parity_every_image_faceless():
 def test_parity_one_prompt_and_one_image():
     t = table({"baseline": [["male", "female", "female", "male", "male", "female", "female"]]})
     c = Parity("face.gender", GENDER, "gender").compute(t)["baseline"]["parity_l2[gender]"]
-    assert c.value == pytest.approx(math.sqrt(2) * (4 / 7 - 0.5))
-    assert c.lo < c.hi  # images still vary within the one prompt
+    assert c == Cell(math.sqrt(2) * (4 / 7 - 0.5), c.value, c.value, 7)  # prompts only: no spread
+    c2 = Parity("face.gender", GENDER, "gender", resample_images=True).compute(t)
+    c2 = c2["baseline"]["parity_l2[gender]"]
+    assert c2.value == c.value and c2.lo < c2.hi  # images vary within the one prompt
     single = table({"baseline": [["female"]]})
     c = Parity("face.gender", GENDER, "gender").compute(single)["baseline"]["parity_l2[gender]"]
     assert c == Cell(math.sqrt(0.5), math.sqrt(0.5), math.sqrt(0.5), 1)
@@ -102,13 +104,12 @@ def test_parity_paired_comparison_with_correction(correction, adjusted):
     out = Parity("face.gender", GENDER, "gender", correction=correction).compute(t)
     assert "parity_l2_diff[gender]" not in out["baseline"]
     d = out["fair"]["parity_l2_diff[gender]"]
-    assert d.value == pytest.approx(-math.sqrt(0.5)) and d.n == 6
-    # resampling the balanced images makes them unbalanced (parity >= 0) but never the
-    # all-male baseline's; the plug-in bias puts the point at the interval's lower edge
-    assert -math.sqrt(0.5) - 1e-12 <= d.lo < d.hi <= 0
-    prompts_only = Parity("face.gender", GENDER, "gender", correction=correction,
-                          resample_images=False).compute(t)["fair"]["parity_l2_diff[gender]"]
-    assert prompts_only == Cell(d.value, d.value, d.value, 6)
+    assert d == Cell(-math.sqrt(0.5), -math.sqrt(0.5), -math.sqrt(0.5), 6)  # identical prompts
+    # resampling images too unbalances the balanced images (parity >= 0) but never the
+    # all-male baseline's: the plug-in bias puts the point at the interval's lower edge
+    two_stage = Parity("face.gender", GENDER, "gender", correction=correction,
+                       resample_images=True).compute(t)["fair"]["parity_l2_diff[gender]"]
+    assert two_stage.value == d.value and d.value - 1e-12 <= two_stage.lo < two_stage.hi <= 0
     # raw Wilcoxon p: 6 negative differences -> 2 / 2^6; the other method's differences are 0 -> 1
     assert out["fair"]["parity_l2_p[gender]"].value == pytest.approx(adjusted[0])
     assert out["same"]["parity_l2_p[gender]"].value == pytest.approx(adjusted[1])

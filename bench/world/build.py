@@ -46,9 +46,9 @@ class Settings:
     caption_dropout: float = 0.1
 
 
-FULL = Settings(corpus=40000, vae_steps=1500, vae_batch=64, eval_images=24000, eval_steps=1500,
-                quality_steps=800, eval_batch=128, heldout_images=4000, clip_steps=800,
-                clip_batch=256, unet_steps=3000, unet_batch=128)
+FULL = Settings(corpus=40000, vae_steps=1200, vae_batch=32, eval_images=16000, eval_steps=800,
+                quality_steps=400, eval_batch=64, heldout_images=3000, clip_steps=600,
+                clip_batch=256, unet_steps=2000, unet_batch=128)
 QUICK = Settings(corpus=256, vae_steps=8, vae_batch=16, eval_images=256, eval_steps=8,
                  quality_steps=8, eval_batch=32, heldout_images=128, clip_steps=8, clip_batch=32,
                  unet_steps=8, unet_batch=16)

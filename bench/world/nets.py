@@ -18,7 +18,7 @@ def make_vae() -> Any:
     return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, sample_size=32,
         down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
-        block_out_channels=[32, 64, 64], layers_per_block=1, norm_num_groups=16)
+        block_out_channels=[16, 32, 64], layers_per_block=1, norm_num_groups=8)
 
 
 def make_unet() -> Any:

@@ -64,7 +64,7 @@ def train_vae(images: np.ndarray, steps: int, batch: int, seed: int) -> tuple[An
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return float(mse)
+        return float(mse.detach())
 
     log = _loop(steps, step, "vae")
     vae.eval()
@@ -174,7 +174,7 @@ def text_table(text_encoder: Any, tokenizer: Any, texts: list[str]) -> torch.Ten
 def train_unet(latents: torch.Tensor, caption_ids: np.ndarray, table: torch.Tensor,
                empty_id: int, steps: int, batch: int, seed: int, dropout: float = 0.1,
                on_checkpoint: Callable[[Any, int], None] | None = None,
-               checkpoint_every: int = 500) -> tuple[Any, dict]:
+               checkpoint_every: int = 300) -> tuple[Any, dict]:
     """Epsilon-prediction training on scaled latents; `dropout` of captions become "" (CFG).
     Returns an exponential moving average of the weights."""
     torch.manual_seed(seed)
@@ -208,7 +208,7 @@ def train_unet(latents: torch.Tensor, caption_ids: np.ndarray, table: torch.Tens
         return float(loss)
 
     def checkpoint(n: int) -> None:
-        if on_checkpoint is not None and n % checkpoint_every == 0:
+        if on_checkpoint is not None and n % checkpoint_every == 0 and n < steps:
             on_checkpoint(ema, n)
 
     log = _loop(steps, step, "unet", on_log=checkpoint)
