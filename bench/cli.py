@@ -87,7 +87,48 @@ def parser() -> argparse.ArgumentParser:
                                   "--out /tmp/world", formatter_class=fmt)
     world.add_argument("action", choices=["build"])
     world.add_argument("args", nargs=argparse.REMAINDER, help="the builder's own flags")
+    _add_reproducibility_commands(sub, fmt)
     return root
+
+
+def _add_reproducibility_commands(sub: argparse._SubParsersAction, fmt: type) -> None:
+    rep = sub.add_parser("reproduce", help="re-run what a manifest or bundle describes, after "
+                         "listing how this setup differs", formatter_class=fmt, epilog=(
+                             "examples:\n  bench reproduce runs/latest --out runs/check\n"
+                             "  bench reproduce paper-results.zip --device cuda\n"
+                             "  bench reproduce runs/latest/manifest.json --allow-drift"))
+    rep.add_argument("source", help="run directory, its manifest.json, or a bundle .zip")
+    rep.add_argument("--out", help="new run directory (default: SOURCE-reproduced)")
+    rep.add_argument("--allow-drift", action="store_true",
+                     help="run even if prompt sets, the model or method parameters differ")
+    rep.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
+    rep.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    cmp = sub.add_parser("compare", help="compare two runs or bundles image by image and cell by "
+                         "cell; exit 1 when they disagree", formatter_class=fmt, epilog=(
+                             "examples:\n  bench compare runs/latest runs/check\n"
+                             "  bench compare results/world.zip runs/ci --format json --out cmp.json"
+                             "\n  bench compare a b --tolerance 2/255 --include-latency --strict"))
+    cmp.add_argument("run_a", help="run directory or bundle .zip")
+    cmp.add_argument("run_b", help="run directory or bundle .zip")
+    cmp.add_argument("--tolerance", default="1/255",
+                     help="per-pixel difference counted as matching, of full scale (default 1/255)")
+    cmp.add_argument("--format", choices=["md", "json"], default="md")
+    cmp.add_argument("--out", help="write the comparison here (default: stdout)")
+    cmp.add_argument("--include-latency", action="store_true",
+                     help="also compare wall-clock timing cells (noisy across runs)")
+    cmp.add_argument("--strict", action="store_true",
+                     help="also fail when an image differs beyond the tolerance or is in one run only")
+
+    bun = sub.add_parser("bundle", help="pack a run's manifest, tables, report and an image sample "
+                         "into a deterministic zip", formatter_class=fmt, epilog=(
+                             "examples:\n  bench bundle runs/latest --out paper-results.zip\n"
+                             "  bench bundle runs/latest --out all.zip --images all"))
+    bun.add_argument("run_dir")
+    bun.add_argument("--out", required=True, help="bundle path (.zip)")
+    bun.add_argument("--images", default="16",
+                     help="how many images to include (first N cache keys, sorted) or 'all' "
+                          "(default 16)")
 
 
 def spec_from_args(a: argparse.Namespace) -> RunSpec:
@@ -150,8 +191,47 @@ def cmd_generate(a: argparse.Namespace) -> int:
 def cmd_report(a: argparse.Namespace) -> int:
     from bench import report
 
-    out = report.build(Path(a.run_dir), metrics=a.metrics, device=a.device, quiet=a.quiet)
+    run_dir, metrics = Path(a.run_dir), a.metrics
+    if run_dir.suffix == ".zip":  # a bundle: extracted beside it, reported from its stored scores
+        from bench import bundle
+
+        run_dir, metrics = bundle.for_report(run_dir, metrics)
+    out = report.build(run_dir, metrics=metrics, device=a.device, quiet=a.quiet)
     print(f"report: {out}")
+    return 0
+
+
+def cmd_reproduce(a: argparse.Namespace) -> int:
+    from bench import reproduce
+
+    out = reproduce.reproduce(Path(a.source), Path(a.out) if a.out else None,
+                              allow_drift=a.allow_drift, device=a.device, quiet=a.quiet)
+    print(f"run directory: {out}")
+    return 0
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from bench import compare
+
+    c = compare.compare(Path(a.run_a), Path(a.run_b), compare.parse_tolerance(a.tolerance),
+                        include_latency=a.include_latency)
+    text = (compare.to_json if a.format == "json" else compare.markdown)(c, strict=a.strict)
+    if a.out:
+        Path(a.out).write_text(text)
+        print(c.verdict())
+    else:
+        print(text, end="")
+    return 0 if compare.agrees(c, strict=a.strict) else 1
+
+
+def cmd_bundle(a: argparse.Namespace) -> int:
+    from bench import bundle
+
+    if a.images != "all" and not a.images.isdigit():
+        raise bundle.BundleError(f"--images '{a.images}': write a number or 'all'")
+    info = bundle.bundle(Path(a.run_dir), Path(a.out), None if a.images == "all" else int(a.images))
+    print(f"bundle: {a.out} ({info['images']['included']} of {info['images']['in_run']} images, "
+          f"{len(info['prompt_files'])} prompt files)")
     return 0
 
 
@@ -171,7 +251,8 @@ def cmd_world(a: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "list": cmd_list, "generate": cmd_generate, "report": cmd_report,
-    "train": cmd_train, "world": cmd_world,
+    "train": cmd_train, "world": cmd_world, "reproduce": cmd_reproduce, "compare": cmd_compare,
+    "bundle": cmd_bundle,
 }
 
 

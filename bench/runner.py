@@ -19,7 +19,7 @@ from bench.grid import WorkItem, build_grid, shard
 from bench.models import fingerprint, load_pipeline, native_size
 from bench.registry import METHODS
 from bench.sampler import Adapter, Batch
-from bench.spec import MethodSpec, RunSpec, SpecError
+from bench.spec import MethodSpec, RunSpec, SpecError, split_unescaped
 from bench.store import RunStore
 from prompt_sets.base import PromptSet
 
@@ -32,7 +32,7 @@ def split_method_list(text: str) -> list[str]:
     """'all' or 'a,b:k=v,x=y,c' -> ['a', 'b:k=v,x=y', 'c']: a comma part containing '=' belongs
     to the spec before it."""
     specs: list[str] = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
+    for part in filter(None, (p.strip() for p in split_unescaped(text))):
         if "=" in part and ":" not in part.split("=")[0] and specs:
             specs[-1] += "," + part
         else:
@@ -95,12 +95,7 @@ class RunPlan:
 
 def plan(spec: RunSpec) -> RunPlan:
     """Resolve everything that can fail before any image is generated."""
-    from prompt_sets.resolve import load_prompt_set
-
-    names = spec.prompt_sets or DEFAULT_PROMPT_SETS.get(spec.model, FALLBACK_PROMPT_SETS)
-    sets = [load_prompt_set(n) for n in names]
-    if spec.limit:
-        sets = [dataclasses.replace(s, prompts=s.prompts[: spec.limit]) for s in sets]
+    sets = load_prompt_sets(spec)
     methods = expand_methods(spec.methods)
     adapters = {m: build_adapters(m) for m in methods}  # parse errors before loading the model
     pipe = load_pipeline(spec.model, spec.device)
@@ -121,6 +116,17 @@ def plan(spec: RunSpec) -> RunPlan:
         i, n = parse_shard(spec.shard)
         p.items = shard(p.items, i, n, p.cost)
     return p
+
+
+def load_prompt_sets(spec: RunSpec) -> list[PromptSet]:
+    """The spec's prompt sets as the run uses them (after `limit`): what the manifest hashes."""
+    from prompt_sets.resolve import load_prompt_set
+
+    names = spec.prompt_sets or DEFAULT_PROMPT_SETS.get(spec.model, FALLBACK_PROMPT_SETS)
+    sets = [load_prompt_set(n) for n in names]
+    if spec.limit:
+        sets = [dataclasses.replace(s, prompts=s.prompts[: spec.limit]) for s in sets]
+    return sets
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -187,7 +193,12 @@ def git_commit() -> str | None:
 
 
 def run(spec: RunSpec, quiet: bool = False) -> Path:
-    p = plan(spec)
+    return execute(plan(spec), quiet)
+
+
+def execute(p: RunPlan, quiet: bool = False) -> Path:
+    """Generate, store and report a planned run (`bench reproduce` plans first to check drift)."""
+    spec = p.spec
     store = RunStore(spec.out)
     store.write_manifest(manifest(p))
     settings = GenerationSettings(spec.model, spec.sampler, p.height, p.width, spec.batch_size)

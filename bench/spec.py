@@ -1,11 +1,13 @@
 """Frozen run specifications. They serialise into the run directory's manifest and back.
 
-A method spec is written `name[:key=value,...]` on the command line (`sld-strong:warmup=5`); its
+A method spec is written `name[:key=value,...]` on the command line (`sld-strong:warmup=5`; a
+comma inside a value is written `\,`); its
 canonical string (sorted keys) is part of every cache key, so equal specs share cached images.
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,11 @@ import yaml
 
 class SpecError(ValueError):
     pass
+
+
+def split_unescaped(text: str, sep: str = ",") -> list[str]:
+    """Split on `sep` except where it is escaped as `\\,` (values such as SLD's concept hold commas)."""
+    return re.split(r"(?<!\\)" + re.escape(sep), text)
 
 
 @dataclass(frozen=True)
@@ -28,17 +35,18 @@ class MethodSpec:
         if not name:
             raise SpecError(f"empty method spec in '{text}'; write name[:key=value,...]")
         params: dict[str, str] = {}
-        for part in filter(None, (p.strip() for p in rest.split(","))):
+        for part in filter(None, (p.strip() for p in split_unescaped(rest))):
             key, eq, value = part.partition("=")
             if not eq or not key:
                 raise SpecError(f"method spec '{text}': '{part}' is not key=value")
-            params[key.strip()] = value.strip()
+            params[key.strip()] = value.strip().replace("\\,", ",")
         return cls(name, tuple(sorted(params.items())))
 
     def __str__(self) -> str:
         if not self.params:
             return self.name
-        return self.name + ":" + ",".join(f"{k}={v}" for k, v in self.params)
+        return self.name + ":" + ",".join(f"{k}={v.replace(',', chr(92) + ',')}"
+                                          for k, v in self.params)
 
     def param_dict(self) -> dict[str, str]:
         return dict(self.params)

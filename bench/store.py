@@ -85,6 +85,8 @@ class RunStore:
     # --- tables ---------------------------------------------------------------------------
     def consolidate(self) -> pd.DataFrame:
         """Rebuild images.parquet from every record (all shards)."""
+        if not (self.root / "records").is_dir() and (self.root / "images.parquet").exists():
+            return pd.read_parquet(self.root / "images.parquet")  # a bundle: the table is the record
         rows = [json.loads(p.read_text()) for p in sorted((self.root / "records").glob("*.json"))]
         table = pd.DataFrame(rows)
         if not table.empty:

@@ -18,18 +18,12 @@ import torch
 
 from bench.sampler import Adapter, Batch, encode_text
 
-# The 80 training occupations of the official code (generative/job_list.py, MIT licence).
-OFFICIAL_OCCUPATIONS = (
-    "Actor|Architect|Audiologist|Author|Baker|Barber|Blacksmith|Bricklayer|Bus Driver|Butcher|"
-    "Chef|Chemist|Cleaner|Coach|Comedian|Computer Programmer|Construction Worker|Consultant|"
-    "Counselor|Dancer|Dentist|Designer|Dietitian|DJ|Doctor|Driver|Economist|Electrician|Engineer|"
-    "Entrepreneur|Farmer|Florist|Graphic Designer|Hairdresser|Historian|Journalist|Judge|Lawyer|"
-    "Librarian|Magician|Makeup Artist|Mathematician|Marine Biologist|Mechanic|Model|Musician|"
-    "Nanny|Nurse|Optician|Painter|Pastry Chef|Pediatrician|Photographer|Plumber|Police Officer|"
-    "Politician|Professor|Psychologist|Real Estate Agent|Receptionist|Recruiter|Researcher|Sailor|"
-    "Salesperson|Surveyor|Singer|Social Worker|Software Developer|Statistician|Surgeon|Teacher|"
-    "Technician|Therapist|Tour Guide|Translator|Vet|Videographer|Waiter|Writer|Zoologist"
-)
+def default_occupations() -> str:
+    """Every other occupation of the project's own list (prompt_sets/data/occupations.txt): the
+    official code likewise builds its projection from a training list of about 80 jobs."""
+    from prompt_sets.occupations import occupations
+
+    return "|".join(occupations()[::2])
 
 
 @dataclass(frozen=True)
@@ -37,12 +31,12 @@ class DebiasVLParams:
     lam: float = 500.0  # lambda, the official default
     groups: str = "male|female"  # '|'-separated; every pair of groups forms a pair per occupation
     template: str = "A photo of a {group} {occupation}."  # the official prompt
-    occupations: str = ""  # '|'-separated; "" = the official 80 training occupations
+    occupations: str = ""  # '|'-separated; "" = every other occupation of the project's list
 
 
 def pair_prompts(p: DebiasVLParams) -> list[tuple[str, str]]:
     groups = [g.strip() for g in p.groups.split("|") if g.strip()]
-    occupations = [o.strip().lower() for o in (p.occupations or OFFICIAL_OCCUPATIONS).split("|")]
+    occupations = [o.strip().lower() for o in (p.occupations or default_occupations()).split("|")]
     if len(set(groups)) < 2 or "{group}" not in p.template or "" in occupations:
         raise ValueError(f"debias-vl: need two or more distinct '|'-separated groups (got "
                          f"{p.groups!r}), a template containing {{group}} (got {p.template!r}) "
@@ -77,7 +71,7 @@ def calibration_matrix(z_a: torch.Tensor, z_b: torch.Tensor, lam: float) -> torc
 
 class DebiasVL(Adapter):
     name = "debias-vl"
-    description = "debias-vl: project prompt embeddings with (lambda*M + I)^-1 from group-paired prompts."
+    description = "debias-vl: prompt embeddings times (lambda*M + I)^-1 from group-paired prompts."
     Params = DebiasVLParams
 
     def __init__(self, params: Any = None) -> None:

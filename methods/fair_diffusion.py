@@ -47,7 +47,7 @@ def draw_group(seed: int, n_groups: int) -> int:
 
 class FairDiffusion(Adapter):
     name = "fair-diffusion"
-    description = "Fair Diffusion: SEGA edits toward a per-image group concept and away from the others."
+    description = "Fair Diffusion: SEGA edits toward a per-image group concept, away from the others."
     Params = FairDiffusionParams
 
     def __init__(self, params: Any = None) -> None:

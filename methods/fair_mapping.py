@@ -132,10 +132,9 @@ def resolve_checkpoint(method: str, checkpoint: str, attribute: str, pipe: Any) 
 
 
 def no_checkpoint_reason(method: str, attribute: str) -> str:
-    which = f"-{attribute}" if attribute else "-<attribute>"
-    return (f"no {method} checkpoint for this model (none at <model checkpoints>/{method}{which}); "
-            f"train one with `bench train {method} --model M --attribute A --out DIR` and pass "
-            f"{method}:checkpoint=DIR")
+    which = f" for attribute {attribute}" if attribute else ""
+    return (f"the model ships no {method} checkpoint{which}; train one with `bench train {method} "
+            f"--model M --attribute A --out DIR` and pass {method}:checkpoint=DIR")
 
 
 def read_card(path: Path, method: str) -> dict[str, Any]:

@@ -71,7 +71,8 @@ class _Bootstrapped(Aggregator):
         missing = [c for c in need if c not in table.columns]
         if missing:
             raise ValueError(f"{type(self).__name__}: column(s) {missing} not in the score table; "
-                             "run the scorer that writes them (`bench report --metrics ...`)")
+                             "scorer columns come from `bench report --metrics <scorer>`, meta.* "
+                             "columns from the prompt set's metadata")
         keys = [c for c in ("method", *PAIR_KEYS) if c in table.columns]
         return table.sort_values(keys, kind="stable")
 
@@ -151,17 +152,19 @@ class Parity(_Bootstrapped):
     def compute(self, table: pd.DataFrame) -> dict[str, dict[str, Cell]]:
         df = self._neutral(table)
         k, names = len(self.groups), list(stats.DISCREPANCIES)
-        stat, labels = stats.parity_statistic(k, names), names
-        if self.confusion is not None:  # raw and corrected from the same replicates
-            raw, corr = stat, stats.parity_statistic(k, names, self.confusion)
-            stat = lambda c, m: np.concatenate([raw(c, m), corr(c, m)], -1)  # noqa: E731
-            labels = names + [n + "_corrected" for n in names]
+        raw = stats.parity_statistic(k, names)
+        corr = None if self.confusion is None else stats.parity_statistic(k, names, self.confusion)
+        labels = names + ([n + "_corrected" for n in names] if corr else [])
+
+        def stat(c: np.ndarray, m: np.ndarray) -> np.ndarray:  # raw and corrected share replicates
+            return np.concatenate([raw(c, m), corr(c, m)], -1) if corr else raw(c, m)
+
         if df.empty:
             self.notes.append(f"{self._name('parity')}: no neutral prompt in this prompt set")
         result: dict[str, dict[str, Cell]] = {}
         for method, g in df.groupby("method", sort=False):
             codes, mask = stats.pad_by_prompt(g["prompt_id"], g["_code"].to_numpy())
-            counts, n_unknown = stats.group_counts(g["_code"].to_numpy(), k)
+            counts, _ = stats.group_counts(g["_code"].to_numpy(), k)
             n_known = int(counts.sum())
             if n_known == 0:
                 self.notes.append(f"{self._name('parity')} {method}: none of {len(g)} neutral "

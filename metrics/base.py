@@ -63,8 +63,10 @@ class Aggregator:
     methods) and returns {method_spec: {metric_name: Cell}}.
     """
 
-    infos: ClassVar[Sequence[MetricInfo]] = ()
-    requires: ClassVar[Sequence[str]] = ()  # scorer names whose columns it reads
+    # Set per instance: names depend on the attribute, groups and categories it was built for.
+    infos: Sequence[MetricInfo] = ()
+    # Why a cell is NaN or what was excluded, refilled by each compute(); the report prints them.
+    notes: list[str]
 
     def compute(self, scores: pd.DataFrame) -> dict[str, dict[str, Cell]]:
         raise NotImplementedError

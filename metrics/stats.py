@@ -300,9 +300,12 @@ def percentile_interval(reps: np.ndarray, level: float = 0.95) -> tuple[float, f
 
 
 def mean_ci(values: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
-            n_boot: int = 1000) -> Estimate:
-    """Mean of a continuous per-image score (pooled over images) with its hierarchical CI."""
-    return hierarchical_bootstrap(values, mask, pooled_mean, rng, n_boot)
+            n_boot: int = 1000, resample_images: bool = True) -> Estimate:
+    """Mean of a per-image score over images with a finite value (NaN = missing), with its
+    bootstrap CI. 0/1 flags give a rate. Equals the mean of per-prompt means when every prompt
+    has the same number of scored images."""
+    return hierarchical_bootstrap(values, mask, pooled_mean, rng, n_boot,
+                                  resample_images=resample_images)
 
 
 # ------------------------------------------------------------------------ paired comparison

@@ -87,7 +87,8 @@ def test_parity_every_image_faceless():
 def test_parity_one_prompt_and_one_image():
     t = table({"baseline": [["male", "female", "female", "male", "male", "female", "female"]]})
     c = Parity("face.gender", GENDER, "gender").compute(t)["baseline"]["parity_l2[gender]"]
-    assert c == Cell(math.sqrt(2) * (4 / 7 - 0.5), c.value, c.value, 7)  # prompts only: no spread
+    # prompts only: nothing varies (equal up to float summation order)
+    assert (c.value, c.lo, c.hi) == pytest.approx((math.sqrt(2) * (4 / 7 - 0.5),) * 3) and c.n == 7
     c2 = Parity("face.gender", GENDER, "gender", resample_images=True).compute(t)
     c2 = c2["baseline"]["parity_l2[gender]"]
     assert c2.value == c.value and c2.lo < c2.hi  # images vary within the one prompt

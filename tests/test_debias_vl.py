@@ -52,8 +52,10 @@ def test_pairs_follow_official_prompts():
         ("A photo of a male nurse.", "A photo of a female nurse."),
         ("A photo of a male pilot.", "A photo of a female pilot.")]
     default = pair_prompts(DebiasVL.Params())
-    assert len(default) == 80 and default[8] == ("A photo of a male bus driver.",
-                                                 "A photo of a female bus driver.")
+    from prompt_sets.occupations import occupations
+    training = occupations()[::2]  # every other occupation of the project's list
+    assert len(default) == len(training) >= 80
+    assert default[3] == (f"A photo of a male {training[3]}.", f"A photo of a female {training[3]}.")
     race = pair_prompts(DebiasVL.Params(groups="Black|White|Asian", occupations="judge"))
     assert len(race) == 3 and ("A photo of a Black judge.", "A photo of a Asian judge.") in race
 

@@ -191,6 +191,13 @@ def test_method_list_parsing():
     assert runner.split_method_list("baseline,sld-strong:warmup=5,threshold=0.1,debias-vl") == [
         "baseline", "sld-strong:warmup=5,threshold=0.1", "debias-vl"]
     assert runner.canonical_method("a:z=1,b=2 + c") == "a:b=2,z=1+c"
+    # A comma inside a value (SLD's concept) is escaped as \, and survives the round trip.
+    specs = runner.split_method_list(r"sld-strong:concept=blood\, gore,warmup=3,baseline")
+    assert specs[1] == "baseline"
+    from bench.spec import MethodSpec
+    parsed = MethodSpec.parse(specs[0])
+    assert parsed.param_dict() == {"concept": "blood, gore", "warmup": "3"}
+    assert MethodSpec.parse(str(parsed)) == parsed
 
 
 def test_html_report_escapes_prompts(tmp_path, prompt_file):

@@ -94,13 +94,15 @@ def make_plots(root: Path, table: pd.DataFrame, boards: list[tables.Leaderboard]
         made.append(plots.image_grid(part, root, out_dir / f"grid-{tag}.png"))
     for b in boards:
         tag = _slug(b.title)
-        made.append(plots.metric_bars(b, "parity_l2", out_dir / f"parity-{tag}.png"))
-        for y in ("occupation_acc", "clipscore", "quality", "aesthetic"):
-            made.append(plots.tradeoff(b, "parity_l2", y, out_dir / f"tradeoff-{tag}-{y}.png"))
+        for x in b.metric_names("parity_l2"):
+            made.append(plots.metric_bars(b, x, out_dir / f"{_slug(x)}-{tag}.png"))
+            for y in ("occupation_acc", "clipscore", "quality", "aesthetic"):
+                if y in b.metric_names(y):
+                    made.append(plots.tradeoff(b, x, y, out_dir / f"tradeoff-{tag}-{_slug(x)}-{y}.png"))
     by_set: dict[str, list] = {}
     for b, (ps, g) in zip(boards, table.groupby(["prompt_set", "guidance"]).groups):
         by_set.setdefault(ps, []).append((g, b))
     for ps, items in by_set.items():
-        made.append(plots.against_guidance(items, "parity_l2",
-                                           out_dir / f"parity-vs-guidance-{_slug(ps)}.png"))
+        for x in {n for _, b in items for n in b.metric_names("parity_l2")}:
+            made.append(plots.against_guidance(items, x, out_dir / f"{_slug(x)}-vs-guidance-{_slug(ps)}.png"))
     return [p for p in made if p is not None]

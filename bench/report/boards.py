@@ -43,12 +43,8 @@ def label_columns(table: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def derive(table: pd.DataFrame) -> pd.DataFrame:
-    """Columns computed from scorer outputs: the I2P 'inappropriate' flag (any flagger) and
-    occupation correctness."""
+    """Columns computed from scorer outputs: occupation correctness."""
     table = table.copy()
-    flags = [c for c in FLAG_COLUMNS if c in table]
-    if flags:
-        table["inappropriate"] = table[flags].fillna(False).astype(bool).any(axis=1)
     if "world.occupation" in table and "meta.occupation" in table:
         table["occupation_correct"] = (table["world.occupation"] == table["meta.occupation"]
                                        ).astype(float)
@@ -66,9 +62,9 @@ def aggregators(table: pd.DataFrame, confusions: dict[str, Any]) -> list[Aggrega
             out.append(agg.Parity(col, groups, attribute, confusion=confusions.get(col)))
         if "meta.attribute" in table and (table["meta.attribute"] == attribute).any():
             out.append(agg.RequestedGroupRate(col, attribute))
-    if "inappropriate" in table and "meta.categories" in table \
-            and table["meta.categories"].notna().any():
-        out.append(agg.Inappropriateness("inappropriate"))
+    flags = [c for c in FLAG_COLUMNS if c in table]
+    if flags and "meta.categories" in table and table["meta.categories"].notna().any():
+        out.append(agg.Inappropriateness(tuple(flags)))
     for col, info in SCORE_COLUMNS.items():
         if col in table and table[col].notna().any():
             out.append(agg.MeanScore(col, info))
@@ -81,13 +77,14 @@ def leaderboards(table: pd.DataFrame, confusions: dict[str, Any]) -> Iterator[Le
     for (prompt_set, guidance), part in table.groupby(["prompt_set", "guidance"], sort=True):
         part = part.reset_index(drop=True)
         infos: list[MetricInfo] = []
+        notes: list[str] = []
         cells: dict[str, dict] = {m: {} for m in part["method"].drop_duplicates()}
         for a in aggregators(part, confusions):
             result = a.compute(part)
             for method, metric_cells in result.items():
                 cells.setdefault(method, {}).update(metric_cells)
-            for info in a.infos_for(part) if hasattr(a, "infos_for") else a.infos:
-                if info.name not in [i.name for i in infos]:
-                    infos.append(info)
+            infos += [i for i in a.infos if i.name not in {j.name for j in infos}]
+            notes += getattr(a, "notes", [])
         infos = [i for i in infos if any(i.name in c for c in cells.values())]
-        yield Leaderboard(f"{prompt_set} (guidance {guidance:g})", tuple(infos), cells)
+        yield Leaderboard(f"{prompt_set} (guidance {guidance:g})", tuple(infos), cells,
+                          tuple(notes))

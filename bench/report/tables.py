@@ -17,6 +17,11 @@ class Leaderboard:
     title: str  # e.g. "world-occupations (guidance 7.5)"
     infos: tuple[MetricInfo, ...]
     cells: dict[str, dict[str, Cell]]  # method -> metric name -> cell
+    notes: tuple[str, ...] = ()  # why a cell is empty, what was excluded
+
+    def metric_names(self, prefix: str) -> list[str]:
+        """Metrics named `prefix` or `prefix[qualifier]`, e.g. parity_l2[skin]."""
+        return [i.name for i in self.infos if i.name == prefix or i.name.startswith(prefix + "[")]
 
     def methods(self) -> list[str]:
         return list(self.cells)
@@ -61,6 +66,7 @@ def markdown(board: Leaderboard) -> str:
              "|" + "---|" * len(head)]
     for row in _rows(board, lambda t: f"**{t}**"):
         lines.append("| " + " | ".join(md_escape(c) for c in row) + " |")
+    lines += [f"\n- {md_escape(n)}" for n in board.notes]
     return "\n".join(lines) + "\n"
 
 
@@ -112,5 +118,7 @@ def html_table(board: Leaderboard) -> str:
             tds.append(f"<td><strong>{esc(c[1:])}</strong></td>" if c.startswith("\0")
                        else f"<td>{esc(c)}</td>")
         rows.append("<tr>" + "".join(tds) + "</tr>")
+    notes = "".join(f"<li>{esc(n)}</li>" for n in board.notes)
     return (f"<table><caption>{esc(board.title)}</caption><thead><tr><th>method</th>{head}"
-            f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+            f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+            + (f"<ul class='notes'>{notes}</ul>" if notes else ""))

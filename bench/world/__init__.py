@@ -12,11 +12,15 @@ def load_world_pipeline(weights_dir: Path | None = None) -> Any:
     """The committed world as a diffusers StableDiffusionPipeline (registered as model "world")."""
     from diffusers import StableDiffusionPipeline
 
-    path = Path(weights_dir or WEIGHTS_DIR) / "pipeline"
+    root = Path(weights_dir or WEIGHTS_DIR)
+    path = root / "pipeline"
     if not (path / "model_index.json").exists():
         raise FileNotFoundError(f"{path} has no model_index.json; rebuild with `bench world build`")
-    return StableDiffusionPipeline.from_pretrained(
+    pipe = StableDiffusionPipeline.from_pretrained(
         str(path), safety_checker=None, requires_safety_checker=False, use_safetensors=True)
+    # Where methods look for the checkpoints the world ships (methods/fair_mapping.py).
+    pipe.bench_checkpoints_dir = root / "checkpoints"
+    return pipe
 
 
 def load_world_clip(weights_dir: Path | None = None) -> Any:

@@ -1,0 +1,160 @@
+"""`bench reproduce`: re-run exactly what a manifest describes, after listing every way this
+machine differs from the one that made it.
+
+Blocking differences (refused without `--allow-drift`, because the images would not be the same
+experiment): a prompt set whose content hash differs, a different model fingerprint, a method that
+resolves to other parameters (changed defaults) or is skipped here. Warnings: library versions,
+the git commit and the device type, which change pixels but not the experiment; `bench compare`
+then says whether the tables still agree.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import bundle, runner
+from bench.spec import RunSpec, SpecError
+from bench.store import RunStore
+
+VERSION_KEYS = ("bench", "python", "torch", "diffusers", "transformers", "open_clip_torch", "numpy")
+
+
+class DriftError(SpecError):
+    """The current setup differs from the manifest in a way that changes the experiment."""
+
+
+@dataclass(frozen=True)
+class Difference:
+    message: str
+    blocking: bool
+
+
+def read_source(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(manifest, bundle info or None) from a run directory, a manifest.json or a bundle."""
+    if path.suffix == ".zip":
+        with bundle.open_zip(path) as z:
+            return json.loads(z.read("manifest.json")), json.loads(z.read(bundle.INFO))
+    if path.is_dir():
+        return RunStore(path).manifest(), None
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such run directory, manifest or bundle")
+    try:
+        return json.loads(path.read_text()), None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SpecError(f"{path}: not a JSON manifest ({exc}); pass a run directory, its "
+                        "manifest.json or a bundle .zip") from None
+
+
+def default_out(source: Path) -> Path:
+    base = source.parent if source.name == "manifest.json" else source.with_suffix("")
+    return base.with_name(base.name + "-reproduced")
+
+
+def reproduce_spec(manifest: dict[str, Any], out: Path, device: str | None,
+                   prompt_files: dict[str, str]) -> RunSpec:
+    """The manifest's spec with the method list and prompt sets pinned to what the run resolved
+    (so `all` or a model's default sets mean the same here), bundled prompt files substituted,
+    the whole grid (no shard) and this machine's output directory and device."""
+    spec = RunSpec.from_dict(manifest["spec"])
+    methods = tuple(manifest.get("methods", {})) + tuple(manifest.get("skipped_methods", {}))
+    sets = tuple(prompt_files.get(e, e) for e in spec.prompt_sets) or tuple(
+        s["name"] for s in manifest.get("prompt_sets", []))
+    return dataclasses.replace(spec, methods=methods or spec.methods, prompt_sets=sets,
+                               out=str(out), device=device, shard=None)
+
+
+def differences(manifest: dict[str, Any], p: runner.RunPlan) -> list[Difference]:
+    out: list[Difference] = []
+    recorded = {s["name"]: s for s in manifest.get("prompt_sets", [])}
+    for s in p.prompt_sets:
+        rec = recorded.pop(s.name, None)
+        if rec is None:
+            out.append(Difference(f"prompt set '{s.name}' is not in the manifest", True))
+        elif rec["sha256"] != s.content_hash():
+            out.append(Difference(
+                f"prompt set '{s.name}' changed: content hash {rec['sha256'][:12]} in the manifest, "
+                f"{s.content_hash()[:12]} here ({len(s)} prompts, {rec['prompts']} recorded; "
+                f"source {s.source})", True))
+    out += [Difference(f"prompt set '{n}' is in the manifest but not loaded here", True)
+            for n in recorded]
+    model = manifest["model"]
+    if model["fingerprint"] != p.model_fp:
+        out.append(Difference(f"model '{model['name']}': fingerprint {model['fingerprint']} in the "
+                              f"manifest, {p.model_fp} here (other weights, config or scheduler)",
+                              True))
+    out += _method_differences(manifest, p)
+    was, now = str(manifest.get("device", "?")).split(":")[0], str(p.pipe.device).split(":")[0]
+    if was != now:
+        out.append(Difference(f"device type {was} in the manifest, {now} here: pixels may differ",
+                              False))
+    current = runner.versions()
+    for key in VERSION_KEYS:
+        a, b = manifest.get("versions", {}).get(key), current.get(key)
+        if a != b:
+            out.append(Difference(f"{key} {a or 'absent'} in the manifest, {b or 'absent'} here",
+                                  False))
+    commit = runner.git_commit()
+    if manifest.get("git_commit") and commit and manifest["git_commit"] != commit:
+        out.append(Difference(f"bench git commit {manifest['git_commit'][:12]} in the manifest, "
+                              f"{commit[:12]} here", False))
+    return out
+
+
+def _method_differences(manifest: dict[str, Any], p: runner.RunPlan) -> list[Difference]:
+    out = []
+    recorded = manifest.get("methods", {})
+    for method, adapters in p.adapters.items():
+        now = json.loads(json.dumps([{"name": a.name, "params": dataclasses.asdict(a.params)}
+                                     for a in adapters], default=str))
+        if method not in recorded:
+            out.append(Difference(f"method '{method}' was skipped in the original run "
+                                  f"({manifest.get('skipped_methods', {}).get(method)}) and runs "
+                                  "here", False))
+        elif now != recorded[method]:
+            changes = [f"{k} {was['params'].get(k)} -> {v}" for was, cur in zip(recorded[method], now)
+                       for k, v in cur["params"].items() if was["params"].get(k) != v]
+            out.append(Difference(f"method '{method}' resolves to other parameters here: "
+                                  f"{', '.join(changes) or 'components differ'} (its defaults "
+                                  "changed)", True))
+    out += [Difference(f"method '{m}' ran in the original run but is skipped here: {reason}", True)
+            for m, reason in p.skipped.items() if m in recorded]
+    return out
+
+
+def reproduce(source: Path, out: Path | None = None, allow_drift: bool = False,
+              device: str | None = None, quiet: bool = False) -> Path:
+    manifest, info = read_source(source)
+    out = out or default_out(source)
+    origin = source.parent if source.name == "manifest.json" else source
+    if out.resolve() == origin.resolve():
+        raise SpecError(f"--out {out} is the run being reproduced: its cached images would be "
+                        "reused, not regenerated; pass another --out")
+    prompt_files: dict[str, str] = {}
+    if info:  # the bundle's copies of custom prompt files, so reproduction works anywhere
+        bundle.extract(source, out, prefix="prompts/")
+        prompt_files = {f["entry"]: str((out / f["file"]).resolve()) + f["options"]
+                        for f in info["prompt_files"]}
+    p = runner.plan(reproduce_spec(manifest, out, device, prompt_files))
+    found = differences(manifest, p)
+    blocking = [d for d in found if d.blocking]
+    for d in found:
+        kind = "error" if d.blocking and not allow_drift else "warning"
+        print(f"bench: {kind}: {d.message}", file=sys.stderr)
+    if blocking and not allow_drift:
+        raise DriftError(f"{len(blocking)} difference(s) above change the experiment; restore the "
+                         "original inputs or rerun with --allow-drift")
+    if not found and not quiet:
+        print("prompt sets, model, methods, versions and device match the manifest",
+              file=sys.stderr)
+    runner.execute(p, quiet=quiet)
+    store = RunStore(out)
+    store.write_manifest({**store.manifest(), "reproduces": {
+        "source": str(source), "created": manifest.get("created"),
+        "git_commit": manifest.get("git_commit"), "model_fingerprint": manifest["model"]["fingerprint"],
+        "prompt_sets": {new: old for old, new in prompt_files.items()},  # rewritten -> original
+        "differences": [d.message for d in found], "allow_drift": allow_drift}})
+    return out
