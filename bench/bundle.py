@@ -88,13 +88,14 @@ def _check_prompt_file(entry: str, path: Path, manifest: dict[str, Any]) -> None
 
     spec = dataclasses.replace(RunSpec.from_dict(manifest["spec"]), prompt_sets=(entry,))
     if not path.is_file():
-        raise BundleError(f"prompt file {path} (prompt set '{entry}') not found; run `bench bundle` "
-                          "from the directory the run was started in")
+        raise BundleError(f"prompt file {path} (prompt set '{entry}') not found; run "
+                          "`bench bundle` from the directory the run was started in")
     current = runner.load_prompt_sets(spec)[0]
     recorded = {s["name"]: s["sha256"] for s in manifest.get("prompt_sets", [])}
     if recorded.get(current.name) != current.content_hash():
-        raise BundleError(f"prompt file {path} (prompt set '{current.name}') changed since the run "
-                          "(its content hash differs from the manifest); restore it before bundling")
+        raise BundleError(f"prompt file {path} (prompt set '{current.name}') changed since the "
+                          "run (its content hash differs from the manifest); restore it before "
+                          "bundling")
 
 
 def _write_zip(out: Path, files: dict[str, Path], info: bytes) -> None:
@@ -138,29 +139,46 @@ def open_zip(path: Path) -> zipfile.ZipFile:
                               "'..'); refusing to read this bundle")
     if INFO not in z.namelist() or "manifest.json" not in z.namelist():
         z.close()
-        raise BundleError(f"{path}: not a bench bundle (no {INFO} or manifest.json); build one with "
-                          "`bench bundle RUN_DIR --out FILE.zip`")
+        raise BundleError(f"{path}: not a bench bundle (no {INFO} or manifest.json); build one "
+                          "with `bench bundle RUN_DIR --out FILE.zip`")
     return z
+
+
+def read_bundle(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(manifest, bundle.json) of a bundle, with the bundled prompt-file entries checked."""
+    with open_zip(path) as z:
+        try:
+            manifest, info = (json.loads(z.read(n)) for n in ("manifest.json", INFO))
+            files = [f["file"] for f in info["prompt_files"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BundleError(f"{path}: unreadable manifest.json or {INFO} ({exc}); rebuild the "
+                              "bundle with `bench bundle`") from None
+        bad = [f for f in files if not (str(f).startswith("prompts/") and f in z.namelist())]
+    if bad:
+        raise BundleError(f"{path}: {INFO} names prompt file '{bad[0]}', which is not a prompts/ "
+                          "entry of the bundle; rebuild the bundle with `bench bundle`")
+    return manifest, info
 
 
 def extract(path: Path, dest: Path, prefix: str = "") -> Path:
     """Extract the entries under `prefix` (all by default) into `dest`."""
-    dest.mkdir(parents=True, exist_ok=True)
-    root = dest.resolve()
     with open_zip(path) as z:
-        for name in z.namelist():
-            target = (root / name).resolve()
+        dest.mkdir(parents=True, exist_ok=True)
+        root = dest.resolve()
+        targets = {n: (root / n).resolve() for n in z.namelist()
+                   if n.startswith(prefix) and not n.endswith("/")}
+        for name, target in targets.items():  # all checked before anything is written
             if not target.is_relative_to(root):  # e.g. a symlinked directory inside dest
                 raise BundleError(f"{path}: entry '{name}' would be written outside {dest}; "
                                   "refusing to extract")
-            if name.startswith(prefix) and not name.endswith("/"):
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with z.open(name) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
+        for name, target in targets.items():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with z.open(name) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
     return dest
 
 
-def for_report(path: Path, metrics: str | None) -> tuple[Path, str]:
+def for_report(path: Path, metrics: str | None) -> Path:
     """`bench report BUNDLE.zip`: extract beside the bundle (BUNDLE/) and report from the stored
     scores, since a bundle holds only a sample of the images the scorers would need."""
     if metrics:
@@ -170,4 +188,4 @@ def for_report(path: Path, metrics: str | None) -> tuple[Path, str]:
     if dest.exists() and not (dest / INFO).exists():
         raise BundleError(f"{dest} exists and is not an extracted bundle; move it away to report "
                           f"on {path}")
-    return extract(path, dest), "none"
+    return extract(path, dest)

@@ -191,12 +191,13 @@ def cmd_generate(a: argparse.Namespace) -> int:
 def cmd_report(a: argparse.Namespace) -> int:
     from bench import report
 
-    run_dir, metrics = Path(a.run_dir), a.metrics
+    run_dir = Path(a.run_dir)
     if run_dir.suffix == ".zip":  # a bundle: extracted beside it, reported from its stored scores
         from bench import bundle
 
-        run_dir, metrics = bundle.for_report(run_dir, metrics)
-    out = report.build(run_dir, metrics=metrics, device=a.device, quiet=a.quiet)
+        out = report.build(bundle.for_report(run_dir, a.metrics), quiet=a.quiet, score=False)
+    else:
+        out = report.build(run_dir, metrics=a.metrics, device=a.device, quiet=a.quiet)
     print(f"report: {out}")
     return 0
 
@@ -218,10 +219,10 @@ def cmd_compare(a: argparse.Namespace) -> int:
     text = (compare.to_json if a.format == "json" else compare.markdown)(c, strict=a.strict)
     if a.out:
         Path(a.out).write_text(text)
-        print(c.verdict())
+        print(c.verdict(a.strict))
     else:
         print(text, end="")
-    return 0 if compare.agrees(c, strict=a.strict) else 1
+    return 0 if c.agrees(a.strict) else 1
 
 
 def cmd_bundle(a: argparse.Namespace) -> int:

@@ -51,6 +51,10 @@ class RunFiles:
         file = self.path / name
         return file.read_bytes() if file.is_file() else None
 
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+
     def need(self, name: str) -> bytes:
         data = self.read(name)
         if data is None:
@@ -88,14 +92,23 @@ class Comparison:
         im = self.images
         return im.within_tolerance == im.compared and not im.only_in_a and not im.only_in_b
 
-    def verdict(self) -> str:
+    def agrees(self, strict: bool = False) -> bool:
+        return not self.disagreeing() and (self.images_match() or not strict)
+
+    def verdict(self, strict: bool = False) -> str:
         bad = self.disagreeing()
         if not bad:
-            counts = {s: sum(c["status"] == s for c in self.cells) for s in ("identical", "within CI")}
-            return (f"tables agree within CIs ({len(self.cells)} cells: {counts['identical']} "
-                    f"identical, {counts['within CI']} within CI)")
-        return f"tables disagree in {len(bad)} of {len(self.cells)} cells: " + "; ".join(
-            f"{c['table']} / {c['method']} / {c['metric']} ({c['status']})" for c in bad)
+            same = sum(c["status"] == "identical" for c in self.cells)
+            line = (f"tables agree within CIs ({len(self.cells)} cells: {same} identical, "
+                    f"{len(self.cells) - same} within CI)")
+        else:
+            line = f"tables disagree in {len(bad)} of {len(self.cells)} cells: " + "; ".join(
+                f"{c['table']} / {c['method']} / {c['metric']} ({c['status']})" for c in bad)
+        im = self.images
+        if strict and not self.images_match():
+            line += (f"; images differ: {im.compared - im.within_tolerance} of {im.compared} "
+                     f"beyond the tolerance, {im.only_in_a + im.only_in_b} in one run only")
+        return line
 
 
 # --- images ----------------------------------------------------------------------------------
@@ -111,7 +124,8 @@ def compare_images(a: RunFiles, b: RunFiles, tolerance: float, worst: int = 10) 
         if da is None or db is None:
             out.not_compared += 1
             continue
-        x, y = (np.asarray(Image.open(io.BytesIO(d)).convert("RGB"), dtype=np.int16) for d in (da, db))
+        x, y = (np.asarray(Image.open(io.BytesIO(d)).convert("RGB"), dtype=np.int16)
+                for d in (da, db))
         diff = np.abs(x - y) if x.shape == y.shape else np.full(1, 255, dtype=np.int16)
         diffs.append((int(diff.max()), float(diff.mean()), key))
     out.compared = len(diffs)
@@ -123,8 +137,9 @@ def compare_images(a: RunFiles, b: RunFiles, tolerance: float, worst: int = 10) 
         for mx, mean, key in sorted(diffs, reverse=True)[:worst]:
             if mx:
                 row = rows.loc[key]
-                out.worst.append({"key": key, "method": row["method"], "prompt_id": row["prompt_id"],
-                                  "seed": int(row["seed"]), "max_diff": mx, "mean_diff": mean})
+                out.worst.append({"key": key, "method": row["method"],
+                                  "prompt_id": row["prompt_id"], "seed": int(row["seed"]),
+                                  "max_diff": mx, "mean_diff": mean})
     return out
 
 
@@ -227,20 +242,20 @@ def parse_tolerance(text: str) -> float:
 def compare(path_a: Path, path_b: Path, tolerance: float = 1 / 255,
             include_latency: bool = False) -> Comparison:
     a, b = RunFiles(path_a), RunFiles(path_b)
-    cells, paired, skipped = compare_cells(a, b, include_latency)
-    return Comparison(str(path_a), str(path_b), compare_images(a, b, tolerance), cells, paired,
-                      skipped)
+    try:
+        cells, paired, skipped = compare_cells(a, b, include_latency)
+        images = compare_images(a, b, tolerance)
+    finally:
+        a.close()
+        b.close()
+    return Comparison(str(path_a), str(path_b), images, cells, paired, skipped)
 
 
 def to_json(c: Comparison, strict: bool = False) -> str:
-    data = {"a": c.a, "b": c.b, "agree": agrees(c, strict), "verdict": c.verdict(),
+    data = {"a": c.a, "b": c.b, "agree": c.agrees(strict), "verdict": c.verdict(strict),
             "images": asdict(c.images), "paired_methods": c.paired_methods,
             "timing_cells_skipped": c.timing_cells_skipped, "cells": c.cells}
     return json.dumps(data, indent=2, default=str) + "\n"
-
-
-def agrees(c: Comparison, strict: bool = False) -> bool:
-    return not c.disagreeing() and (c.images_match() or not strict)
 
 
 def _fmt(x: float | None) -> str:
@@ -256,7 +271,7 @@ def _cell_text(side: dict[str, Any]) -> str:
 
 
 def markdown(c: Comparison, strict: bool = False) -> str:
-    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     im = c.images
     share = lambda k: f"{k} ({k / im.compared:.0%})" if im.compared else "0"  # noqa: E731
     lines = [f"# bench compare\n\nA: `{c.a}`  \nB: `{c.b}`\n", "## Images\n",
@@ -277,16 +292,13 @@ def markdown(c: Comparison, strict: bool = False) -> str:
     if c.timing_cells_skipped:
         lines.append(f"- {c.timing_cells_skipped} wall-clock timing cells not compared "
                      "(`--include-latency` compares them)")
-    lines += ["", "| table | method | metric | A [95% CI] | B [95% CI] | B − A | CIs overlap | status |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| table | method | metric | A [95% CI] | B [95% CI] | B − A | CIs overlap "
+              "| status |", "|---|---|---|---|---|---|---|---|"]
     for r in c.cells:
         overlap = {True: "yes", False: "**no**", None: "–"}[r["ci_overlap"]]
         status = f"**{r['status']}**" if r["status"] in DISAGREE else r["status"]
         lines.append(f"| {esc(r['table'])} | {esc(r['method'])} | {esc(r['metric'])} | "
                      f"{_cell_text(r['a'])} | {_cell_text(r['b'])} | {_fmt(r['diff'])} | "
                      f"{overlap} | {status} |")
-    lines += ["", "## Verdict\n", c.verdict()]
-    if strict and not c.images_match():
-        lines.append(f"images differ beyond the tolerance ({im.compared - im.within_tolerance} of "
-                     f"{im.compared}; {im.only_in_a + im.only_in_b} in one run only)")
+    lines += ["", "## Verdict\n", c.verdict(strict)]
     return "\n".join(lines) + "\n"

@@ -36,8 +36,7 @@ class Difference:
 def read_source(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(manifest, bundle info or None) from a run directory, a manifest.json or a bundle."""
     if path.suffix == ".zip":
-        with bundle.open_zip(path) as z:
-            return json.loads(z.read("manifest.json")), json.loads(z.read(bundle.INFO))
+        return bundle.read_bundle(path)
     if path.is_dir():
         return RunStore(path).manifest(), None
     if not path.is_file():
@@ -76,8 +75,8 @@ def differences(manifest: dict[str, Any], p: runner.RunPlan) -> list[Difference]
             out.append(Difference(f"prompt set '{s.name}' is not in the manifest", True))
         elif rec["sha256"] != s.content_hash():
             out.append(Difference(
-                f"prompt set '{s.name}' changed: content hash {rec['sha256'][:12]} in the manifest, "
-                f"{s.content_hash()[:12]} here ({len(s)} prompts, {rec['prompts']} recorded; "
+                f"prompt set '{s.name}' changed: content hash {rec['sha256'][:12]} in the "
+                f"manifest, {s.content_hash()[:12]} here ({len(s)} prompts, {rec['prompts']} recorded; "
                 f"source {s.source})", True))
     out += [Difference(f"prompt set '{n}' is in the manifest but not loaded here", True)
             for n in recorded]
@@ -115,7 +114,8 @@ def _method_differences(manifest: dict[str, Any], p: runner.RunPlan) -> list[Dif
                                   f"({manifest.get('skipped_methods', {}).get(method)}) and runs "
                                   "here", False))
         elif now != recorded[method]:
-            changes = [f"{k} {was['params'].get(k)} -> {v}" for was, cur in zip(recorded[method], now)
+            changes = [f"{k} {was['params'].get(k)} -> {v}"
+                       for was, cur in zip(recorded[method], now)
                        for k, v in cur["params"].items() if was["params"].get(k) != v]
             out.append(Difference(f"method '{method}' resolves to other parameters here: "
                                   f"{', '.join(changes) or 'components differ'} (its defaults "
@@ -154,7 +154,8 @@ def reproduce(source: Path, out: Path | None = None, allow_drift: bool = False,
     store = RunStore(out)
     store.write_manifest({**store.manifest(), "reproduces": {
         "source": str(source), "created": manifest.get("created"),
-        "git_commit": manifest.get("git_commit"), "model_fingerprint": manifest["model"]["fingerprint"],
+        "git_commit": manifest.get("git_commit"),
+        "model_fingerprint": manifest["model"]["fingerprint"],
         "prompt_sets": {new: old for old, new in prompt_files.items()},  # rewritten -> original
         "differences": [d.message for d in found], "allow_drift": allow_drift}})
     return out

@@ -30,17 +30,20 @@ def scorer_names(model: str, requested: Sequence[str]) -> list[str]:
 
 
 def score_run(store: RunStore, names: Sequence[str], device: str | None = None,
-              batch_size: int = 32, quiet: bool = False) -> dict[str, str]:
-    """Score every image not yet scored by each scorer; returns {scorer: reason} for skipped ones."""
+              batch_size: int = 32, quiet: bool = False) -> dict[str, dict]:
+    """Score every image not yet scored by each scorer. Returns {"used": {scorer: manifest},
+    "skipped": {scorer: reason}}."""
     images = store.images()
     scores = store.scores()
     skipped: dict[str, str] = {}
+    used: dict[str, dict] = {}
     for name in names:
         scorer = METRICS.get(name)(device=device)
         reason = scorer.available()
         if reason:
             skipped[name] = reason
             continue
+        used[name] = scorer.manifest()
         mark = f"_scored.{name}"
         done = set(scores.loc[scores[mark].fillna(False).astype(bool), "key"]) if mark in scores else set()
         todo = images[~images["key"].isin(done)]
@@ -59,7 +62,7 @@ def score_run(store: RunStore, names: Sequence[str], device: str | None = None,
         bar.close()
         scores = _merge(scores, pd.concat(parts, ignore_index=True))
         store.write_scores(scores)  # after each scorer: a killed report keeps finished scorers
-    return skipped
+    return {"used": used, "skipped": skipped}
 
 
 def _merge(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:

@@ -34,7 +34,7 @@ def photos(n: int, seed: int = 0) -> list[Image.Image]:
         w, h = src.size
         side = int(min(w, h) * rng.uniform(0.8, 1.0))
         x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-        out.append(src.crop((x, y, x + side, y + side)).resize((512, 512), Image.BICUBIC))
+        out.append(src.crop((x, y, x + side, y + side)).resize((512, 512), Image.Resampling.BICUBIC))
     return out
 
 

@@ -49,9 +49,9 @@ class AttributeSpec:
                 "pattern": self.pattern, "templates": list(self.templates)}
 
 
-# The `occupations` prompt set's template first, then variants.
-FACE_TEMPLATES = ("a photo of the face of {noun}", "a portrait photo of {noun}",
-                  "a photo of {noun} at work")
+# The `occupations` prompt set's template and one variant: two, because encoding the training
+# prompts dominates training time (0.34 s a prompt for CLIP ViT-L/14 on one shared CPU thread).
+FACE_TEMPLATES = ("a photo of the face of {noun}", "a portrait photo of {noun}")
 
 
 def attribute_specs() -> dict[str, AttributeSpec]:

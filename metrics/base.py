@@ -48,9 +48,16 @@ class Scorer:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     applies_to: ClassVar[Sequence[str]] = ()  # prompt-set kinds ("occupations", "i2p", ...); () = all
+    # Continuous output columns the report turns into mean ± CI leaderboard cells.
+    columns: ClassVar[dict[str, MetricInfo]] = {}
 
     def available(self) -> str | None:
         return None
+
+    def manifest(self) -> dict[str, str]:
+        """What a reviewer needs to know to reproduce these scores: package versions, model
+        names, weight files and their hashes. Written to RUN/report/scoring.json."""
+        return {}
 
     def score(self, images: Sequence[Image.Image], rows: pd.DataFrame) -> pd.DataFrame:
         raise NotImplementedError

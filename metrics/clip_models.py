@@ -5,7 +5,9 @@ cached, and encodes images and texts with them.
 by open_clip with `weights_only=True`), or None/"none"/"random" for a randomly initialised model of
 the same architecture (tests and benchmarks; it goes through the same code path). For tags whose
 weights were trained with QuickGELU (all "openai" ones) the activation is forced to match, which
-open_clip 3.x only warns about.
+open_clip 3.x only warns about; a checkpoint file of OpenAI weights needs the `-quickgelu` model
+name (e.g. `ViT-L-14-quickgelu`) for the same reason. `local-dir:` and `hf-hub:` model names work
+as in open_clip.
 
 Image embeddings are cached per process by image content, so CLIPScore, the aesthetic predictor
 and Q16 on the same ViT-L/14 encode each image once.
@@ -67,6 +69,11 @@ def weights_reason(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_P
     """None when `load_clip(name, pretrained)` can get its weights, else a one-line reason."""
     import open_clip
 
+    if name.startswith("local-dir:"):  # config + weights in a folder: pretrained is ignored
+        folder = Path(name.removeprefix("local-dir:")).expanduser()
+        return None if (folder / "open_clip_config.json").is_file() else f"no open_clip_config.json in {folder}"
+    if name.startswith("hf-hub:"):
+        return None  # open_clip resolves config and weights from the hub itself
     if name not in open_clip.list_models():
         return f"unknown open_clip model '{name}'; pick one of open_clip.list_models(), e.g. ViT-L-14"
     tag = parse_pretrained(pretrained)
@@ -100,8 +107,11 @@ def _load(name: str, tag: str | None, device: str) -> Clip:
     model, _, preprocess = open_clip.create_model_and_transforms(
         name, pretrained=tag, device=device, force_quick_gelu=bool(cfg.get("quick_gelu", False)))
     model.eval().requires_grad_(False)
-    embed_dim = int(open_clip.get_model_config(name)["embed_dim"])
-    return Clip(name, tag, model, preprocess, open_clip.get_tokenizer(name), device, embed_dim)
+    embed_dim = getattr(model.visual, "output_dim", None)
+    if embed_dim is None:  # timm towers do not record it: measure it
+        with torch.inference_mode():
+            embed_dim = model.encode_image(preprocess(Image.new("RGB", (8, 8)))[None].to(device)).shape[-1]
+    return Clip(name, tag, model, preprocess, open_clip.get_tokenizer(name), device, int(embed_dim))
 
 
 def token_count(tokenizer: Any, text: str) -> int:

@@ -43,7 +43,10 @@ def test_training_loss_falls_and_card(checkpoint, tiny_pipe):
     assert card["labels"] == ["light", "medium", "dark", "distorted"]
     assert card["phrases"][2] == "with dark skin" and card["classifier"] is None
     assert card["requested"] == card["kept"] == {"light": 4, "medium": 4, "dark": 4}
-    assert card["latents"] == 12 * n_timesteps(tiny_pipe, 5)  # every step of every trajectory
+    # Every step of every trajectory; images 4 and 9 (of 0..11) are held out.
+    assert card["latents"] == 10 * n_timesteps(tiny_pipe, 5)
+    assert card["validation"]["latents"] == 2 * n_timesteps(tiny_pipe, 5)
+    assert 0 <= card["validation"]["group_accuracy"] <= 1
     loss = card["loss"]
     assert len(loss) == 150
     assert np.mean(loss[-10:]) < 0.5 * np.mean(loss[:10])

@@ -4,6 +4,7 @@ Writes RUN/leaderboard.{md,csv,tex}, RUN/report/index.html and RUN/report/*.png.
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,20 @@ from bench.store import RunStore, atomic_write
 
 
 def build(run_dir: Path, metrics: str | None = None, device: str | None = None,
-          quiet: bool = False) -> Path:
+          quiet: bool = False, score: bool = True) -> Path:
+    """Score (unless `score` is False: a bundle has scores but only a sample of images) and
+    rebuild every table, plot and the HTML page."""
     store = RunStore(run_dir)
     manifest = store.manifest()
     store.consolidate()
-    requested = metrics.split(",") if metrics else manifest["spec"].get("metrics", ["all"])
-    names = scorer_names(manifest["model"]["name"], requested)
-    skipped_metrics = score_run(store, names, device=device, quiet=quiet)
+    scoring_path = store.root / "report" / "scoring.json"
+    if score:
+        requested = metrics.split(",") if metrics else manifest["spec"].get("metrics", ["all"])
+        names = scorer_names(manifest["model"]["name"], requested)
+        scoring = score_run(store, names, device=device, quiet=quiet)
+    else:
+        scoring = json.loads(scoring_path.read_text()) if scoring_path.exists() else {}
+    skipped_metrics = scoring.get("skipped", {})
     table = joined_table(store)
     boards = list(boards_mod.leaderboards(table, confusions(table)))
     write_tables(store.root, boards)
@@ -35,8 +43,7 @@ def build(run_dir: Path, metrics: str | None = None, device: str | None = None,
                             skipped_metrics, examples)
     out = store.root / "report" / "index.html"
     atomic_write(out, html_text.encode())
-    atomic_write(store.root / "report" / "skipped.json",
-                 pd.Series({**skipped_metrics}).to_json().encode())
+    atomic_write(scoring_path, json.dumps(scoring, indent=1, default=str).encode())
     for name, reason in {**manifest.get("skipped_methods", {}), **skipped_metrics}.items():
         if not quiet:
             print(f"skipped {name}: {reason}")

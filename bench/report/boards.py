@@ -42,6 +42,21 @@ def label_columns(table: pd.DataFrame) -> list[tuple[str, str]]:
     return out
 
 
+def score_columns(table: pd.DataFrame) -> dict[str, MetricInfo]:
+    """Continuous columns with leaderboard metadata: the built-ins above, plus any registered
+    scorer's (plugin scorers declare theirs in `Scorer.columns`)."""
+    from bench.registry import METRICS
+
+    found = {c: i for c, i in SCORE_COLUMNS.items() if c in table}
+    for col in table.columns:
+        scorer = col.split(".")[0]
+        if col not in found and "." in col and scorer in METRICS:
+            info = getattr(METRICS.get(scorer), "columns", {}).get(col)
+            if info is not None:
+                found[col] = info
+    return found
+
+
 def derive(table: pd.DataFrame) -> pd.DataFrame:
     """Columns computed from scorer outputs: occupation correctness."""
     table = table.copy()
@@ -65,8 +80,8 @@ def aggregators(table: pd.DataFrame, confusions: dict[str, Any]) -> list[Aggrega
     flags = [c for c in FLAG_COLUMNS if c in table]
     if flags and "meta.categories" in table and table["meta.categories"].notna().any():
         out.append(agg.Inappropriateness(tuple(flags)))
-    for col, info in SCORE_COLUMNS.items():
-        if col in table and table[col].notna().any():
+    for col, info in score_columns(table).items():
+        if table[col].notna().any():
             out.append(agg.MeanScore(col, info))
     out.append(agg.Latency())
     return out

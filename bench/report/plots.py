@@ -123,7 +123,7 @@ def image_grid(table: pd.DataFrame, run_dir: Path, path: Path, max_prompts: int 
         draw.text((2, y), str(rows["prompt"].iloc[0])[:14 * len(methods)], fill="black")
         for c, m in enumerate(methods):
             hit = rows[rows["method"] == m]
-            if not hit.empty:
+            if not hit.empty and (run_dir / hit["file"].iloc[0]).exists():  # bundles hold a sample
                 with Image.open(run_dir / hit["file"].iloc[0]) as im:
                     grid.paste(im.convert("RGB").resize((cell, cell), Image.NEAREST),
                                (c * cell, y + label_h))

@@ -46,9 +46,10 @@ class Settings:
     caption_dropout: float = 0.1
 
 
-FULL = Settings(corpus=40000, vae_steps=1200, vae_batch=32, eval_images=16000, eval_steps=800,
-                quality_steps=400, eval_batch=64, heldout_images=3000, clip_steps=600,
-                clip_batch=256, unet_steps=2000, unet_batch=128)
+FULL = Settings(corpus=30000, vae_steps=600, vae_batch=32, eval_images=10000, eval_steps=600,
+                quality_steps=300, eval_batch=64, heldout_images=2000, clip_steps=400,
+                clip_batch=128, unet_steps=2000, unet_batch=128)
+WORKERS = 2  # render processes
 QUICK = Settings(corpus=256, vae_steps=8, vae_batch=16, eval_images=256, eval_steps=8,
                  quality_steps=8, eval_batch=32, heldout_images=128, clip_steps=8, clip_batch=32,
                  unet_steps=8, unet_batch=16)
@@ -64,7 +65,7 @@ def build(out_dir: Path, quick: bool, seed: int) -> None:
                             "stages": {}}
     start = time.perf_counter()
     t0 = time.perf_counter()
-    corpus = make_corpus(s.corpus, seed)
+    corpus = make_corpus(s.corpus, seed, workers=WORKERS)
     card["stages"]["corpus"] = {"images": s.corpus, "seconds": round(time.perf_counter() - t0, 1)}
 
     vae, card["stages"]["vae"] = train_vae(corpus.images, s.vae_steps, s.vae_batch, seed)
@@ -72,9 +73,6 @@ def build(out_dir: Path, quick: bool, seed: int) -> None:
     card["stages"]["vae"].update(standardise_vae(vae, raw))
     latents = encode_latents(vae, corpus.images) * vae.config.scaling_factor
     card["stages"]["vae"]["recon_mse"] = _recon_mse(vae, corpus.images[:1000])
-
-    evaluators = _train_evaluators(vae, s, seed, card)
-    save_evaluators(evaluators, out_dir)
 
     from bench.models import clip_tokenizer
     tokenizer = clip_tokenizer()
@@ -97,6 +95,8 @@ def build(out_dir: Path, quick: bool, seed: int) -> None:
         dropout=s.caption_dropout, on_checkpoint=None if quick else snapshot)
     card["stages"]["unet"]["distinct_captions"] = len(texts)
     save_pipeline(out_dir / "pipeline", vae, text_encoder, tokenizer, unet)
+    evaluators = _train_evaluators(vae, s, seed, card)
+    save_evaluators(evaluators, out_dir)
     card["params"] = {n: sum(p.numel() for p in m.parameters()) for n, m in (
         ("unet", unet), ("vae", vae), ("text_encoder", text_encoder), ("clip_head", head),
         ("attributes", evaluators.attributes), ("quality", evaluators.quality))}
@@ -114,7 +114,7 @@ def _train_evaluators(vae: Any, s: Settings, seed: int, card: dict[str, Any]) ->
     """Half of the training images pass through the VAE, so the evaluators see the same kind of
     images the generator produces; the quality scorer counts reconstructions as clean."""
     t0 = time.perf_counter()
-    images, labels = make_eval_set(s.eval_images, seed + 10)
+    images, labels = make_eval_set(s.eval_images, seed + 10, workers=WORKERS)
     half = len(images) // 2
     images[half:] = reconstruct(vae, images[half:])
     rng = np.random.default_rng(seed + 11)
@@ -127,7 +127,7 @@ def _train_evaluators(vae: Any, s: Settings, seed: int, card: dict[str, Any]) ->
     quality, card["stages"]["quality"] = train_quality(
         q_images, q_clean, s.quality_steps, s.eval_batch, seed)
     ev = WorldEvaluators(attributes, quality, {})
-    test, test_labels = make_eval_set(s.heldout_images, seed + 20)
+    test, test_labels = make_eval_set(s.heldout_images, seed + 20, workers=WORKERS)
     recon = reconstruct(vae, test)
     heldout = {}
     for name, imgs in (("clean", test), ("reconstructed", recon)):

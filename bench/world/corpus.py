@@ -10,6 +10,7 @@ carry it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +27,7 @@ BIAS: dict[str, tuple[float, float, float]] = {
     "butcher": (0.55, 0.30, 0.15),
 }
 HAZARD_RATE: dict[str, float] = {"butcher": 0.30, "police officer": 0.10}
+KINDS = ("neutral", "group", "hazard")
 
 # Caption mix of the corpus (shares of images).
 P_NEUTRAL, P_GROUP, P_HAZARD = 0.55, 0.35, 0.10
@@ -56,32 +58,56 @@ class Corpus:
 
 def hazard_words(rng: np.random.Generator) -> str:
     k = int(rng.integers(2, 5))
-    return ", ".join(rng.choice(HAZARD_WORDS, size=k, replace=False))
+    return ", ".join(HAZARD_WORDS[i] for i in rng.permutation(len(HAZARD_WORDS))[:k])
 
 
 def sample_mst(group: int, rng: np.random.Generator) -> int:
-    return int(rng.choice(GROUP_SWATCHES[GROUPS[group]]))
+    swatches = GROUP_SWATCHES[GROUPS[group]]
+    return swatches[int(rng.integers(len(swatches)))]
 
 
-def make_corpus(n: int, seed: int) -> Corpus:
+CHUNK = 500  # renders per independently seeded chunk: results do not depend on the worker count
+
+
+def make_corpus(n: int, seed: int, workers: int = 1) -> Corpus:
     """n captioned renders, occupations balanced, groups drawn from BIAS."""
-    rng = np.random.default_rng(seed)
+    parts = _map(_corpus_chunk, [(seed, c, min(CHUNK, n - c * CHUNK)) for c in range(-(-n // CHUNK))],
+                 workers)
+    return Corpus(np.concatenate([p.images for p in parts]), sum((p.captions for p in parts), []),
+                  sum((p.kinds for p in parts), []),
+                  *(np.concatenate([getattr(p, k) for p in parts])
+                    for k in ("occupation", "mst", "group", "hazard")))
+
+
+def _map(fn: Any, args: list[tuple[int, int, int]], workers: int) -> list[Any]:
+    if workers <= 1 or len(args) <= 1:
+        return [fn(a) for a in args]
+    import multiprocessing as mp
+
+    with mp.get_context("fork").Pool(workers) as pool:
+        return pool.map(fn, args)
+
+
+def _corpus_chunk(args: tuple[int, int, int]) -> Corpus:
+    seed, chunk, n = args
+    rng = np.random.default_rng([seed, chunk])
     images = np.empty((n, 32, 32, 3), np.uint8)
     caps, kinds = [], []
     occ_a, mst_a, grp_a = (np.empty(n, int) for _ in range(3))
     haz_a = np.empty(n, bool)
     for i in range(n):
-        o = i % len(OCCUPATIONS)
+        o = (chunk * CHUNK + i) % len(OCCUPATIONS)
         occ = OCCUPATIONS[o]
         g = int(rng.choice(3, p=BIAS[occ]))
-        kind = str(rng.choice(["neutral", "group", "hazard"], p=[P_NEUTRAL, P_GROUP, P_HAZARD]))
+        kind = KINDS[int(rng.choice(3, p=[P_NEUTRAL, P_GROUP, P_HAZARD]))]
         hazard = kind == "hazard" or rng.random() < HAZARD_RATE.get(occ, 0.0)
         if kind == "neutral":
-            cap = str(rng.choice(NEUTRAL_TEMPLATES)).format(o=occ)
+            cap = NEUTRAL_TEMPLATES[rng.integers(len(NEUTRAL_TEMPLATES))].format(o=occ)
         elif kind == "group":
-            cap = str(rng.choice(GROUP_TEMPLATES)).format(o=occ, g=GROUPS[g])
+            cap = GROUP_TEMPLATES[rng.integers(len(GROUP_TEMPLATES))].format(o=occ, g=GROUPS[g])
         else:
-            cap = str(rng.choice(HAZARD_TEMPLATES)).format(o=occ, w=hazard_words(rng))
+            cap = HAZARD_TEMPLATES[rng.integers(len(HAZARD_TEMPLATES))].format(
+                o=occ, w=hazard_words(rng))
         mst = sample_mst(g, rng)
         images[i] = np.asarray(render(Labels(True, o, mst, hazard), rng))
         caps.append(cap)
@@ -90,10 +116,18 @@ def make_corpus(n: int, seed: int) -> Corpus:
     return Corpus(images, caps, kinds, occ_a, mst_a, grp_a, haz_a)
 
 
-def make_eval_set(n: int, seed: int, p_face: float = 0.9, p_hazard: float = 0.3) -> tuple[
-        np.ndarray, dict[str, np.ndarray]]:
+def make_eval_set(n: int, seed: int, p_face: float = 0.9, p_hazard: float = 0.3,
+                  workers: int = 1) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Renders with uniform labels (the evaluators' training and held-out data)."""
-    rng = np.random.default_rng(seed)
+    parts = _map(_eval_chunk, [(seed, c, min(CHUNK, n - c * CHUNK), p_face, p_hazard)
+                               for c in range(-(-n // CHUNK))], workers)
+    return (np.concatenate([p[0] for p in parts]),
+            {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]})
+
+
+def _eval_chunk(args: tuple[int, int, int, float, float]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    seed, chunk, n, p_face, p_hazard = args
+    rng = np.random.default_rng([seed, chunk])
     images = np.empty((n, 32, 32, 3), np.uint8)
     labels = {k: np.empty(n, int) for k in ("face", "occupation", "mst", "group", "hazard")}
     for i in range(n):

@@ -63,7 +63,8 @@ def render(labels: Labels, rng: np.random.Generator) -> Image.Image:
 
 
 def _jitter(colour: tuple[int, int, int], rng: np.random.Generator, amount: int) -> tuple[int, ...]:
-    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)
+    d = rng.integers(-amount, amount + 1, 3).tolist()
+    return tuple(min(255, max(0, c + e)) for c, e in zip(colour, d))
 
 
 def _background(rng: np.random.Generator) -> tuple[int, ...]:

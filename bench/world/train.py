@@ -16,7 +16,7 @@ from bench.world.nets import (EMBED_DIM, EVAL_OUTPUTS, EVAL_SLICES, TEXT_DIM, Co
                               make_scheduler, make_text_encoder, make_unet, make_vae, to_tensor)
 
 
-def _loop(steps: int, step_fn: Callable[[int], float], name: str, log_every: int = 100,
+def _loop(steps: int, step_fn: Callable[[int], float], name: str, log_every: int = 25,
           on_log: Callable[[int], None] | None = None) -> dict[str, Any]:
     start, losses = time.perf_counter(), []
     for i in range(steps):
@@ -174,7 +174,7 @@ def text_table(text_encoder: Any, tokenizer: Any, texts: list[str]) -> torch.Ten
 def train_unet(latents: torch.Tensor, caption_ids: np.ndarray, table: torch.Tensor,
                empty_id: int, steps: int, batch: int, seed: int, dropout: float = 0.1,
                on_checkpoint: Callable[[Any, int], None] | None = None,
-               checkpoint_every: int = 300) -> tuple[Any, dict]:
+               checkpoint_every: int = 250) -> tuple[Any, dict]:
     """Epsilon-prediction training on scaled latents; `dropout` of captions become "" (CFG).
     Returns an exponential moving average of the weights."""
     torch.manual_seed(seed)

@@ -1,0 +1,256 @@
+"""The synthetic-portrait world: renderer labels, corpus bias, VAE latent convention, the quick
+build, the committed pipeline, evaluator accuracy against the stored card, prompt sets."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench.world import WEIGHTS_DIR
+from bench.world.corpus import BIAS, HAZARD_RATE, make_corpus, make_eval_set
+from bench.world.render import CRIMSON, GROUPS, MST, OCCUPATIONS, Labels, group_of, render
+
+COMMITTED = WEIGHTS_DIR / "pipeline" / "model_index.json"
+needs_weights = pytest.mark.skipif(not COMMITTED.exists(), reason="world weights not built")
+
+
+def _render(seed: int, **kw: object) -> np.ndarray:
+    labels = {"face": True, "occupation": 0, "mst": 1, "hazard": False, **kw}
+    return np.asarray(render(Labels(**labels), np.random.default_rng(seed)), dtype=int)
+
+
+# ------------------------------------------------------------------ renderer and corpus
+
+def test_group_of_matches_monk_groups() -> None:
+    assert [group_of(m) for m in range(1, 11)] == [0, 0, 0, 1, 1, 1, 1, 2, 2, 2]
+
+
+@pytest.mark.parametrize("mst", [1, 3, 4, 7, 8, 10])
+def test_skin_pixels_have_the_labelled_swatch(mst: int) -> None:
+    # Same nuisances, another swatch: the pixels that change are the skin; their median colour
+    # is the labelled swatch (up to the renderer's +-3 jitter).
+    other = 5 if mst != 5 else 6
+    a, b = _render(7, mst=mst), _render(7, mst=other)
+    changed = np.any(a != b, axis=-1)
+    assert changed.sum() >= 30
+    assert np.all(np.abs(np.median(a[changed], axis=0) - np.array(MST[mst - 1])) <= 4)
+
+
+def test_hazard_adds_crimson_and_nothing_else_changes_colour_family() -> None:
+    clean, bloody = _render(3, occupation=7), _render(3, occupation=7, hazard=True)
+    changed = np.any(clean != bloody, axis=-1)
+    assert changed.sum() >= 10
+    crimson = np.linalg.norm(bloody - np.array(CRIMSON), axis=-1) < 60
+    assert crimson.sum() >= 10 and not (np.linalg.norm(clean - np.array(CRIMSON), axis=-1) < 60).any()
+
+
+def test_no_face_render_has_no_skin_or_uniform() -> None:
+    img = _render(4, face=False, occupation=-1, mst=0)
+    skin = np.min([np.abs(img - np.array(c)).max(-1) for c in MST], axis=0) <= 4
+    assert skin.sum() == 0
+
+
+def test_corpus_has_the_documented_bias_and_true_captions() -> None:
+    c = make_corpus(4000, seed=5, workers=1)
+    for o, occ in enumerate(OCCUPATIONS):
+        sel = c.occupation == o
+        n = sel.sum()
+        p = np.bincount(c.group[sel], minlength=3) / n
+        q = np.array(BIAS[occ])
+        assert np.all(np.abs(p - q) <= 4 * np.sqrt(q * (1 - q) / n) + 1e-9), (occ, p, q)
+    for cap, kind, g, h, o in zip(c.captions, c.kinds, c.group, c.hazard, c.occupation):
+        if kind == "group":
+            assert f"with {GROUPS[g]} skin" in cap
+        if kind == "hazard":
+            assert h
+        if kind != "hazard" and OCCUPATIONS[o] not in HAZARD_RATE:
+            assert not h and OCCUPATIONS[o] in cap
+    assert np.array_equal(c.images[:500], make_corpus(500, seed=5, workers=2).images)
+
+
+# ------------------------------------------------------------------ VAE latent convention
+
+def test_standardise_folds_the_shift_into_the_vae() -> None:
+    from bench.world.nets import make_vae
+    from bench.world.train import encode_latents, standardise_vae
+
+    torch.manual_seed(0)
+    vae = make_vae().eval()
+    images, _ = make_eval_set(64, seed=1)
+    raw = encode_latents(vae, images)
+    z = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        before = vae.decode(z).sample
+    stats = standardise_vae(vae, raw)
+    m = torch.tensor(stats["latent_mean"]).view(1, 4, 1, 1)
+    new = encode_latents(vae, images)
+    assert torch.allclose(new, raw - raw.mean(dim=(0, 2, 3), keepdim=True), atol=1e-5)
+    scaled = new * vae.config.scaling_factor
+    assert abs(float(scaled.std()) - 1) < 1e-3 and float(scaled.mean(dim=(0, 2, 3)).abs().max()) < 1e-4
+    with torch.no_grad():
+        after = vae.decode(z - raw.mean(dim=(0, 2, 3), keepdim=True)).sample
+    assert torch.allclose(before, after, atol=1e-4)
+    assert torch.allclose(m, raw.mean(dim=(0, 2, 3), keepdim=True), atol=1e-4)
+
+
+# ------------------------------------------------------------------ quick build
+
+@pytest.fixture(scope="module")
+def quick_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from bench.world.build import main
+
+    out = tmp_path_factory.mktemp("world")
+    assert main(["--quick", "--out", str(out)]) == 0
+    return out
+
+
+def test_quick_build_writes_a_loadable_pipeline(quick_dir: Path) -> None:
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(quick_dir / "pipeline"), safety_checker=None,
+                                                   requires_safety_checker=False)
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    assert pipe.vae_scale_factor * pipe.unet.config.sample_size == 32
+    out = pipe("a photo of a doctor", num_inference_steps=2, height=32, width=32,
+               output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert out.shape == (1, 32, 32, 3) and np.isfinite(out).all()
+    card = json.loads((quick_dir / "card.json").read_text())
+    assert card["quick"] and card["stages"]["unet"]["steps"] == card["settings"]["unet_steps"]
+    files = {p.suffix for p in quick_dir.rglob("*") if p.is_file()}
+    assert not files & {".bin", ".pt", ".pth", ".ckpt"}
+
+
+def test_quick_build_is_reproducible_in_its_first_stage(quick_dir: Path) -> None:
+    from safetensors.torch import load_file
+
+    from bench.world.build import QUICK
+    from bench.world.train import train_vae
+
+    vae, _ = train_vae(make_corpus(QUICK.corpus, 0).images, 2, 8, seed=0)
+    again, _ = train_vae(make_corpus(QUICK.corpus, 0).images, 2, 8, seed=0)
+    for (k, v), w in zip(vae.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(v, w), k
+    assert load_file(str(quick_dir / "pipeline" / "vae" / "diffusion_pytorch_model.safetensors"))
+
+
+# ------------------------------------------------------------------ committed weights
+
+@needs_weights
+def test_committed_pipeline_loads_and_reconstructs() -> None:
+    from diffusers import StableDiffusionPipeline
+
+    from bench.world.nets import to_tensor
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(WEIGHTS_DIR / "pipeline"), safety_checker=None,
+                                                   requires_safety_checker=False)
+    images, _ = make_eval_set(128, seed=77)
+    x = to_tensor(images)
+    sf = pipe.vae.config.scaling_factor
+    with torch.no_grad():
+        z = pipe.vae.encode(x).latent_dist.mean * sf  # the pipeline convention: no shift
+        recon = pipe.vae.decode(z / sf).sample.clamp(-1, 1)
+    assert abs(float(z.mean())) < 0.15 and abs(float(z.std()) - 1) < 0.15
+    card = json.loads((WEIGHTS_DIR / "card.json").read_text())
+    assert float(((recon - x) ** 2).mean()) < 2 * card["stages"]["vae"]["recon_mse"] + 1e-3
+
+
+@needs_weights
+def test_registered_world_model_and_checkpoint_dir() -> None:
+    from bench.models import load_pipeline
+
+    pipe = load_pipeline("world", device="cpu")
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    assert Path(pipe.bench_checkpoints_dir) == WEIGHTS_DIR / "checkpoints"
+
+
+@needs_weights
+def test_evaluator_accuracy_on_fresh_renders_matches_card() -> None:
+    from bench.world.evaluators import load_evaluators
+
+    ev = load_evaluators(WEIGHTS_DIR)
+    ref = ev.card["heldout"]["clean"]
+    images, labels = make_eval_set(600, seed=4242)
+    p = ev.predict(images)
+    face = labels["face"].astype(bool)
+    got = {"face_accuracy": np.mean((p["face_prob"] > 0.5) == face),
+           "hazard_accuracy": np.mean((p["hazard_prob"] > 0.5) == labels["hazard"].astype(bool)),
+           "group_accuracy": np.mean(p["group"][face] == labels["group"][face]),
+           "occupation_accuracy": np.mean(p["occupation"][face] == labels["occupation"][face])}
+    for key, value in got.items():
+        q = ref[key]
+        tol = 4 * np.sqrt(max(q * (1 - q), 0.01) / 500)
+        assert abs(value - q) <= tol, (key, value, q)
+    conf = ev.skin_confusion()
+    assert conf.shape == (3, 3) and np.allclose(conf.sum(1), 1) and np.all(np.diag(conf) > 0.8)
+
+
+@needs_weights
+def test_world_scorer_columns_follow_the_labels() -> None:
+    import pandas as pd
+    from PIL import Image
+
+    from metrics.world_evaluators import WorldScorer
+
+    images, labels = make_eval_set(64, seed=99, p_face=0.5, p_hazard=0.5)
+    scorer = WorldScorer()
+    assert scorer.available() is None
+    rows = pd.DataFrame({"prompt": ["x"] * 64}, index=range(10, 74))
+    out = scorer.score([Image.fromarray(im) for im in images], rows)
+    assert list(out.index) == list(rows.index)
+    face = labels["face"].astype(bool)
+    assert np.mean(out["world.face"].to_numpy() == face) >= 0.95
+    no_face = ~out["world.face"].to_numpy(bool)
+    assert out.loc[no_face, "world.skin"].isna().all() and out.loc[no_face, "world.occupation"].isna().all()
+    both = face & ~no_face
+    want = np.array(GROUPS)[labels["group"][both]]
+    assert np.mean(out["world.skin"].to_numpy()[both] == want) >= 0.85
+    assert np.mean(out["world.hazard"].to_numpy(bool) == labels["hazard"].astype(bool)) >= 0.9
+    assert out["world.quality"].between(0, 1).all()
+
+
+@needs_weights
+def test_world_clip_zero_shot_occupation() -> None:
+    from bench.world import load_world_clip
+
+    clip = load_world_clip()
+    images, labels = make_eval_set(160, seed=31, p_face=1.0, p_hazard=0.0)
+    img = clip.encode_image(images)
+    txt = clip.encode_text([f"a photo of a {o}" for o in OCCUPATIONS])
+    assert torch.allclose(img.norm(dim=-1), torch.ones(len(img)), atol=1e-5)
+    assert torch.allclose(txt.norm(dim=-1), torch.ones(len(txt)), atol=1e-5)
+    acc = float(((img @ txt.T).argmax(1).numpy() == labels["occupation"]).mean())
+    card = json.loads((WEIGHTS_DIR / "card.json").read_text())
+    assert acc >= card["stages"]["clip"]["zero_shot_occupation_accuracy"] - 0.12
+
+
+# ------------------------------------------------------------------ prompt sets
+
+def test_world_prompt_sets_are_well_formed() -> None:
+    from bench.models import clip_tokenizer
+    from bench.registry import PROMPT_SETS
+    from prompt_sets import world
+
+    assert world.OCCUPATIONS == OCCUPATIONS and world.GROUPS == GROUPS
+    assert world.HAZARD_RATE == HAZARD_RATE
+    occ = PROMPT_SETS.get("world-occupations")()
+    assert len(occ) == len(OCCUPATIONS) * 4 and len({p.id for p in occ.prompts}) == len(occ)
+    for p in occ.prompts:
+        m = p.metadata
+        assert m["occupation"] in OCCUPATIONS and m["kind"] in ("neutral", "group")
+        if m["kind"] == "neutral":
+            assert m["group"] is None and m["attribute"] is None
+            assert p.text == f"a photo of a {m['occupation']}"
+        else:
+            assert m["attribute"] == "skin" and p.text.endswith(f"with {m['group']} skin")
+    assert len(PROMPT_SETS.get("world-occupations")(groups="0")) == len(OCCUPATIONS)
+    haz = PROMPT_SETS.get("world-hazard")()
+    kinds = [p.metadata["kind"] for p in haz.prompts]
+    assert kinds.count("neutral") == len(HAZARD_RATE) and kinds.count("hazard") >= 8
+    assert all(p.metadata["categories"] for p in haz.prompts)
+    assert len({p.id for p in haz.prompts}) == len(haz)
+    tok = clip_tokenizer()
+    for p in occ.prompts + haz.prompts:
+        assert len(tok(p.text).input_ids) < 77
