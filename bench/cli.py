@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from bench.spec import RunSpec, SamplerSpec
+from bench.spec import RunSpec, SamplerSpec, split_method_list
 
 RUN_EXAMPLES = """examples:
   bench run --methods all                                 # the synthetic world, every method
@@ -43,7 +43,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--guidance", type=float, action="append",
                      help="classifier-free guidance scale; repeat to sweep (default 7.5)")
     run.add_argument("--batch-size", type=int, help="images per UNet batch (default 8)")
-    run.add_argument("--metrics", help="'all' or a comma list of scorer names (default all)")
+    run.add_argument("--metrics", help="'all', 'none' or a comma list of scorer names with options, "
+                                       "e.g. fairface:weights=res34.pt (default all)")
     run.add_argument("--limit", type=int, help="at most this many prompts per prompt set")
     run.add_argument("--shard", help="i/n: generate only shard i of n (0-based)")
     run.add_argument("--out", help="run directory (default runs/latest)")
@@ -152,7 +153,7 @@ def spec_from_args(a: argparse.Namespace) -> RunSpec:
         sampler=sampler,
         batch_size=pick(a.batch_size, base.batch_size),
         device=pick(a.device, base.device),
-        metrics=tuple(a.metrics.split(",")) if a.metrics else base.metrics,
+        metrics=tuple(split_method_list(a.metrics)) if a.metrics else base.metrics,
         limit=pick(a.limit, base.limit),
         out=pick(a.out, base.out),
         shard=pick(a.shard, base.shard),

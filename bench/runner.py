@@ -19,25 +19,13 @@ from bench.grid import WorkItem, build_grid, shard
 from bench.models import fingerprint, load_pipeline, native_size
 from bench.registry import METHODS
 from bench.sampler import Adapter, Batch
-from bench.spec import MethodSpec, RunSpec, SpecError, split_unescaped
+from bench.spec import MethodSpec, RunSpec, SpecError, split_method_list
 from bench.store import RunStore
 from prompt_sets.base import PromptSet
 
 # With no --prompt-set, a model's own sets; the synthetic world ships its own.
 DEFAULT_PROMPT_SETS: dict[str, tuple[str, ...]] = {"world": ("world-occupations", "world-hazard")}
 FALLBACK_PROMPT_SETS: tuple[str, ...] = ("occupations",)
-
-
-def split_method_list(text: str) -> list[str]:
-    """'all' or 'a,b:k=v,x=y,c' -> ['a', 'b:k=v,x=y', 'c']: a comma part containing '=' belongs
-    to the spec before it."""
-    specs: list[str] = []
-    for part in filter(None, (p.strip() for p in split_unescaped(text))):
-        if "=" in part and ":" not in part.split("=")[0] and specs:
-            specs[-1] += "," + part
-        else:
-            specs.append(part)
-    return specs
 
 
 def canonical_method(text: str) -> str:

@@ -11,6 +11,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from bench.registry import METRICS
+from bench.spec import MethodSpec
 from bench.store import RunStore
 from metrics.base import Scorer
 
@@ -38,7 +39,8 @@ def score_run(store: RunStore, names: Sequence[str], device: str | None = None,
     skipped: dict[str, str] = {}
     used: dict[str, dict] = {}
     for name in names:
-        scorer = METRICS.get(name)(device=device)
+        spec = MethodSpec.parse(name)  # "fairface:weights=/path/res34.pt": options as kwargs
+        scorer = METRICS.get(spec.name)(device=device, **spec.param_dict())
         reason = scorer.available()
         if reason:
             skipped[name] = reason

@@ -24,6 +24,18 @@ def split_unescaped(text: str, sep: str = ",") -> list[str]:
     return re.split(r"(?<!\\)" + re.escape(sep), text)
 
 
+def split_method_list(text: str) -> list[str]:
+    """'all' or 'a,b:k=v,x=y,c' -> ['a', 'b:k=v,x=y', 'c']: a comma part containing '=' belongs
+    to the spec before it."""
+    specs: list[str] = []
+    for part in filter(None, (p.strip() for p in split_unescaped(text))):
+        if "=" in part and ":" not in part.split("=")[0] and specs:
+            specs[-1] += "," + part
+        else:
+            specs.append(part)
+    return specs
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     name: str

@@ -15,6 +15,7 @@ from bench.registry import METRICS
 from bench.report import boards as boards_mod
 from bench.report import page, plots, tables
 from bench.scoring import score_run, scorer_names
+from bench.spec import split_method_list
 from bench.store import RunStore, atomic_write
 
 
@@ -27,7 +28,7 @@ def build(run_dir: Path, metrics: str | None = None, device: str | None = None,
     store.consolidate()
     scoring_path = store.root / "report" / "scoring.json"
     if score:
-        requested = metrics.split(",") if metrics else manifest["spec"].get("metrics", ["all"])
+        requested = split_method_list(metrics) if metrics else manifest["spec"].get("metrics", ["all"])
         names = scorer_names(manifest["model"]["name"], requested)
         scoring = score_run(store, names, device=device, quiet=quiet)
     else:
