@@ -29,8 +29,19 @@ def listing(what: str) -> str:
         rows.append("(or any hub id or local diffusers pipeline directory)")
         return "\n".join(rows)
     registry = {"methods": METHODS, "metrics": METRICS, "prompt-sets": PROMPT_SETS}[what]
+    entries = list(registry.items())
+    width = max((len(n) for n, _ in entries), default=0) + 2
     rows = []
-    for name, obj in registry.items():
+    for name, obj in entries:
         extra = _params(obj) if what == "methods" else ""
-        rows.append(f"{name:<18} {_first_line(obj)}{extra}")
+        kind = f"{_metric_kind(obj):<11}" if what == "metrics" else ""
+        rows.append(f"{name:<{width}}{kind}{_first_line(obj)}{extra}")
     return "\n".join(rows)
+
+
+def _metric_kind(obj: object) -> str:
+    from metrics.base import Aggregator, Scorer
+
+    if isinstance(obj, type) and issubclass(obj, Scorer):
+        return "scorer"
+    return "aggregator" if isinstance(obj, type) and issubclass(obj, Aggregator) else ""

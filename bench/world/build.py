@@ -80,6 +80,7 @@ def build(out_dir: Path, quick: bool, seed: int) -> None:
         corpus.images, corpus.captions, tokenizer, s.clip_steps, s.clip_batch, seed)
     save_file({k: v.contiguous() for k, v in head.state_dict().items()},
               str(out_dir / "clip_head.safetensors"))
+    card["stages"]["clip"].update(measure_clip(text_encoder, tokenizer, head, s, seed))
 
     texts = sorted(set(corpus.captions)) + [""]
     index = {t: i for i, t in enumerate(texts)}
@@ -103,6 +104,19 @@ def build(out_dir: Path, quick: bool, seed: int) -> None:
     card["total_seconds"] = round(time.perf_counter() - start, 1)
     (out_dir / "card.json").write_text(json.dumps(card, indent=1) + "\n")
     print(f"[build] done in {card['total_seconds']}s -> {out_dir}", flush=True)
+
+
+def measure_clip(text_encoder: Any, tokenizer: Any, head: Any, s: Settings,
+                 seed: int) -> dict[str, Any]:
+    """Zero-shot occupation accuracy of the CLIP pair on held-out renders with a face."""
+    from bench.world.render import OCCUPATIONS
+    from bench.world.train import zero_shot_accuracy
+
+    images, labels = make_eval_set(s.heldout_images, seed + 30, p_face=1.0, p_hazard=0.0,
+                                   workers=WORKERS)
+    acc = zero_shot_accuracy(text_encoder, tokenizer, head, images, labels["occupation"],
+                             list(OCCUPATIONS))
+    return {"zero_shot_occupation_accuracy": acc, "zero_shot_images": len(images)}
 
 
 def _recon_mse(vae: Any, images: np.ndarray) -> float:

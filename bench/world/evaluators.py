@@ -46,6 +46,7 @@ class WorldEvaluators:
         """P(predicted group | true group) measured on held-out VAE-reconstructed renders (the
         closest stand-in for generated images): rows true, columns predicted, order GROUPS."""
         m = np.asarray(self.card["heldout"]["reconstructed"]["group_confusion"], dtype=float)
+        m[m.sum(axis=1) == 0] = np.eye(len(m))[m.sum(axis=1) == 0]  # unseen group: no information
         return m / m.sum(axis=1, keepdims=True)
 
 

@@ -158,6 +158,16 @@ def train_clip(images: np.ndarray, captions: list[str], tokenizer: Any, steps: i
     return text_encoder, head, log
 
 
+@torch.no_grad()
+def zero_shot_accuracy(text_encoder: Any, tokenizer: Any, head: ClipHead, images: np.ndarray,
+                       labels: np.ndarray, classes: list[str]) -> float:
+    """Share of images whose most similar prompt "a photo of a {class}" is their label's."""
+    img = F.normalize(head.image_tower(to_tensor(images)), dim=-1)
+    txt = F.normalize(head.text_projection(pooled_text(
+        text_encoder, tokenizer, [f"a photo of a {c}" for c in classes])), dim=-1)
+    return float(((img @ txt.T).argmax(1).numpy() == labels).mean())
+
+
 # ---------------------------------------------------------------- UNet
 
 @torch.no_grad()
