@@ -234,3 +234,23 @@ def test_plugin_method_through_entry_point(tmp_path, prompts, monkeypatch):
     a, b = (np.asarray(Image.open(out / table[table.method == m].iloc[0]["file"]))
             for m in ("baseline", "darken"))
     assert not np.array_equal(a, b)
+
+
+def test_list_shows_every_method_with_description_and_params(capsys):
+    from bench.registry import METHODS
+
+    assert main(["list", "methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name in METHODS.names():
+        line = next(l for l in lines if l.split()[0] == name)
+        assert len(line.split(None, 1)[1]) > 10  # a one-line description
+    assert any("warmup=7" in l for l in lines if l.startswith("sld-strong"))
+
+
+@pytest.mark.parametrize("command", ["run", "list", "generate", "report", "train", "world",
+                                     "reproduce", "compare", "bundle"])
+def test_every_command_has_help_with_examples(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "example" in capsys.readouterr().out
