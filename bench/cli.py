@@ -47,6 +47,11 @@ def parser() -> argparse.ArgumentParser:
                                        "e.g. fairface:weights=res34.pt (default all)")
     run.add_argument("--limit", type=int, help="at most this many prompts per prompt set")
     run.add_argument("--shard", help="i/n: generate only shard i of n (0-based)")
+    run.add_argument("--executor", choices=["local", "ray"],
+                     help="local (default) or ray: one worker per GPU on a Ray cluster "
+                          "(RAY_ADDRESS, else a private local instance); see docs/scaling.md")
+    run.add_argument("--workers", type=int,
+                     help="Ray workers (default: one per GPU in the cluster, else 1)")
     run.add_argument("--out", help="run directory (default runs/latest)")
     run.add_argument("--config", help="YAML run spec; flags override it")
     run.add_argument("--dry-run", action="store_true",
@@ -157,6 +162,8 @@ def spec_from_args(a: argparse.Namespace) -> RunSpec:
         limit=pick(a.limit, base.limit),
         out=pick(a.out, base.out),
         shard=pick(a.shard, base.shard),
+        executor=pick(a.executor, base.executor),
+        workers=pick(a.workers, base.workers),
     )
 
 

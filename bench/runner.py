@@ -187,10 +187,19 @@ def run(spec: RunSpec, quiet: bool = False) -> Path:
 def execute(p: RunPlan, quiet: bool = False) -> Path:
     """Generate, store and report a planned run (`bench reproduce` plans first to check drift)."""
     spec = p.spec
+    if spec.executor not in ("local", "ray"):
+        raise SpecError(f"executor '{spec.executor}': use local or ray")
+    if spec.executor == "ray":
+        from bench import executor_ray
+
+        executor_ray.import_ray()  # without Ray: the one-line install hint, before any output
     store = RunStore(spec.out)
     store.write_manifest(manifest(p))
     settings = GenerationSettings(spec.model, spec.sampler, p.height, p.width, spec.batch_size)
-    generate(p.pipe, p.items, p.adapters, store, settings, quiet=quiet)
+    if spec.executor == "ray":  # generation and scoring on Ray; report.build finds scores done
+        executor_ray.generate_and_score(p, store, settings, quiet=quiet)
+    else:
+        generate(p.pipe, p.items, p.adapters, store, settings, quiet=quiet)
     store.consolidate()
     if spec.shard:  # a shard's table is partial: `bench report RUN` once every shard is done
         return store.root

@@ -89,6 +89,8 @@ class RunSpec:
     limit: int | None = None  # max prompts per prompt set (after filtering)
     out: str = "runs/latest"
     shard: str | None = None  # "i/n"
+    executor: str = "local"  # "local" | "ray" (bench/executor_ray.py)
+    workers: int | None = None  # Ray workers; None -> one per GPU in the cluster, else 1
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -22,6 +22,7 @@ import torch
 
 from bench.models import ModelError, text_encoder_fingerprint
 from bench.sampler import Adapter, Batch
+from bench.spec import SpecError
 
 CARD = "card.json"
 
@@ -71,7 +72,7 @@ def attribute_specs() -> dict[str, AttributeSpec]:
 def get_spec(attribute: str) -> AttributeSpec:
     specs = attribute_specs()
     if attribute not in specs:
-        raise ValueError(f"unknown attribute '{attribute}'; choose one of {sorted(specs)}")
+        raise SpecError(f"unknown attribute '{attribute}'; choose one of {sorted(specs)}")
     return specs[attribute]
 
 
@@ -95,28 +96,31 @@ def read_lines(path: Path, what: str) -> list[str]:
         if not line or line.startswith("#"):
             continue
         if len(line) > 60 or not re.fullmatch(r"[^\W\d_]+(?:[ '\-][^\W\d_]+)*", line):
-            raise ValueError(f"{path}:{n}: {what} {line[:60]!r} must be words of letters "
+            raise SpecError(f"{path}:{n}: {what} {line[:60]!r} must be words of letters "
                              f"(spaces, '-' and \"'\" between them), at most 60 characters")
         out.append(line)
     if not out:
-        raise ValueError(f"{path}: no {what}s (one per line; '#' starts a comment)")
+        raise SpecError(f"{path}: no {what}s (one per line; '#' starts a comment)")
     return out
 
 
 # --- checkpoints --------------------------------------------------------------------------------
 
-def default_checkpoint(pipe: Any, method: str, attribute: str | None = None) -> Path | None:
-    """The checkpoint a model ships for `method`: `<pipe.bench_checkpoints_dir>/<method>-<attribute>/`
-    (the synthetic world's loader sets `bench_checkpoints_dir`). Without an attribute, the only
-    `<method>-*` directory there; None when the model ships none (or several and none was chosen)."""
+def shipped_checkpoints(pipe: Any, method: str) -> list[Path]:
+    """`<pipe.bench_checkpoints_dir>/<method>-*/` directories with a card (the synthetic world's
+    loader sets `bench_checkpoints_dir`; other models ship none)."""
     base = getattr(pipe, "bench_checkpoints_dir", None)
     if not base:
-        return None
+        return []
+    return [d for d in sorted(Path(base).glob(f"{method}-*")) if (d / CARD).is_file()]
+
+
+def default_checkpoint(pipe: Any, method: str, attribute: str | None = None) -> Path | None:
+    """The checkpoint the model ships for `method`: `<method>-<attribute>/`, or without an
+    attribute the only `<method>-*` one; None if there is none (or several and no attribute)."""
+    found = shipped_checkpoints(pipe, method)
     if attribute:
-        found = [Path(base) / f"{method}-{attribute}"]
-    else:
-        found = sorted(Path(base).glob(f"{method}-*"))
-    found = [d for d in found if (d / CARD).is_file()]
+        found = [d for d in found if d.name == f"{method}-{attribute}"]
     return found[0] if len(found) == 1 else None
 
 
@@ -131,7 +135,11 @@ def resolve_checkpoint(method: str, checkpoint: str, attribute: str, pipe: Any) 
     return default_checkpoint(pipe, method, attribute or None)
 
 
-def no_checkpoint_reason(method: str, attribute: str) -> str:
+def no_checkpoint_reason(pipe: Any, method: str, attribute: str) -> str:
+    shipped = [d.name[len(method) + 1:] for d in shipped_checkpoints(pipe, method)]
+    if len(shipped) > 1 and not attribute:
+        return (f"the model ships {method} checkpoints for attributes {', '.join(shipped)}; "
+                f"choose one with {method}:attribute=A")
     which = f" for attribute {attribute}" if attribute else ""
     return (f"the model ships no {method} checkpoint{which}; train one with `bench train {method} "
             f"--model M --attribute A --out DIR` and pass {method}:checkpoint=DIR")
@@ -265,7 +273,7 @@ class FairMapping(Adapter):
     def skip_reason(self, pipe: Any) -> str | None:
         p = self.params
         if resolve_checkpoint(self.name, p.checkpoint, p.attribute, pipe) is None:
-            return no_checkpoint_reason(self.name, p.attribute)
+            return no_checkpoint_reason(pipe, self.name, p.attribute)
         return None
 
     def prepare(self, pipe: Any) -> None:
@@ -274,7 +282,7 @@ class FairMapping(Adapter):
         p = self.params
         path = resolve_checkpoint(self.name, p.checkpoint, p.attribute, pipe)
         if path is None:
-            raise CheckpointError(f"{self.name}: {no_checkpoint_reason(self.name, p.attribute)}")
+            raise CheckpointError(f"{self.name}: {no_checkpoint_reason(pipe, self.name, p.attribute)}")
         card = read_card(path, self.name)
         mine = text_encoder_fingerprint(pipe.text_encoder)
         if card.get("text_encoder_fingerprint") != mine:

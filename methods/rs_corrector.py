@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from bench.sampler import Adapter, Batch
+from bench.spec import SpecError
 from methods.fair_mapping import (CheckpointError, no_checkpoint_reason, read_card,
                                   resolve_checkpoint)
 
@@ -88,9 +89,9 @@ def parse_distribution(text: str, groups: Sequence[str]) -> list[float]:
     try:
         probs = [float(x) for x in text.split("/")]
     except ValueError:
-        raise ValueError(hint) from None
+        raise SpecError(hint) from None
     if len(probs) != len(groups) or min(probs) < 0 or abs(sum(probs) - 1.0) > 1e-6:
-        raise ValueError(hint)
+        raise SpecError(hint)
     return probs
 
 
@@ -128,8 +129,8 @@ class RSCorrector(Adapter):
         super().__init__(params)
         p = self.params
         if p.k < 0 or p.start < 0 or p.stop < p.start:
-            raise ValueError(f"{self.name}: need k >= 0 and 0 <= start <= stop; "
-                             f"got k={p.k}, start={p.start}, stop={p.stop}")
+            raise SpecError(f"{self.name}: need k >= 0 and 0 <= start <= stop; "
+                            f"got k={p.k}, start={p.start}, stop={p.stop}")
         self.net: PreferenceNet | None = None
         self.card: dict[str, Any] = {}
         self.probs: list[float] = []
@@ -138,14 +139,14 @@ class RSCorrector(Adapter):
     def skip_reason(self, pipe: Any) -> str | None:
         p = self.params
         if resolve_checkpoint(self.name, p.checkpoint, p.attribute, pipe) is None:
-            return no_checkpoint_reason(self.name, p.attribute)
+            return no_checkpoint_reason(pipe, self.name, p.attribute)
         return None
 
     def prepare(self, pipe: Any) -> None:
         p = self.params
         path = resolve_checkpoint(self.name, p.checkpoint, p.attribute, pipe)
         if path is None:
-            raise CheckpointError(f"{self.name}: {no_checkpoint_reason(self.name, p.attribute)}")
+            raise CheckpointError(f"{self.name}: {no_checkpoint_reason(pipe, self.name, p.attribute)}")
         card = read_card(path, self.name)
         channels = pipe.unet.config.in_channels
         if card["in_channels"] != channels:

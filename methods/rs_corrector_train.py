@@ -7,12 +7,12 @@
 2. With a `classify(images) -> labels` callable, keep an image's whole trajectory only where the
    classifier's label equals the requested group (label noise would teach R the model's own bias).
 3. Fit R(z_t, t) by cross-entropy on (latent, timestep, group); a quarter of every minibatch is
-   corrupted copies labelled "distorted" (patches shuffled, channels rescaled/shifted, or detail
+   corrupted copies labelled "distorted" (scale off for t, channels rescaled/shifted, or detail
    blurred away): the quality term, so that raising p_R(target) also moves latents away from
-   out-of-distribution ones. Latents are mirrored at random (a mirrored face is as plausible).
+   out-of-distribution ones. Latents are mirrored and shifted at random.
 4. Every fifth kept image's trajectory is held out; the card reports R's group accuracy on it and
-   how often it calls clean or corrupted held-out latents "distorted". With few trajectories R
-   memorises its training noise and calls every unseen latent distorted: check these figures.
+   how often it calls clean or corrupted held-out latents "distorted": R must not memorise its
+   training latents and call every unseen one distorted.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.sampler import Adapter, Batch, sample
+from bench.spec import SpecError
 from methods.fair_mapping import AttributeSpec, default_occupations, get_spec, read_lines
 from methods.rs_corrector import DISTORTED, PreferenceNet, latent_input_scale
 
@@ -115,22 +116,35 @@ def collect(pipe: Any, spec: AttributeSpec, occupations: Sequence[str], samples:
 
 
 def corrupt(z: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Each latent gets one of: 4x4 patches shuffled, per-channel gain/offset, detail blurred."""
+    """Each latent gets one of: its scale off by a factor of 1.35-2 (a noise level that does not
+    match t), per-channel gain and offset (colour casts), detail blurred away. All are visible at
+    every noise level; a corruption that is not (patch shuffling, which leaves noise looking like
+    noise) only teaches R to memorise its training latents."""
     out = []
     for x in z:
         kind = int(torch.randint(3, (1,), generator=gen))
         c, h, w = x.shape
         if kind == 0:
-            ph, pw = h // 4, w // 4
-            patches = x[:, :ph * 4, :pw * 4].reshape(c, 4, ph, 4, pw).permute(1, 3, 0, 2, 4).reshape(16, c, ph, pw)
-            patches = patches[torch.randperm(16, generator=gen)]
-            x = patches.reshape(4, 4, c, ph, pw).permute(2, 0, 3, 1, 4).reshape(c, ph * 4, pw * 4)
+            sign = 1.0 if bool(torch.rand(1, generator=gen) < 0.5) else -1.0
+            x = x * float(torch.exp(sign * (0.3 + 0.4 * torch.rand(1, generator=gen))))
         elif kind == 1:
             gain = torch.exp(0.7 * torch.randn(c, 1, 1, generator=gen))
             x = x * gain + 0.7 * torch.randn(c, 1, 1, generator=gen)
         else:
             x = F.interpolate(F.avg_pool2d(x[None], 4), size=(h, w), mode="nearest")[0]
         out.append(x)
+    return torch.stack(out)
+
+
+def augment(z: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random mirror and shift (up to a quarter of the size, wrapping): a moved face is as
+    plausible, and R cannot memorise where its training latents' noise sits."""
+    h, w = z.shape[-2:]
+    out = []
+    for x in z:
+        dy, dx = (int(v) for v in torch.randint(-(h // 4), h // 4 + 1, (2,), generator=gen))
+        x = x.roll((dy, dx), (1, 2))
+        out.append(x.flip(-1) if bool(torch.rand(1, generator=gen) < 0.5) else x)
     return torch.stack(out)
 
 
@@ -142,14 +156,17 @@ def fit_preference(data: Trajectories, n_groups: int, steps: int, batch_size: in
     net = PreferenceNet(n_groups + 1, data.latents.shape[1], width).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     n_bad = max(1, batch_size // 3)  # a quarter of each minibatch: "distorted"
+    # Trajectories visit only their schedule's timesteps; jittering t over the gap between them
+    # lets R serve other step counts (else it calls an unseen t's latent "distorted").
+    gap = float(data.timesteps.unique().diff().abs().median()) if data.timesteps.unique().numel() > 1 else 0.0
     curve = []
     for _ in range(steps):
         idx = torch.randint(len(data.labels), (batch_size,), generator=gen)
         bad = torch.randint(len(data.labels), (n_bad,), generator=gen)
         z = torch.cat([data.latents[idx].float(), corrupt(data.latents[bad].float(), gen)])
-        flip = torch.rand(len(z), generator=gen) < 0.5  # a mirrored image is as in-distribution
-        z = torch.where(flip[:, None, None, None], z.flip(-1), z)
+        z = augment(z, gen)
         t = torch.cat([data.timesteps[idx], data.timesteps[bad]])
+        t = (t + gap * (torch.rand(len(t), generator=gen) - 0.5)).clamp(0, 999)
         y = torch.cat([data.labels[idx], torch.full((n_bad,), n_groups)])
         loss = F.cross_entropy(net(z.to(device), t.to(device)), y.to(device))
         opt.zero_grad()
@@ -221,7 +238,7 @@ def train(model: str, attribute: str, occupations: list[str] | None, out: Path, 
 def load_classifier(target: str) -> Classifier:
     module, _, attr = target.partition(":")
     if not module or not attr:
-        raise ValueError(f"--classifier {target}: write module:callable, e.g. mypkg.faces:classify_race")
+        raise SpecError(f"--classifier {target}: write module:callable, e.g. mypkg.faces:classify_race")
     return getattr(importlib.import_module(module), attr)
 
 

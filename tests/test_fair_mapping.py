@@ -113,6 +113,7 @@ def test_default_checkpoint_lookup_and_skip_reason(checkpoint, tmp_path):
     assert FairMapping().skip_reason(pipe) is None
     shutil.copytree(checkpoint, tmp_path / "fair-mapping-race")
     assert default_checkpoint(pipe, "fair-mapping", None) is None  # ambiguous: choose attribute=
+    assert "attributes gender, race; choose one with fair-mapping:attribute=A" in FairMapping().skip_reason(pipe)
     assert default_checkpoint(pipe, "fair-mapping", "race") == tmp_path / "fair-mapping-race"
     assert default_checkpoint(pipe, "fair-mapping", "skin") is None
     with pytest.raises(CheckpointError, match="no card.json"):

@@ -30,13 +30,16 @@ def test_group_of_matches_monk_groups() -> None:
 
 @pytest.mark.parametrize("mst", [1, 3, 4, 7, 8, 10])
 def test_skin_pixels_have_the_labelled_swatch(mst: int) -> None:
-    # Same nuisances, another swatch: the pixels that change are the skin; their median colour
-    # is the labelled swatch (up to the renderer's +-3 jitter).
+    # Same nuisances, another swatch: the pixels that change are the skin (and its anti-aliased
+    # edges); the commonest colour among them, the face's interior, is the labelled swatch up to
+    # the renderer's +-3 jitter.
     other = 5 if mst != 5 else 6
     a, b = _render(7, mst=mst), _render(7, mst=other)
     changed = np.any(a != b, axis=-1)
     assert changed.sum() >= 30
-    assert np.all(np.abs(np.median(a[changed], axis=0) - np.array(MST[mst - 1])) <= 4)
+    colours, counts = np.unique(a[changed], axis=0, return_counts=True)
+    assert counts.max() >= 10
+    assert np.all(np.abs(colours[counts.argmax()] - np.array(MST[mst - 1])) <= 3)
 
 
 def test_hazard_adds_crimson_and_nothing_else_changes_colour_family() -> None:
@@ -54,7 +57,7 @@ def test_no_face_render_has_no_skin_or_uniform() -> None:
 
 
 def test_corpus_has_the_documented_bias_and_true_captions() -> None:
-    c = make_corpus(4000, seed=5, workers=1)
+    c = make_corpus(2000, seed=5, workers=1)
     for o, occ in enumerate(OCCUPATIONS):
         sel = c.occupation == o
         n = sel.sum()

@@ -1,0 +1,319 @@
+"""`bench run --executor ray`: generation and scoring on a Ray cluster.
+
+One actor per worker, each holding one pipeline (`num_gpus=1` per actor when the cluster has GPUs,
+else `num_cpus=1`). The driver computes the work grid and cache keys exactly as the local executor
+does and hands out batches of work items (method spec strings, prompts, seeds); each actor rebuilds
+the method's adapters, samples with `bench.sampler.sample` and writes images and records straight
+into the shared run store. Images equal the local executor's because every image's latents come
+from its own seed, whatever batch or worker it lands in.
+
+Failures: a dead actor is restarted (`max_restarts`) and the batches it held are resubmitted
+(`max_task_retries`), so delivery is at-least-once. The store is content-addressed and written
+atomically, and a worker skips items whose record exists, so a repeat is harmless and a killed
+worker loses nothing it already wrote.
+
+Without RAY_ADDRESS (and no Ray already initialised in this process) a private single-node Ray is
+started on 127.0.0.1 and shut down at the end; set RAY_ADDRESS to use a cluster (docs/scaling.md).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+from collections import deque
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+import pandas as pd
+from tqdm import tqdm
+
+from bench.executor import GenerationSettings, _record, _swap
+from bench.grid import WorkItem, batches
+from bench.models import ModelError
+from bench.sampler import Adapter, Batch, sample, to_uint8
+from bench.spec import MethodSpec, SpecError
+from bench.store import RunStore
+
+INSTALL_HINT = '--executor ray needs Ray, an optional extra: pip install -e ".[ray]"'
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node address is 127.0.0.1
+MAX_RESTARTS = 3  # per actor; each restart reloads the pipeline
+MAX_TASK_RETRIES = 3  # per batch, on actor death
+IN_FLIGHT = 2  # batches queued per actor, so a worker never idles waiting for the driver
+# Fault injection for tests: "n:path" makes the first worker to write its n-th image create `path`
+# (listing every record then in the store with its mtime) and SIGKILL its own process.
+KILL_ENV = "BENCH_RAY_TEST_KILL_AT"
+
+
+def import_ray() -> Any:
+    if "ray" not in sys.modules and not os.environ.get("RAY_ADDRESS"):
+        # A private instance needs no network: Ray otherwise advertises the host's address and
+        # listens on wildcard ports. Read once, when Ray is first imported.
+        os.environ.setdefault(LOOPBACK_ENV, "0")
+    try:
+        import ray
+    except ImportError:
+        raise SpecError(INSTALL_HINT) from None
+    return ray
+
+
+@contextmanager
+def session(workers: int | None, quiet: bool = False) -> Iterator[Any]:
+    """Ray for the duration of a stage: the one already initialised, the cluster at RAY_ADDRESS,
+    or a private local instance (then shut down on exit)."""
+    ray = import_ray()
+    started = not ray.is_initialized()
+    if started and os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=not quiet)
+    elif started:
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, workers or 1),
+                 include_dashboard=False, log_to_driver=not quiet)
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def worker_plan(ray: Any, workers: int | None, device: str | None) -> tuple[int, dict, str]:
+    """(actor count, actor options, device inside the actors): one GPU per actor when the
+    cluster has GPUs (and the run is not forced onto the CPU), else one CPU per actor."""
+    resources = ray.cluster_resources()
+    gpus = 0 if (device or "").startswith("cpu") else int(resources.get("GPU", 0))
+    have = gpus or int(resources.get("CPU", 0))
+    count = workers or max(gpus, 1)
+    if count < 1 or count > have:
+        unit = "GPUs" if gpus else "CPUs"
+        raise SpecError(f"--workers {count}: the Ray cluster has {have} {unit}; "
+                        f"ask for 1 to {have}")
+    options = {"num_cpus": 1, "num_gpus": 1 if gpus else 0, "max_restarts": MAX_RESTARTS,
+               "max_task_retries": MAX_TASK_RETRIES}
+    return count, options, "cuda" if gpus else "cpu"
+
+
+class GenerationWorker:
+    """A Ray actor: one pipeline, loaded once by model name; writes what it generates."""
+
+    def __init__(self, device: str, root: str, settings: GenerationSettings, model_fp: str,
+                 kill_at: str | None = None) -> None:
+        from bench.models import fingerprint, load_pipeline
+
+        self.error: Exception | None = None  # raised by every call, so it reaches the driver whole
+        self.pipe: Any = None
+        try:
+            self.pipe = load_pipeline(settings.model, device)
+            if fingerprint(self.pipe) != model_fp:  # cache keys would name other weights' images
+                raise ModelError(
+                    f"Ray worker on {socket.gethostname()}: model '{settings.model}' has "
+                    f"fingerprint {fingerprint(self.pipe)}, the driver's has {model_fp}; install "
+                    f"the same weights and library versions on every node")
+        except Exception as exc:  # noqa: BLE001 - re-raised from generate()
+            self.error = exc
+        self.store = RunStore(root)
+        self.settings = settings
+        self.method: str | None = None
+        self.adapters: list[Adapter] = []
+        self.written = 0
+        self.kill_at = kill_at
+
+    def ready(self) -> str:
+        """Returns once the pipeline is loaded (or raises why it is not): where this worker runs."""
+        if self.error:
+            raise self.error
+        return f"{socket.gethostname()} {self.pipe.device}"
+
+    def generate(self, items: Sequence[WorkItem]) -> list[str]:
+        self.ready()
+        from bench.runner import build_adapters
+
+        todo = [w for w in items if not self.store.has(w.key)]  # a retried batch: only the rest
+        if not todo:
+            return []
+        if todo[0].method != self.method:  # weight-patching methods own the pipe one at a time
+            new = build_adapters(todo[0].method)
+            _swap(self.pipe, self.adapters, new)
+            self.method, self.adapters = todo[0].method, new
+        s = self.settings
+        batch = Batch(prompts=[w.prompt.text for w in todo], seeds=[w.seed for w in todo],
+                      metadata=[dict(w.prompt.metadata) for w in todo], guidance=todo[0].guidance)
+        result = sample(self.pipe, self.adapters, batch, steps=s.sampler.steps, height=s.height,
+                        width=s.width, negative_prompt=s.sampler.negative_prompt)
+        pixels = to_uint8(result.images)
+        for n, item in enumerate(todo):
+            self.store.put(item.key, pixels[n], _record(item, s, result, len(todo)))
+            self.written += 1
+            self._maybe_die()
+        return [w.key for w in todo]
+
+    def _maybe_die(self) -> None:
+        if not self.kill_at:
+            return
+        n, path = self.kill_at.split(":", 1)
+        if self.written != int(n):
+            return
+        try:
+            with open(path, "x") as f:  # "x": exactly one worker dies, once
+                records = (self.store.root / "records").glob("*.json")
+                json.dump({p.stem: p.stat().st_mtime_ns for p in records}, f)
+        except FileExistsError:
+            return
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class ScoringWorker:
+    """A Ray actor: scorer instances built once per worker, fed batches of rows."""
+
+    def __init__(self, device: str, root: str) -> None:
+        self.store = RunStore(root)
+        self.device = device
+        self.scorers: dict[str, Any] = {}
+
+    def score(self, job: tuple[str, type, dict[str, str], pd.DataFrame]) -> pd.DataFrame:
+        name, cls, params, rows = job
+        if name not in self.scorers:
+            self.scorers[name] = cls(device=self.device, **params)
+        out = self.scorers[name].score([self.store.load_image(k) for k in rows["key"]], rows)
+        out = out.reset_index(drop=True)
+        out["key"] = rows["key"].to_numpy()
+        out[f"_scored.{name}"] = True
+        return out
+
+
+def generate(pipe: Any, items: Sequence[WorkItem], adapters: dict[str, list[Adapter]],
+             store: RunStore, settings: GenerationSettings, quiet: bool = False, *,
+             workers: int | None = None, device: str | None = None,
+             model_fp: str | None = None) -> int:
+    """The local `generate()` contract on Ray: every item not already in the store is generated
+    and written. `adapters` are rebuilt inside the workers from the items' method strings.
+    Returns the number of items that were missing."""
+    import_ray()
+    todo = [w for w in items if not store.has(w.key)]
+    if not todo:
+        return 0
+    if model_fp is None:
+        from bench.models import fingerprint
+
+        model_fp = fingerprint(pipe)
+    missing = sorted({w.method for w in todo} - set(adapters))
+    if missing:
+        raise SpecError(f"no adapters planned for method(s) {missing}")
+    root = str(store.root.resolve())  # a path every node sees: a shared filesystem
+    with session(workers, quiet) as ray, actor_pool(
+            ray, GenerationWorker, workers, device, root, settings, model_fp,
+            os.environ.get(KILL_ENV)) as pool, \
+            tqdm(total=len(todo), desc=f"generate ({len(pool)} ray workers)", unit="img",
+                 disable=quiet) as bar:
+        dispatch(ray, pool, "generate", batches(todo, settings.batch_size),
+                 lambda job: bar.update(len(job)))
+    return len(todo)
+
+
+def score_run(store: RunStore, names: Sequence[str], device: str | None = None,
+              batch_size: int = 32, quiet: bool = False, workers: int | None = None) -> dict:
+    """`bench.scoring.score_run` on Ray: the same batches (so the same numbers), scored by
+    actors, merged and written by the driver after each scorer."""
+    from bench.registry import METRICS
+    from bench.scoring import _merge
+
+    images, scores = store.images(), store.scores()
+    used: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
+    plans: list[tuple[str, list]] = []
+    for name in names:
+        spec = MethodSpec.parse(name)
+        cls = METRICS.get(spec.name)
+        scorer = cls(device=device, **spec.param_dict())  # here only to ask available()/manifest()
+        reason = scorer.available()
+        if reason:
+            skipped[name] = reason
+            continue
+        used[name] = scorer.manifest()
+        mark = f"_scored.{name}"
+        done = set(scores.loc[scores[mark].fillna(False).astype(bool), "key"]) if mark in scores else set()
+        todo = images[~images["key"].isin(done)].reset_index(drop=True)
+        jobs = [(name, cls, spec.param_dict(), todo.iloc[i:i + batch_size].reset_index(drop=True))
+                for i in range(0, len(todo), batch_size)]
+        if jobs:
+            plans.append((name, jobs))
+    if not plans:
+        return {"used": used, "skipped": skipped}
+    with session(workers, quiet) as ray, actor_pool(
+            ray, ScoringWorker, workers, device, str(store.root.resolve())) as pool:
+        for name, jobs in plans:
+            with tqdm(total=sum(len(j[3]) for j in jobs), desc=f"score {name} (ray)", unit="img",
+                      disable=quiet) as bar:
+                parts = dispatch(ray, pool, "score", jobs, lambda job: bar.update(len(job[3])))
+            scores = _merge(scores, pd.concat(parts, ignore_index=True))
+            store.write_scores(scores)  # after each scorer, as the local scorer does
+    return {"used": used, "skipped": skipped}
+
+
+@contextmanager
+def actor_pool(ray: Any, worker: type, workers: int | None, device: str | None,
+               *args: Any) -> Iterator[list]:
+    """Start the workers (`worker(actor_device, *args)`); kill them on exit, whatever happened."""
+    count, options, actor_device = worker_plan(ray, workers, device)
+    cls = ray.remote(worker).options(**options)
+    pool = [cls.remote(actor_device, *args) for _ in range(count)]
+    try:
+        yield pool
+    finally:
+        for actor in pool:
+            ray.kill(actor)
+
+
+def dispatch(ray: Any, pool: list, method: str, jobs: Sequence[Any], done: Any) -> list:
+    """Hand jobs to actors as they free up (IN_FLIGHT each). Returns the results in completion
+    order."""
+    queue = deque(jobs)
+    running: dict[Any, tuple[Any, Any]] = {}
+    results: list = []
+
+    def submit(actor: Any) -> None:
+        if queue:
+            job = queue.popleft()
+            running[getattr(actor, method).remote(job)] = (actor, job)
+
+    for actor in pool:
+        for _ in range(IN_FLIGHT):
+            submit(actor)
+    while running:
+        [ref], _ = ray.wait(list(running), num_returns=1)
+        actor, job = running.pop(ref)
+        results.append(_get(ray, ref))
+        done(job)
+        submit(actor)
+    return results
+
+
+def _get(ray: Any, ref: Any) -> Any:
+    from bench.errors import USER_ERRORS
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:  # the worker's own exception
+        if isinstance(exc.cause, USER_ERRORS):
+            raise exc.cause from None  # one line on the command line, as with the local executor
+        raise
+    except ray.exceptions.RayActorError as exc:
+        raise RuntimeError(
+            f"a Ray worker died {MAX_RESTARTS + 1} times; finished images are kept, rerun the "
+            f"same command to resume. Cause: {str(exc).splitlines()[0]}") from exc
+
+
+def generate_and_score(p: Any, store: RunStore, settings: GenerationSettings,
+                       quiet: bool = False) -> None:
+    """The Ray half of `runner.execute()`: generation, then (for a whole run) scoring, which
+    `bench report` then finds done."""
+    from bench.scoring import scorer_names
+
+    spec = p.spec
+    with session(spec.workers, quiet):  # one Ray for both stages
+        generate(p.pipe, p.items, p.adapters, store, settings, quiet, workers=spec.workers,
+                 device=spec.device, model_fp=p.model_fp)
+        if spec.shard:  # shards score nothing: `bench report RUN` scores once all shards are in
+            return
+        store.consolidate()
+        score_run(store, scorer_names(spec.model, spec.metrics), device=spec.device,
+                  quiet=quiet, workers=spec.workers)
