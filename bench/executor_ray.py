@@ -82,7 +82,7 @@ def worker_plan(ray: Any, workers: int | None, device: str | None) -> tuple[int,
     resources = ray.cluster_resources()
     gpus = 0 if (device or "").startswith("cpu") else int(resources.get("GPU", 0))
     have = gpus or int(resources.get("CPU", 0))
-    count = workers or max(gpus, 1)
+    count = max(gpus, 1) if workers is None else workers
     if count < 1 or count > have:
         unit = "GPUs" if gpus else "CPUs"
         raise SpecError(f"--workers {count}: the Ray cluster has {have} {unit}; "
@@ -230,7 +230,8 @@ def score_run(store: RunStore, names: Sequence[str], device: str | None = None,
             continue
         used[name] = scorer.manifest()
         mark = f"_scored.{name}"
-        done = set(scores.loc[scores[mark].fillna(False).astype(bool), "key"]) if mark in scores else set()
+        done = set(scores.loc[scores[mark].fillna(False).astype(bool), "key"]) \
+            if mark in scores else set()
         todo = images[~images["key"].isin(done)].reset_index(drop=True)
         jobs = [(name, cls, spec.param_dict(), todo.iloc[i:i + batch_size].reset_index(drop=True))
                 for i in range(0, len(todo), batch_size)]
@@ -309,6 +310,11 @@ def generate_and_score(p: Any, store: RunStore, settings: GenerationSettings,
     from bench.scoring import scorer_names
 
     spec = p.spec
+    if p.pipe.device.type == "cuda":  # the workers hold the GPUs; the driver only planned
+        import torch
+
+        p.pipe.to("cpu")
+        torch.cuda.empty_cache()
     with session(spec.workers, quiet):  # one Ray for both stages
         generate(p.pipe, p.items, p.adapters, store, settings, quiet, workers=spec.workers,
                  device=spec.device, model_fp=p.model_fp)

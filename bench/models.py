@@ -92,8 +92,13 @@ def fingerprint(pipe: Any) -> str:
 def _config_dict(obj: Any) -> dict[str, Any]:
     config = obj.config
     data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    # "_"-keys are bookkeeping (diffusers stores a set there, whose order varies per process).
-    return {k: v for k, v in data.items() if not k.startswith("_")}
+    # "_"-keys are bookkeeping (diffusers stores a set there, whose order varies per process);
+    # transformers adds the others when a model is saved: none of them changes the model.
+    return {k: v for k, v in data.items() if not k.startswith("_") and k not in _VOLATILE_KEYS}
+
+
+_VOLATILE_KEYS = frozenset({"architectures", "dtype", "torch_dtype", "transformers_version",
+                            "name_or_path"})
 
 
 def text_encoder_fingerprint(text_encoder: Any) -> str:

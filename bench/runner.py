@@ -189,6 +189,8 @@ def execute(p: RunPlan, quiet: bool = False) -> Path:
     spec = p.spec
     if spec.executor not in ("local", "ray"):
         raise SpecError(f"executor '{spec.executor}': use local or ray")
+    if spec.workers is not None and spec.executor != "ray":
+        raise SpecError(f"--workers {spec.workers}: only --executor ray has workers")
     if spec.executor == "ray":
         from bench import executor_ray
 

@@ -20,12 +20,14 @@ from PIL import Image  # noqa: E402
 from bench import executor_ray, runner  # noqa: E402
 from bench.cli import main  # noqa: E402
 from bench.executor import GenerationSettings, generate  # noqa: E402
+from bench.models import ModelError  # noqa: E402
 from bench.spec import RunSpec, SamplerSpec, SpecError  # noqa: E402
 from bench.store import RunStore  # noqa: E402
 from metrics.base import Scorer  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 FAST = ["--model", "tiny-random", "--steps", "3", "--quiet"]
+SLURM_SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "slurm-example.sh"
 TIMING = ["seconds", "step_seconds", "peak_memory_mb", "batch_size"]  # differ run to run
 
 
@@ -144,9 +146,24 @@ def test_killed_worker_is_restarted_and_loses_nothing(ray_local, tmp_path, promp
     assert not list(store.root.rglob("*.tmp"))
 
 
+def test_worker_with_other_weights_stops_the_run_in_one_line(ray_local, tmp_path, prompts):
+    """A node whose model differs from the driver's would file images under wrong cache keys."""
+    spec = RunSpec(model="tiny-random", prompt_sets=(str(prompts),), samples=1,
+                   sampler=SamplerSpec(steps=3), metrics=("none",))
+    p = runner.plan(spec)
+    settings = GenerationSettings("tiny-random", spec.sampler, p.height, p.width, 2)
+    store = RunStore(tmp_path / "r")
+    with pytest.raises(ModelError, match=rf"has fingerprint {p.model_fp}, the driver's has 0+; "):
+        executor_ray.generate(p.pipe, p.items, p.adapters, store, settings, quiet=True,
+                              workers=1, model_fp="0" * 16)
+    assert not (store.root / "records").exists()
+
+
 def test_worker_count_beyond_the_cluster_is_one_line(ray_local):
-    with pytest.raises(SpecError, match=r"^--workers 3: the Ray cluster has 2 CPUs; ask for 1 to 2$"):
+    with pytest.raises(SpecError, match=r"^--workers 3: the Ray cluster has 2 CPUs; ask for 1 to"):
         executor_ray.worker_plan(ray_local, 3, None)
+    with pytest.raises(SpecError, match=r"^--workers 0: "):
+        executor_ray.worker_plan(ray_local, 0, None)
     count, options, device = executor_ray.worker_plan(ray_local, None, None)
     assert (count, options["num_gpus"], options["num_cpus"], device) == (1, 0, 1, "cpu")
     assert options["max_restarts"] > 0 and options["max_task_retries"] > 0
@@ -160,21 +177,31 @@ def test_without_ray_the_flag_says_how_to_install(tmp_path, prompts, monkeypatch
     assert capsys.readouterr().err.strip() == (
         'bench: error: --executor ray needs Ray, an optional extra: pip install -e ".[ray]"')
     assert not out.exists()
+    assert main(["run", *FAST, "--prompt-set", str(prompts), "--workers", "2", "--out",
+                 str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "bench: error: --workers 2: only --executor ray has workers")
 
 
 def test_concurrent_shards_equal_one_run(tmp_path, prompts):
-    common = [*FAST, "--methods", "baseline,sld-weak", "--prompt-set", str(prompts),
-              "--samples", "2", "--metrics", "none"]
-    assert main(["run", *common, "--out", str(tmp_path / "whole")]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    """Two array tasks of docs/slurm-example.sh, run at the same time against one directory."""
+    spec = [*FAST, "--methods", "baseline,sld-weak", "--prompt-set", str(prompts),
+            "--samples", "2", "--metrics", "none"]
+    assert main(["run", *spec, "--out", str(tmp_path / "whole")]) == 0
     shared = tmp_path / "shared"
-    procs = [subprocess.Popen([sys.executable, "-m", "bench.cli", "run", *common,
-                               "--shard", f"{i}/2", "--out", str(shared)], env=env,
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "RUN": str(shared),
+           "BENCH_ARGS": " ".join(spec),  # no spaces inside these arguments
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "2"}
+    procs = [subprocess.Popen(["bash", str(SLURM_SCRIPT)],
+                              env={**env, "SLURM_ARRAY_TASK_ID": str(i)},
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
              for i in range(2)]
     for proc in procs:
         _, err = proc.communicate(timeout=240)
         assert proc.returncode == 0, err.decode()[-2000:]
+    shard = json.loads((shared / "manifest.json").read_text())["spec"]["shard"]
+    assert shard in ("0/2", "1/2")
     assert main(["report", str(shared), "--quiet"]) == 0
     assert_same_images(tmp_path / "whole", shared)
     pd.testing.assert_frame_equal(table(tmp_path / "whole"), table(shared))

@@ -1,0 +1,50 @@
+"""Model resolution: aliases, missing weights, local directories, fingerprints."""
+import pytest
+
+from bench.cli import main
+from bench.models import ALIASES, ModelError, fingerprint, load_pipeline, tiny_random_pipeline
+
+
+def test_missing_hub_weights_name_the_id_and_download_command():
+    with pytest.raises(ModelError) as err:
+        load_pipeline("sd15", "cpu")
+    text = str(err.value)
+    assert ALIASES["sd15"] in text and "huggingface-cli download" in text
+    assert "\n" not in text
+
+
+def test_cli_reports_missing_model_in_one_line(tmp_path, prompt_file, capsys):
+    code = main(["run", "--model", "some-org/no-such-model", "--metrics", "none", "--quiet",
+                 "--prompt-set", str(prompt_file(["a cat"])), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "some-org/no-such-model" in err and len(err.splitlines()) == 1
+
+
+def test_local_directory_without_model_index_is_refused(tmp_path):
+    with pytest.raises(ModelError, match="model_index.json"):
+        load_pipeline(str(tmp_path), "cpu")
+
+
+def test_saved_pipeline_round_trips_with_same_fingerprint(tmp_path, tiny_pipe):
+    tiny_pipe.save_pretrained(tmp_path / "pipe", safe_serialization=True)
+    loaded = load_pipeline(str(tmp_path / "pipe"), "cpu")
+    assert fingerprint(loaded) == fingerprint(tiny_pipe)
+    assert loaded.tokenizer("a photo of a doctor").input_ids == \
+        tiny_pipe.tokenizer("a photo of a doctor").input_ids
+
+
+def test_fingerprint_is_stable_and_sensitive(tiny_pipe):
+    import torch
+
+    other = tiny_random_pipeline()
+    assert fingerprint(other) == fingerprint(tiny_pipe)
+    with torch.no_grad():
+        next(other.unet.parameters()).add_(1e-3)
+    assert fingerprint(other) != fingerprint(tiny_pipe)
+
+
+def test_real_clip_tokenizer_ids(tiny_pipe):
+    # Token ids of the original CLIP BPE vocabulary: "a"=320, "photo"=1125, "of"=539, "doctor"=5547.
+    assert tiny_pipe.tokenizer("a photo of a doctor").input_ids == [49406, 320, 1125, 539, 320,
+                                                                      5547, 49407]
+    assert tiny_pipe.tokenizer.model_max_length == 77
