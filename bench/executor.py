@@ -34,7 +34,7 @@ def generate(pipe: Any, items: Sequence[WorkItem], adapters: dict[str, list[Adap
     for chunk in batches(todo, settings.batch_size):
         method_adapters = adapters[chunk[0].method]
         if method_adapters is not active:  # weight-patching methods own the pipe one at a time
-            _swap(pipe, active, method_adapters)
+            swap(pipe, active, method_adapters)
             active = method_adapters
         batch = Batch(prompts=[w.prompt.text for w in chunk], seeds=[w.seed for w in chunk],
                       metadata=[dict(w.prompt.metadata) for w in chunk], guidance=chunk[0].guidance)
@@ -43,21 +43,21 @@ def generate(pipe: Any, items: Sequence[WorkItem], adapters: dict[str, list[Adap
                         negative_prompt=settings.sampler.negative_prompt)
         pixels = to_uint8(result.images)
         for n, item in enumerate(chunk):
-            store.put(item.key, pixels[n], _record(item, settings, result, len(chunk)))
+            store.put(item.key, pixels[n], record(item, settings, result, len(chunk)))
         bar.update(len(chunk))
-    _swap(pipe, active, [])
+    swap(pipe, active, [])
     bar.close()
     return len(todo)
 
 
-def _swap(pipe: Any, old: Sequence[Adapter], new: Sequence[Adapter]) -> None:
+def swap(pipe: Any, old: Sequence[Adapter], new: Sequence[Adapter]) -> None:
     for a in reversed(old):
         a.release(pipe)
     for a in new:
         a.prepare(pipe)
 
 
-def _record(item: WorkItem, settings: GenerationSettings, result: Any, batch_len: int) -> dict:
+def record(item: WorkItem, settings: GenerationSettings, result: Any, batch_len: int) -> dict:
     record = {
         "key": item.key, "method": item.method, "prompt_set": item.prompt_set,
         "prompt_id": item.prompt.id, "prompt": item.prompt.text, "seed": item.seed,

@@ -29,7 +29,7 @@ from typing import Any, Iterator, Sequence
 import pandas as pd
 from tqdm import tqdm
 
-from bench.executor import GenerationSettings, _record, _swap
+from bench.executor import GenerationSettings, record, swap
 from bench.grid import WorkItem, batches
 from bench.models import ModelError
 from bench.sampler import Adapter, Batch, sample, to_uint8
@@ -132,7 +132,7 @@ class GenerationWorker:
             return []
         if todo[0].method != self.method:  # weight-patching methods own the pipe one at a time
             new = build_adapters(todo[0].method)
-            _swap(self.pipe, self.adapters, new)
+            swap(self.pipe, self.adapters, new)
             self.method, self.adapters = todo[0].method, new
         s = self.settings
         batch = Batch(prompts=[w.prompt.text for w in todo], seeds=[w.seed for w in todo],
@@ -141,7 +141,7 @@ class GenerationWorker:
                         width=s.width, negative_prompt=s.sampler.negative_prompt)
         pixels = to_uint8(result.images)
         for n, item in enumerate(todo):
-            self.store.put(item.key, pixels[n], _record(item, s, result, len(todo)))
+            self.store.put(item.key, pixels[n], record(item, s, result, len(todo)))
             self.written += 1
             self._maybe_die()
         return [w.key for w in todo]
@@ -170,14 +170,12 @@ class ScoringWorker:
         self.scorers: dict[str, Any] = {}
 
     def score(self, job: tuple[str, type, dict[str, str], pd.DataFrame]) -> pd.DataFrame:
+        from bench.scoring import score_rows
+
         name, cls, params, rows = job
         if name not in self.scorers:
             self.scorers[name] = cls(device=self.device, **params)
-        out = self.scorers[name].score([self.store.load_image(k) for k in rows["key"]], rows)
-        out = out.reset_index(drop=True)
-        out["key"] = rows["key"].to_numpy()
-        out[f"_scored.{name}"] = True
-        return out
+        return score_rows(self.scorers[name], name, self.store, rows)
 
 
 def generate(pipe: Any, items: Sequence[WorkItem], adapters: dict[str, list[Adapter]],
@@ -211,43 +209,25 @@ def generate(pipe: Any, items: Sequence[WorkItem], adapters: dict[str, list[Adap
 
 def score_run(store: RunStore, names: Sequence[str], device: str | None = None,
               batch_size: int = 32, quiet: bool = False, workers: int | None = None) -> dict:
-    """`bench.scoring.score_run` on Ray: the same batches (so the same numbers), scored by
-    actors, merged and written by the driver after each scorer."""
-    from bench.registry import METRICS
-    from bench.scoring import _merge
+    """`bench.scoring.score_run` on Ray: the same plan and batches (so the same numbers), scored
+    by actors, merged and written by the driver after each scorer."""
+    from bench.scoring import chunks, merge_scores, plan_scoring
 
-    images, scores = store.images(), store.scores()
-    used: dict[str, dict] = {}
-    skipped: dict[str, str] = {}
-    plans: list[tuple[str, list]] = []
-    for name in names:
-        spec = MethodSpec.parse(name)
-        cls = METRICS.get(spec.name)
-        scorer = cls(device=device, **spec.param_dict())  # here only to ask available()/manifest()
-        reason = scorer.available()
-        if reason:
-            skipped[name] = reason
-            continue
-        used[name] = scorer.manifest()
-        mark = f"_scored.{name}"
-        done = set(scores.loc[scores[mark].fillna(False).astype(bool), "key"]) \
-            if mark in scores else set()
-        todo = images[~images["key"].isin(done)].reset_index(drop=True)
-        jobs = [(name, cls, spec.param_dict(), todo.iloc[i:i + batch_size].reset_index(drop=True))
-                for i in range(0, len(todo), batch_size)]
-        if jobs:
-            plans.append((name, jobs))
-    if not plans:
-        return {"used": used, "skipped": skipped}
+    plan = plan_scoring(store, names, device)
+    if not plan.jobs:
+        return plan.summary()
+    scores = store.scores()
     with session(workers, quiet) as ray, actor_pool(
             ray, ScoringWorker, workers, device, str(store.root.resolve())) as pool:
-        for name, jobs in plans:
-            with tqdm(total=sum(len(j[3]) for j in jobs), desc=f"score {name} (ray)", unit="img",
+        for job in plan.jobs:
+            batches_ = [(job.name, job.scorer_cls, job.params, rows)
+                        for rows in chunks(job.rows, batch_size)]
+            with tqdm(total=len(job.rows), desc=f"score {job.name} (ray)", unit="img",
                       disable=quiet) as bar:
-                parts = dispatch(ray, pool, "score", jobs, lambda job: bar.update(len(job[3])))
-            scores = _merge(scores, pd.concat(parts, ignore_index=True))
+                parts = dispatch(ray, pool, "score", batches_, lambda b: bar.update(len(b[3])))
+            scores = merge_scores(scores, pd.concat(parts, ignore_index=True))
             store.write_scores(scores)  # after each scorer, as the local scorer does
-    return {"used": used, "skipped": skipped}
+    return plan.summary()
 
 
 @contextmanager

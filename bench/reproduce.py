@@ -63,7 +63,8 @@ def reproduce_spec(manifest: dict[str, Any], out: Path, device: str | None,
     sets = tuple(prompt_files.get(e, e) for e in spec.prompt_sets) or tuple(
         s["name"] for s in manifest.get("prompt_sets", []))
     return dataclasses.replace(spec, methods=methods or spec.methods, prompt_sets=sets,
-                               out=str(out), device=device, shard=None)
+                               out=str(out), device=device, shard=None,
+                               executor="local", workers=None)
 
 
 def differences(manifest: dict[str, Any], p: runner.RunPlan) -> list[Difference]:

@@ -1,10 +1,12 @@
 """Scoring: run per-image scorers over a run store's images, incrementally.
 
 Reads only the run store, so `bench report RUN_DIR` rescores without generating. A scorer whose
-weights are missing is skipped with its one-line reason, which the report prints.
+weights are missing is skipped with its one-line reason, which the report prints. The plan (what
+is left to score) and the batch step are shared with the Ray executor.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import pandas as pd
@@ -30,44 +32,76 @@ def scorer_names(model: str, requested: Sequence[str]) -> list[str]:
     return [n for n in names if n.startswith(WORLD_PREFIX) == is_world]
 
 
+@dataclass
+class ScoringJob:
+    name: str  # as requested, options included: "fairface:weights=x.pt"
+    scorer_cls: type
+    params: dict[str, str]
+    rows: pd.DataFrame  # images this scorer has not scored yet
+
+
+@dataclass
+class ScoringPlan:
+    used: dict[str, dict] = field(default_factory=dict)  # scorer -> its manifest()
+    skipped: dict[str, str] = field(default_factory=dict)  # scorer -> one-line reason
+    jobs: list[ScoringJob] = field(default_factory=list)
+
+    def summary(self) -> dict[str, dict]:
+        return {"used": self.used, "skipped": self.skipped}
+
+
+def plan_scoring(store: RunStore, names: Sequence[str], device: str | None) -> ScoringPlan:
+    images, scores = store.images(), store.scores()
+    plan = ScoringPlan()
+    for name in names:
+        spec = MethodSpec.parse(name)
+        cls = METRICS.get(spec.name)
+        scorer = cls(device=device, **spec.param_dict())
+        reason = scorer.available()
+        if reason:
+            plan.skipped[name] = reason
+            continue
+        plan.used[name] = scorer.manifest()
+        mark = f"_scored.{name}"
+        done = set(scores.loc[scores[mark].fillna(False).astype(bool), "key"]) \
+            if mark in scores else set()
+        todo = images[~images["key"].isin(done)].reset_index(drop=True)
+        if not todo.empty:
+            plan.jobs.append(ScoringJob(name, cls, spec.param_dict(), todo))
+    return plan
+
+
+def score_rows(scorer: Scorer, name: str, store: RunStore, rows: pd.DataFrame) -> pd.DataFrame:
+    """One batch: the scorer's columns plus the key and the `_scored.<name>` mark."""
+    out = scorer.score([store.load_image(k) for k in rows["key"]], rows).reset_index(drop=True)
+    out["key"] = rows["key"].to_numpy()
+    out[f"_scored.{name}"] = True
+    return out
+
+
+def chunks(rows: pd.DataFrame, size: int) -> list[pd.DataFrame]:
+    return [rows.iloc[i:i + size].reset_index(drop=True) for i in range(0, len(rows), size)]
+
+
 def score_run(store: RunStore, names: Sequence[str], device: str | None = None,
               batch_size: int = 32, quiet: bool = False) -> dict[str, dict]:
     """Score every image not yet scored by each scorer. Returns {"used": {scorer: manifest},
     "skipped": {scorer: reason}}."""
-    images = store.images()
+    plan = plan_scoring(store, names, device)
     scores = store.scores()
-    skipped: dict[str, str] = {}
-    used: dict[str, dict] = {}
-    for name in names:
-        spec = MethodSpec.parse(name)  # "fairface:weights=/path/res34.pt": options as kwargs
-        scorer = METRICS.get(spec.name)(device=device, **spec.param_dict())
-        reason = scorer.available()
-        if reason:
-            skipped[name] = reason
-            continue
-        used[name] = scorer.manifest()
-        mark = f"_scored.{name}"
-        done = set(scores.loc[scores[mark].fillna(False).astype(bool), "key"]) if mark in scores else set()
-        todo = images[~images["key"].isin(done)]
-        if todo.empty:
-            continue
+    for job in plan.jobs:
+        scorer = job.scorer_cls(device=device, **job.params)
         parts = []
-        bar = tqdm(total=len(todo), desc=f"score {name}", unit="img", disable=quiet)
-        for start in range(0, len(todo), batch_size):
-            rows = todo.iloc[start:start + batch_size].reset_index(drop=True)
-            out = scorer.score([store.load_image(k) for k in rows["key"]], rows)
-            out = out.reset_index(drop=True)
-            out["key"] = rows["key"].to_numpy()
-            out[mark] = True
-            parts.append(out)
-            bar.update(len(rows))
-        bar.close()
-        scores = _merge(scores, pd.concat(parts, ignore_index=True))
+        with tqdm(total=len(job.rows), desc=f"score {job.name}", unit="img", disable=quiet) as bar:
+            for rows in chunks(job.rows, batch_size):
+                parts.append(score_rows(scorer, job.name, store, rows))
+                bar.update(len(rows))
+        scores = merge_scores(scores, pd.concat(parts, ignore_index=True))
         store.write_scores(scores)  # after each scorer: a killed report keeps finished scorers
-    return {"used": used, "skipped": skipped}
+    return plan.summary()
 
 
-def _merge(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+def merge_scores(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     """Upsert `new` rows (by key) and columns into `old`."""
     if old.empty:
         return new
