@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import datetime as _dt
 import platform
 import subprocess
@@ -184,6 +185,22 @@ def run(spec: RunSpec, quiet: bool = False) -> Path:
     return execute(plan(spec), quiet)
 
 
+# Keys that may differ between the shards of one run.
+_PER_SHARD = ("shard", "executor", "workers", "out", "device", "batch_size")
+
+
+def check_same_run(store: RunStore, spec: RunSpec) -> None:
+    """Shards writing into one directory must share one spec, or the grid has holes or overlaps."""
+    if not store.manifest_path.exists():
+        return
+    theirs = {k: v for k, v in store.manifest()["spec"].items() if k not in _PER_SHARD}
+    ours = {k: v for k, v in json.loads(json.dumps(spec.to_dict())).items() if k not in _PER_SHARD}
+    changed = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    if changed:
+        raise SpecError(f"{store.root} holds shards of a run with other settings ({', '.join(changed)}"
+                        f" differ); give every shard the same spec, or use another --out")
+
+
 def execute(p: RunPlan, quiet: bool = False) -> Path:
     """Generate, store and report a planned run (`bench reproduce` plans first to check drift)."""
     spec = p.spec
@@ -196,6 +213,8 @@ def execute(p: RunPlan, quiet: bool = False) -> Path:
 
         executor_ray.import_ray()  # without Ray: the one-line install hint, before any output
     store = RunStore(spec.out)
+    if spec.shard:
+        check_same_run(store, spec)
     store.write_manifest(manifest(p))
     settings = GenerationSettings(spec.model, spec.sampler, p.height, p.width, spec.batch_size)
     if spec.executor == "ray":  # generation and scoring on Ray; report.build finds scores done

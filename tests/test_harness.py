@@ -254,3 +254,10 @@ def test_every_command_has_help_with_examples(command, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert "example" in capsys.readouterr().out
+
+
+def test_shard_with_another_spec_is_refused(tmp_path, prompts, capsys):
+    common = [*FAST, "--methods", "baseline", "--prompt-set", str(prompts), "--out", str(tmp_path / "s")]
+    assert main(["run", *common, "--samples", "1", "--shard", "0/2"]) == 0
+    assert main(["run", *common, "--samples", "2", "--shard", "1/2"]) == 2
+    assert "samples" in capsys.readouterr().err
