@@ -7,11 +7,10 @@ detector finds human-related. Training needs only the frozen text encoder, so a 
 tied to one text encoder: `prepare` refuses a checkpoint whose card names another fingerprint.
 
 This module also holds what Fair Mapping and RS-Corrector share: the attribute/group phrasings
-used to build training prompts and checkpoint lookup (`default_checkpoint`).
+used to build training prompts (checkpoint lookup is in methods/checkpoints.py).
 """
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -20,15 +19,10 @@ from typing import Any, Iterable
 
 import torch
 
-from bench.models import ModelError, text_encoder_fingerprint
-from bench.sampler import Adapter, Batch
+from bench.models import text_encoder_fingerprint
+from bench.sampler import Batch
 from bench.spec import SpecError
-
-CARD = "card.json"
-
-
-class CheckpointError(ModelError):
-    """A checkpoint that is missing, malformed or trained for another model (one-line message)."""
+from methods.checkpoints import CheckpointedAdapter, CheckpointError  # noqa: F401 (re-export)
 
 
 # --- attributes: groups and how a group is written into a prompt ------------------------------
@@ -105,55 +99,6 @@ def read_lines(path: Path, what: str) -> list[str]:
 
 
 # --- checkpoints --------------------------------------------------------------------------------
-
-def shipped_checkpoints(pipe: Any, method: str) -> list[Path]:
-    """`<pipe.bench_checkpoints_dir>/<method>-*/` directories with a card (the synthetic world's
-    loader sets `bench_checkpoints_dir`; other models ship none)."""
-    base = getattr(pipe, "bench_checkpoints_dir", None)
-    if not base:
-        return []
-    return [d for d in sorted(Path(base).glob(f"{method}-*")) if (d / CARD).is_file()]
-
-
-def default_checkpoint(pipe: Any, method: str, attribute: str | None = None) -> Path | None:
-    """The checkpoint the model ships for `method`: `<method>-<attribute>/`, or without an
-    attribute the only `<method>-*` one; None if there is none (or several and no attribute)."""
-    found = shipped_checkpoints(pipe, method)
-    if attribute:
-        found = [d for d in found if d.name == f"{method}-{attribute}"]
-    return found[0] if len(found) == 1 else None
-
-
-def resolve_checkpoint(method: str, checkpoint: str, attribute: str, pipe: Any) -> Path | None:
-    """The explicit `checkpoint=DIR` (which must exist) or the model's default."""
-    if checkpoint:
-        path = Path(checkpoint).expanduser()
-        if not (path / CARD).is_file():
-            raise CheckpointError(f"{method}: checkpoint={checkpoint} has no {CARD}; pass a "
-                                  f"directory written by `bench train {method}`")
-        return path
-    return default_checkpoint(pipe, method, attribute or None)
-
-
-def no_checkpoint_reason(pipe: Any, method: str, attribute: str) -> str:
-    shipped = [d.name[len(method) + 1:] for d in shipped_checkpoints(pipe, method)]
-    if len(shipped) > 1 and not attribute:
-        return (f"the model ships {method} checkpoints for attributes {', '.join(shipped)}; "
-                f"choose one with {method}:attribute=A")
-    which = f" for attribute {attribute}" if attribute else ""
-    return (f"the model ships no {method} checkpoint{which}; train one with `bench train {method} "
-            f"--model M --attribute A --out DIR` and pass {method}:checkpoint=DIR")
-
-
-def read_card(path: Path, method: str) -> dict[str, Any]:
-    try:
-        card = json.loads((path / CARD).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path / CARD}: unreadable ({exc}); retrain with `bench train {method}`") from None
-    if card.get("method") != method:
-        raise CheckpointError(f"{path / CARD}: a '{card.get('method')}' checkpoint, not '{method}'")
-    return card
-
 
 # --- the human-related prompt detector ----------------------------------------------------------
 
@@ -257,7 +202,7 @@ class FairMappingParams:
     typos: bool = True  # let the detector match one-edit typos of keywords of >= 5 letters
 
 
-class FairMapping(Adapter):
+class FairMapping(CheckpointedAdapter):
     name = "fair-mapping"
     description = ("Fair Mapping (reconstructed): a trained linear map on the prompt embeddings "
                    "of human-related prompts.")
@@ -270,20 +215,10 @@ class FairMapping(Adapter):
         self.detector: HumanDetector | None = None
         self.card: dict[str, Any] = {}
 
-    def skip_reason(self, pipe: Any) -> str | None:
-        p = self.params
-        if resolve_checkpoint(self.name, p.checkpoint, p.attribute, pipe) is None:
-            return no_checkpoint_reason(pipe, self.name, p.attribute)
-        return None
-
     def prepare(self, pipe: Any) -> None:
         from safetensors.torch import load_file
 
-        p = self.params
-        path = resolve_checkpoint(self.name, p.checkpoint, p.attribute, pipe)
-        if path is None:
-            raise CheckpointError(f"{self.name}: {no_checkpoint_reason(pipe, self.name, p.attribute)}")
-        card = read_card(path, self.name)
+        path, card = self.load_card(pipe)
         mine = text_encoder_fingerprint(pipe.text_encoder)
         if card.get("text_encoder_fingerprint") != mine:
             raise CheckpointError(

@@ -25,10 +25,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from bench.sampler import Adapter, Batch
+from bench.sampler import Batch
 from bench.spec import SpecError
-from methods.fair_mapping import (CheckpointError, no_checkpoint_reason, read_card,
-                                  resolve_checkpoint)
+from methods.checkpoints import CheckpointedAdapter, CheckpointError
 
 DISTORTED = "distorted"
 
@@ -119,7 +118,7 @@ class _State:
     targets: torch.Tensor  # [B] group index per image
 
 
-class RSCorrector(Adapter):
+class RSCorrector(CheckpointedAdapter):
     name = "rs-corrector"
     description = ("RS-Corrector (reconstructed): gradient steps on the latent toward a per-image "
                    "target group under a trained latent preference model.")
@@ -136,18 +135,9 @@ class RSCorrector(Adapter):
         self.probs: list[float] = []
         self._pipe: Any = None
 
-    def skip_reason(self, pipe: Any) -> str | None:
-        p = self.params
-        if resolve_checkpoint(self.name, p.checkpoint, p.attribute, pipe) is None:
-            return no_checkpoint_reason(pipe, self.name, p.attribute)
-        return None
-
     def prepare(self, pipe: Any) -> None:
         p = self.params
-        path = resolve_checkpoint(self.name, p.checkpoint, p.attribute, pipe)
-        if path is None:
-            raise CheckpointError(f"{self.name}: {no_checkpoint_reason(pipe, self.name, p.attribute)}")
-        card = read_card(path, self.name)
+        path, card = self.load_card(pipe)
         channels = pipe.unet.config.in_channels
         if card["in_channels"] != channels:
             raise CheckpointError(f"{self.name}: {path} was trained on {card['in_channels']}-channel "

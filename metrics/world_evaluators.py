@@ -80,6 +80,15 @@ class WorldScorer(Scorer):
     def skin_confusion(self) -> np.ndarray:
         return skin_confusion(self.weights)
 
+    @classmethod
+    def confusion_matrix(cls, attribute: str) -> np.ndarray | None:
+        """For the report's parity correction: the committed skin classifier's P(pred | true)
+        for attribute "skin", None for any other attribute or when the weights are missing."""
+        weights = _weights_dir(None)
+        if attribute != "skin" or _missing(Path(weights) / "evaluators.safetensors"):
+            return None
+        return skin_confusion(weights)
+
     def score(self, images: Sequence[Image.Image], rows: pd.DataFrame) -> pd.DataFrame:
         from bench.world.render import OCCUPATIONS
 

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from bench.models import text_encoder_fingerprint, tiny_random_pipeline
 from bench.sampler import Batch, encode_text, sample
 from methods.fair_mapping import (HUMAN_WORDS, CheckpointError, FairMapping, FairMappingParams,
-                                  HumanDetector, default_checkpoint, get_spec)
+                                  HumanDetector, get_spec)
+from methods.checkpoints import default_checkpoint
 from methods.fair_mapping_train import build_prompts, losses, main, text_stats
 
 OCCUPATIONS = ["doctor", "nurse", "software developer", "police officer"]

@@ -166,7 +166,7 @@ def test_registered_world_model_and_checkpoint_dir() -> None:
 
     pipe = load_pipeline("world", device="cpu")
     assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
-    assert Path(pipe.bench_checkpoints_dir) == WEIGHTS_DIR / "checkpoints"
+    assert Path(pipe.bench_checkpoints_dir) == WEIGHTS_DIR
 
 
 @needs_weights

@@ -18,8 +18,9 @@ def load_world_pipeline(weights_dir: Path | None = None) -> Any:
         raise FileNotFoundError(f"{path} has no model_index.json; rebuild with `bench world build`")
     pipe = StableDiffusionPipeline.from_pretrained(
         str(path), safety_checker=None, requires_safety_checker=False, use_safetensors=True)
-    # Where methods look for the checkpoints the world ships (methods/fair_mapping.py).
-    pipe.bench_checkpoints_dir = root / "checkpoints"
+    # Where methods look for the checkpoints the world ships, <method>-<attribute>/ beside the
+    # pipeline (methods/checkpoints.py default_checkpoint).
+    pipe.bench_checkpoints_dir = root
     return pipe
 
 

@@ -46,8 +46,8 @@ class Settings:
     caption_dropout: float = 0.1
 
 
-FULL = Settings(corpus=30000, vae_steps=600, vae_batch=32, eval_images=10000, eval_steps=600,
-                quality_steps=300, eval_batch=64, heldout_images=2000, clip_steps=400,
+FULL = Settings(corpus=30000, vae_steps=2500, vae_batch=32, eval_images=10000, eval_steps=600,
+                quality_steps=300, eval_batch=64, heldout_images=2000, clip_steps=300,
                 clip_batch=128, unet_steps=2000, unet_batch=128)
 WORKERS = 2  # render processes
 QUICK = Settings(corpus=256, vae_steps=8, vae_batch=16, eval_images=256, eval_steps=8,

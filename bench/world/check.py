@@ -30,15 +30,15 @@ SLD_CONCEPT = ("an image showing hate, harassment, violence, suffering, humiliat
 
 
 def generate(pipe: Any, prompt: str, n: int, guidance: float, seed: int, steps: int = 25,
-             batch: int = 128, negative_prompt: str = "") -> np.ndarray:
+             batch: int = 128, negative_prompt: str = "", adapters: Sequence[Any] = ()) -> np.ndarray:
     """n uint8 images for one prompt through bench's sampler."""
     from bench.sampler import Batch, sample, to_uint8
 
     out = []
     for start in range(0, n, batch):
         seeds = [seed + i for i in range(start, min(n, start + batch))]
-        res = sample(pipe, [], Batch([prompt] * len(seeds), seeds, guidance=guidance), steps=steps,
-                     height=32, width=32, negative_prompt=negative_prompt)
+        res = sample(pipe, list(adapters), Batch([prompt] * len(seeds), seeds, guidance=guidance),
+                     steps=steps, height=32, width=32, negative_prompt=negative_prompt)
         out.append(to_uint8(res.images))
     return np.concatenate(out)
 
@@ -97,6 +97,23 @@ def _hazard_figures(pipe: Any, ev: WorldEvaluators, n: int, guidance: float,
     return out
 
 
+def sld_sweep(pipe: Any, ev: WorldEvaluators, n: int, guidance: float = 7.5,
+              seed: int = 2000) -> dict[str, float]:
+    """Hazard rate over the world-hazard prompts for baseline and the registered SLD presets."""
+    from bench.registry import METHODS
+    from prompt_sets.world import world_hazard
+
+    prompts = [p.text for p in world_hazard().prompts]
+    out = {}
+    for name in ("baseline", "sld-weak", "sld-medium", "sld-strong", "sld-max"):
+        adapter = METHODS.get(name)()
+        adapter.prepare(pipe)
+        rates = [_rates(ev, generate(pipe, t, n, guidance, seed, adapters=[adapter]))["hazard"]
+                 for t in prompts]
+        out[name] = float(np.mean(rates))
+    return out
+
+
 def _tv(p: Sequence[float], q: Sequence[float]) -> float:
     return float(0.5 * np.abs(np.asarray(p) - np.asarray(q)).sum())
 
@@ -129,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 7.5])
     ap.add_argument("--write-card", action="store_true", help="store the figures in card.json")
     ap.add_argument("--grid", type=Path, default=None, help="also write a sample grid PNG here")
+    ap.add_argument("--sld", type=int, default=0, help="images per world-hazard prompt for an SLD "
+                    "preset sweep at guidance 7.5 (0: skip)")
     args = ap.parse_args(argv)
     pipe = load_world_pipeline(args.out)
     pipe.set_progress_bar_config(disable=True)
@@ -140,12 +159,17 @@ def main(argv: list[str] | None = None) -> int:
         res["seconds"] = round(time.perf_counter() - t0, 1)
         results.append(res)
         print(json.dumps(res, indent=1), flush=True)
+    sld = sld_sweep(pipe, ev, args.sld) if args.sld else None
+    if sld:
+        print(json.dumps({"sld_hazard_rate": sld}), flush=True)
     if args.grid:
         sample_grid(pipe, args.grid)
     if args.write_card:
         card_path = args.out / "card.json"
         card = json.loads(card_path.read_text())
         card["acceptance"] = results
+        if sld:
+            card["sld_hazard_rate"] = {"guidance": 7.5, "images_per_prompt": args.sld, **sld}
         card_path.write_text(json.dumps(card, indent=1) + "\n")
     return 0
 

@@ -58,13 +58,16 @@ def train_vae(images: np.ndarray, steps: int, batch: int, seed: int) -> tuple[An
         _set_lr(opt, _lr(i, steps, 1e-3))
         x = data[torch.randint(len(data), (batch,), generator=gen)]
         post = vae.encode(x).latent_dist
-        recon = vae.decode(post.sample(generator=gen)).sample
-        mse = F.mse_loss(recon, x)
+        # Decode the posterior mean plus a little fixed noise rather than a posterior sample: the
+        # sample's initial unit variance would drown the latent for hundreds of steps, and only
+        # the mean is ever used (encoding for the UNet, decoding its outputs).
+        z = post.mean + 0.05 * torch.randn(post.mean.shape, generator=gen)
+        mse = F.mse_loss(vae.decode(z).sample, x)
         loss = mse + 1e-6 * post.kl().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return float(mse.detach())
+        return mse.item()
 
     log = _loop(steps, step, "vae")
     vae.eval()
@@ -150,7 +153,7 @@ def train_clip(images: np.ndarray, captions: list[str], tokenizer: Any, steps: i
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return float(loss)
+        return loss.item()
 
     log = _loop(steps, step, "clip")
     text_encoder.eval()
@@ -215,7 +218,7 @@ def train_unet(latents: torch.Tensor, caption_ids: np.ndarray, table: torch.Tens
         with torch.no_grad():
             for pe, p in zip(ema.parameters(), unet.parameters()):
                 pe.lerp_(p, 1 - decay)
-        return float(loss)
+        return loss.item()
 
     def checkpoint(n: int) -> None:
         if on_checkpoint is not None and n % checkpoint_every == 0 and n < steps:
@@ -261,7 +264,7 @@ def train_evaluator(images: np.ndarray, labels: dict[str, np.ndarray], steps: in
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return float(loss)
+        return loss.item()
 
     log = _loop(steps, step, "evaluator")
     net.eval()
@@ -285,7 +288,7 @@ def train_quality(images: np.ndarray, clean: np.ndarray, steps: int, batch: int,
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return float(loss)
+        return loss.item()
 
     log = _loop(steps, step, "quality")
     net.eval()

@@ -1,0 +1,87 @@
+"""Checkpoints of trained methods: where they are found and how they are checked.
+
+A checkpoint is a directory holding `card.json` (what it was trained for) and its weights. A
+method takes `checkpoint=DIR`, or uses the one the model ships: the synthetic world's loader sets
+`pipe.bench_checkpoints_dir`, under which `<method>-<attribute>/` directories live.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.models import ModelError
+from bench.sampler import Adapter
+
+CARD = "card.json"
+
+
+class CheckpointError(ModelError):
+    """A checkpoint that is missing, malformed or trained for another model (one-line message)."""
+
+
+def shipped_checkpoints(pipe: Any, method: str) -> list[Path]:
+    """`<pipe.bench_checkpoints_dir>/<method>-*/` directories with a card (the synthetic world's
+    loader sets `bench_checkpoints_dir`; other models ship none)."""
+    base = getattr(pipe, "bench_checkpoints_dir", None)
+    if not base:
+        return []
+    return [d for d in sorted(Path(base).glob(f"{method}-*")) if (d / CARD).is_file()]
+
+
+def default_checkpoint(pipe: Any, method: str, attribute: str | None = None) -> Path | None:
+    """The checkpoint the model ships for `method`: `<method>-<attribute>/`, or without an
+    attribute the only `<method>-*` one; None if there is none (or several and no attribute)."""
+    found = shipped_checkpoints(pipe, method)
+    if attribute:
+        found = [d for d in found if d.name == f"{method}-{attribute}"]
+    return found[0] if len(found) == 1 else None
+
+
+def resolve_checkpoint(method: str, checkpoint: str, attribute: str, pipe: Any) -> Path | None:
+    """The explicit `checkpoint=DIR` (which must exist) or the model's default."""
+    if checkpoint:
+        path = Path(checkpoint).expanduser()
+        if not (path / CARD).is_file():
+            raise CheckpointError(f"{method}: checkpoint={checkpoint} has no {CARD}; pass a "
+                                  f"directory written by `bench train {method}`")
+        return path
+    return default_checkpoint(pipe, method, attribute or None)
+
+
+def no_checkpoint_reason(pipe: Any, method: str, attribute: str) -> str:
+    shipped = [d.name[len(method) + 1:] for d in shipped_checkpoints(pipe, method)]
+    if len(shipped) > 1 and not attribute:
+        return (f"the model ships {method} checkpoints for attributes {', '.join(shipped)}; "
+                f"choose one with {method}:attribute=A")
+    which = f" for attribute {attribute}" if attribute else ""
+    return (f"the model ships no {method} checkpoint{which}; train one with `bench train {method} "
+            f"--model M --attribute A --out DIR` and pass {method}:checkpoint=DIR")
+
+
+def read_card(path: Path, method: str) -> dict[str, Any]:
+    try:
+        card = json.loads((path / CARD).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path / CARD}: unreadable ({exc}); retrain with `bench train {method}`") from None
+    if card.get("method") != method:
+        raise CheckpointError(f"{path / CARD}: a '{card.get('method')}' checkpoint, not '{method}'")
+    return card
+
+
+class CheckpointedAdapter(Adapter):
+    """An adapter whose Params have `checkpoint` and `attribute`: skipped with a reason when the
+    model ships no checkpoint and none is given."""
+
+    def skip_reason(self, pipe: Any) -> str | None:
+        p = self.params
+        if resolve_checkpoint(self.name, p.checkpoint, p.attribute, pipe) is None:
+            return no_checkpoint_reason(pipe, self.name, p.attribute)
+        return None
+
+    def load_card(self, pipe: Any) -> tuple[Path, dict[str, Any]]:
+        p = self.params
+        path = resolve_checkpoint(self.name, p.checkpoint, p.attribute, pipe)
+        if path is None:
+            raise CheckpointError(f"{self.name}: {no_checkpoint_reason(pipe, self.name, p.attribute)}")
+        return path, read_card(path, self.name)
