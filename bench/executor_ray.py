@@ -33,7 +33,7 @@ from bench.executor import GenerationSettings, record, swap
 from bench.grid import WorkItem, batches
 from bench.models import ModelError
 from bench.sampler import Adapter, Batch, sample, to_uint8
-from bench.spec import MethodSpec, SpecError
+from bench.spec import SpecError
 from bench.store import RunStore
 
 INSTALL_HINT = '--executor ray needs Ray, an optional extra: pip install -e ".[ray]"'
