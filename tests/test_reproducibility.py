@@ -15,7 +15,6 @@ from PIL import Image
 
 from bench.cli import main
 from bench.registry import METRICS
-from bench.report import boards
 from metrics.base import MetricInfo, Scorer
 
 FAST = ["--model", "tiny-random", "--steps", "3", "--quiet", "--samples", "1"]
