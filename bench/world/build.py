@@ -41,21 +41,30 @@ class Settings:
     heldout_images: int
     clip_steps: int
     clip_batch: int
-    unet_steps: int
+    unet_steps: int  # phase 1: from scratch, lr 1e-3, plain epsilon loss
     unet_batch: int
+    unet2_steps: int = 0  # phase 2: from phase 1's EMA weights, lr 5e-4, min-SNR-5 weighting
     caption_dropout: float = 0.1
 
 
-FULL = Settings(corpus=30000, vae_steps=2500, vae_batch=32, eval_images=10000, eval_steps=600,
-                quality_steps=300, eval_batch=64, heldout_images=2000, clip_steps=300,
-                clip_batch=128, unet_steps=2000, unet_batch=128)
-WORKERS = 2  # render processes
+FULL = Settings(corpus=30000, vae_steps=2500, vae_batch=32, eval_images=20000, eval_steps=2000,
+                quality_steps=600, eval_batch=64, heldout_images=2000, clip_steps=300,
+                clip_batch=128, unet_steps=2000, unet_batch=128, unet2_steps=2000)
 QUICK = Settings(corpus=256, vae_steps=8, vae_batch=16, eval_images=256, eval_steps=8,
                  quality_steps=8, eval_batch=32, heldout_images=128, clip_steps=8, clip_batch=32,
-                 unet_steps=8, unet_batch=16)
+                 unet_steps=4, unet_batch=16, unet2_steps=4)
+WORKERS = 2  # render processes
+# Settings each stage depends on: a `--reuse` directory's stage is taken only when they match.
+STAGE_KEYS = {"vae": ("corpus", "vae_steps", "vae_batch"),
+              "clip": ("corpus", "clip_steps", "clip_batch"),
+              "unet": ("corpus", "vae_steps", "vae_batch", "clip_steps", "clip_batch",
+                       "unet_steps", "unet_batch", "caption_dropout")}
 
 
-def build(out_dir: Path, quick: bool, seed: int) -> None:
+def build(out_dir: Path, quick: bool, seed: int, reuse: Path | None = None) -> None:
+    """Train every stage into out_dir. With `reuse`, a previous build's VAE, CLIP pair and
+    phase-1 UNet are loaded instead of retrained when that build used the same seed and the
+    same settings for them (the stages are deterministic, so the result is the same)."""
     s = QUICK if quick else FULL
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -63,24 +72,30 @@ def build(out_dir: Path, quick: bool, seed: int) -> None:
                             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                             "machine": platform.machine(), "bias": BIAS, "hazard_rate": HAZARD_RATE,
                             "stages": {}}
+    prev = _reusable(reuse, s, seed)
     start = time.perf_counter()
     t0 = time.perf_counter()
     corpus = make_corpus(s.corpus, seed, workers=WORKERS)
     card["stages"]["corpus"] = {"images": s.corpus, "seconds": round(time.perf_counter() - t0, 1)}
 
-    vae, card["stages"]["vae"] = train_vae(corpus.images, s.vae_steps, s.vae_batch, seed)
-    raw = encode_latents(vae, corpus.images)
-    card["stages"]["vae"].update(standardise_vae(vae, raw))
+    if "vae" in prev:
+        vae, card["stages"]["vae"] = prev["vae"]
+    else:
+        vae, card["stages"]["vae"] = train_vae(corpus.images, s.vae_steps, s.vae_batch, seed)
+        card["stages"]["vae"].update(standardise_vae(vae, encode_latents(vae, corpus.images)))
+        card["stages"]["vae"]["recon_mse"] = _recon_mse(vae, corpus.images[:1000])
     latents = encode_latents(vae, corpus.images) * vae.config.scaling_factor
-    card["stages"]["vae"]["recon_mse"] = _recon_mse(vae, corpus.images[:1000])
 
     from bench.models import clip_tokenizer
     tokenizer = clip_tokenizer()
-    text_encoder, head, card["stages"]["clip"] = train_clip(
-        corpus.images, corpus.captions, tokenizer, s.clip_steps, s.clip_batch, seed)
+    if "clip" in prev:
+        (text_encoder, head), card["stages"]["clip"] = prev["clip"]
+    else:
+        text_encoder, head, card["stages"]["clip"] = train_clip(
+            corpus.images, corpus.captions, tokenizer, s.clip_steps, s.clip_batch, seed)
+        card["stages"]["clip"].update(measure_clip(text_encoder, tokenizer, head, s, seed))
     save_file({k: v.contiguous() for k, v in head.state_dict().items()},
               str(out_dir / "clip_head.safetensors"))
-    card["stages"]["clip"].update(measure_clip(text_encoder, tokenizer, head, s, seed))
 
     texts = sorted(set(corpus.captions)) + [""]
     index = {t: i for i, t in enumerate(texts)}
@@ -91,10 +106,21 @@ def build(out_dir: Path, quick: bool, seed: int) -> None:
         save_pipeline(out_dir / "pipeline", vae, text_encoder, tokenizer, unet)
         print(f"[unet] pipeline snapshot after {steps_done} steps", flush=True)
 
-    unet, card["stages"]["unet"] = train_unet(
-        latents, ids, table, index[""], s.unet_steps, s.unet_batch, seed,
-        dropout=s.caption_dropout, on_checkpoint=None if quick else snapshot)
-    card["stages"]["unet"]["distinct_captions"] = len(texts)
+    on_checkpoint = None if quick else snapshot
+    if "unet" in prev:
+        unet, card["stages"]["unet"] = prev["unet"]
+    else:
+        unet, card["stages"]["unet"] = train_unet(
+            latents, ids, table, index[""], s.unet_steps, s.unet_batch, seed,
+            dropout=s.caption_dropout, on_checkpoint=on_checkpoint)
+        card["stages"]["unet"]["distinct_captions"] = len(texts)
+        save_file({k: v.contiguous() for k, v in unet.state_dict().items()},
+                  str(out_dir / "unet_phase1.safetensors"))  # for --reuse; not needed to run
+    if s.unet2_steps:
+        unet, card["stages"]["unet2"] = train_unet(
+            latents, ids, table, index[""], s.unet2_steps, s.unet_batch, seed + 100,
+            dropout=s.caption_dropout, on_checkpoint=on_checkpoint, init=unet, lr=5e-4,
+            min_snr=5.0, name="unet2")
     save_pipeline(out_dir / "pipeline", vae, text_encoder, tokenizer, unet)
     evaluators = _train_evaluators(vae, s, seed, card)
     save_evaluators(evaluators, out_dir)
@@ -102,8 +128,46 @@ def build(out_dir: Path, quick: bool, seed: int) -> None:
         ("unet", unet), ("vae", vae), ("text_encoder", text_encoder), ("clip_head", head),
         ("attributes", evaluators.attributes), ("quality", evaluators.quality))}
     card["total_seconds"] = round(time.perf_counter() - start, 1)
+    card["reused"] = {"from": str(reuse), "stages": sorted(prev)} if prev else None
     (out_dir / "card.json").write_text(json.dumps(card, indent=1) + "\n")
     print(f"[build] done in {card['total_seconds']}s -> {out_dir}", flush=True)
+
+
+def _reusable(reuse: Path | None, s: Settings, seed: int) -> dict[str, Any]:
+    """Stages of a previous build that match this one: {stage: (model(s), card entry)}."""
+    if reuse is None:
+        return {}
+    reuse = Path(reuse)
+    card = json.loads((reuse / "card.json").read_text())
+    if card.get("seed") != seed:
+        return {}
+    same = {stage: all(card["settings"].get(k) == getattr(s, k) for k in keys)
+            for stage, keys in STAGE_KEYS.items()}
+    out: dict[str, Any] = {}
+    if same["vae"]:
+        from diffusers import AutoencoderKL
+        vae = AutoencoderKL.from_pretrained(str(reuse / "pipeline" / "vae"), use_safetensors=True)
+        out["vae"] = (vae.eval(), card["stages"]["vae"])
+    if same["clip"]:
+        from safetensors.torch import load_file
+        from transformers import CLIPTextModel
+
+        from bench.world.train import ClipHead
+        head = ClipHead()
+        head.load_state_dict(load_file(str(reuse / "clip_head.safetensors")))
+        text_encoder = CLIPTextModel.from_pretrained(str(reuse / "pipeline" / "text_encoder"),
+                                                     use_safetensors=True)
+        out["clip"] = ((text_encoder.eval(), head.eval()), card["stages"]["clip"])
+    phase1 = reuse / "unet_phase1.safetensors"
+    if same["unet"] and same["vae"] and same["clip"] and phase1.exists():
+        from safetensors.torch import load_file
+
+        from bench.world.nets import make_unet
+        unet = make_unet()
+        unet.load_state_dict(load_file(str(phase1)))
+        out["unet"] = (unet.eval(), card["stages"]["unet"])
+    print(f"[build] reusing {sorted(out) or 'nothing'} from {reuse}", flush=True)
+    return out
 
 
 def measure_clip(text_encoder: Any, tokenizer: Any, head: Any, s: Settings,
@@ -170,10 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=WEIGHTS_DIR, help=f"output dir (default {WEIGHTS_DIR})")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="a previous build dir whose VAE, CLIP pair and phase-1 UNet to reuse when "
+                         "their seed and settings match")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    build(args.out, args.quick, args.seed)
+    build(args.out, args.quick, args.seed, args.reuse)
     return 0
 
 
