@@ -106,8 +106,9 @@ def load_preference(path: Any, card: dict[str, Any], device: Any = "cpu") -> Pre
 class RSCorrectorParams:
     checkpoint: str = ""  # a `bench train rs-corrector` directory; "" -> the model's default
     attribute: str = ""  # which default checkpoint (rs-corrector-<attribute>); "" -> the only one
-    # Defaults tuned on the synthetic world (25 DDIM steps): parity_l2 over its 8 neutral prompts
-    # fell from 0.55 (baseline) to 0.26 at guidance 7.5; eta=0.5, k=1, stop=10 moved it to 0.54.
+    # Defaults tuned on the synthetic world (25 DDIM steps, guidance 7.5, 32 images per neutral
+    # prompt): parity_l2 fell from 0.55 (baseline) to 0.26, eta=0.5, k=1, stop=10 gave 0.54. The
+    # strong push costs quality: in results/world the world's quality score drops 0.97 -> 0.46.
     eta: float = 8.0  # step size of the latent update
     k: int = 3  # inner iterations per corrected step
     start: int = 0  # first corrected step index (into scheduler.timesteps)

@@ -1,10 +1,10 @@
 """`bench world build`: retrain the whole world from scratch, reproducibly.
 
-Stages: corpus -> VAE (then latents made zero-mean, scaling_factor = 1/std) -> evaluators
-(attribute/hazard classifier and quality scorer, trained on clean and VAE-reconstructed renders)
--> CLIP pair (contrastive) -> UNet on the frozen text tower's embeddings. Writes into out_dir:
-pipeline/ (diffusers StableDiffusionPipeline), clip_head.safetensors, evaluators.safetensors,
-evaluators.json and card.json.
+Stages: corpus -> VAE (then latents made zero-mean, scaling_factor = 1/std) -> CLIP pair
+(contrastive) -> UNet phase 1 and phase 2 on the frozen text tower's embeddings -> evaluators
+(attribute/hazard classifier and quality scorer, trained on clean and VAE-reconstructed renders).
+Writes into out_dir: pipeline/ (diffusers StableDiffusionPipeline), clip_head.safetensors,
+unet_phase1.safetensors (only for --reuse), evaluators.safetensors, evaluators.json and card.json.
 """
 from __future__ import annotations
 
