@@ -1,4 +1,4 @@
-"""Frozen run specifications. They serialise into the run directory's manifest and back.
+r"""Frozen run specifications. They serialise into the run directory's manifest and back.
 
 A method spec is written `name[:key=value,...]` on the command line (`sld-strong:warmup=5`; a
 comma inside a value is written `\,`); its
