@@ -74,10 +74,14 @@ def pngs(run: Path) -> dict[str, np.ndarray]:
 
 
 def assert_same_images(a: Path, b: Path) -> None:
+    """Same files, pixels equal up to one uint8 level: a retried batch has another composition and
+    a worker another thread count, which move float results by ~1e-6 (tests/test_sampler.py), and
+    that can flip a pixel sitting on a rounding boundary by one level."""
     ia, ib = pngs(a), pngs(b)
     assert ia and list(ia) == list(ib)
     for name in ia:
-        assert np.array_equal(ia[name], ib[name]), name
+        diff = np.abs(ia[name].astype(int) - ib[name].astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01, name
 
 
 def table(run: Path) -> pd.DataFrame:

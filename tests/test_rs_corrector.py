@@ -87,7 +87,7 @@ def mid_trajectory(pipe, seeds, step=2):
 def test_latent_update_raises_log_prob_of_target(checkpoint, tiny_pipe):
     seeds = [11, 12, 13, 14, 15, 16]
     z, t = mid_trajectory(tiny_pipe, seeds)
-    a = corrector(checkpoint, tiny_pipe, eta=0.2, k=3)
+    a = corrector(checkpoint, tiny_pipe, eta=0.2, k=3, stop=10)
     state = a.init_state(Batch(["x"] * len(seeds), seeds))
     before = a.log_prob(z, t, state.targets)
     with torch.enable_grad():
