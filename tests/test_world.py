@@ -122,6 +122,7 @@ def test_quick_build_writes_a_loadable_pipeline(quick_dir: Path) -> None:
     assert out.shape == (1, 32, 32, 3) and np.isfinite(out).all()
     card = json.loads((quick_dir / "card.json").read_text())
     assert card["quick"] and card["stages"]["unet"]["steps"] == card["settings"]["unet_steps"]
+    assert card["stages"]["unet2"]["steps"] == card["settings"]["unet2_steps"] > 0
     files = {p.suffix for p in quick_dir.rglob("*") if p.is_file()}
     assert not files & {".bin", ".pt", ".pth", ".ckpt"}
 

@@ -1,10 +1,11 @@
 """`bench world build`: retrain the whole world from scratch, reproducibly.
 
 Stages: corpus -> VAE (then latents made zero-mean, scaling_factor = 1/std) -> CLIP pair
-(contrastive) -> UNet phase 1 and phase 2 on the frozen text tower's embeddings -> evaluators
+(contrastive) -> UNet phase 1 (and optional phase 2) on the frozen text tower's embeddings -> evaluators
 (attribute/hazard classifier and quality scorer, trained on clean and VAE-reconstructed renders).
 Writes into out_dir: pipeline/ (diffusers StableDiffusionPipeline), clip_head.safetensors,
-unet_phase1.safetensors (only for --reuse), evaluators.safetensors, evaluators.json and card.json.
+evaluators.safetensors, evaluators.json, card.json, and with phase 2 unet_phase1.safetensors
+(only for --reuse).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import argparse
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +44,14 @@ class Settings:
     clip_batch: int
     unet_steps: int  # phase 1: from scratch, lr 1e-3, plain epsilon loss
     unet_batch: int
-    unet2_steps: int = 0  # phase 2: from phase 1's EMA weights, lr 5e-4, min-SNR-5 weighting
+    unet2_steps: int = 0  # optional phase 2: from phase 1's EMA weights, lr 5e-4, min-SNR-5
     caption_dropout: float = 0.1
 
 
-FULL = Settings(corpus=30000, vae_steps=2500, vae_batch=32, eval_images=20000, eval_steps=2000,
-                quality_steps=600, eval_batch=64, heldout_images=2000, clip_steps=300,
-                clip_batch=128, unet_steps=2000, unet_batch=128, unet2_steps=2000)
+# The committed weights' settings (33 min on 2 shared cores). Phase 2 is opt-in: --unet2-steps.
+FULL = Settings(corpus=30000, vae_steps=2500, vae_batch=32, eval_images=10000, eval_steps=600,
+                quality_steps=300, eval_batch=64, heldout_images=2000, clip_steps=300,
+                clip_batch=128, unet_steps=2000, unet_batch=128)
 QUICK = Settings(corpus=256, vae_steps=8, vae_batch=16, eval_images=256, eval_steps=8,
                  quality_steps=8, eval_batch=32, heldout_images=128, clip_steps=8, clip_batch=32,
                  unet_steps=4, unet_batch=16, unet2_steps=4)
@@ -61,11 +63,15 @@ STAGE_KEYS = {"vae": ("corpus", "vae_steps", "vae_batch"),
                        "unet_steps", "unet_batch", "caption_dropout")}
 
 
-def build(out_dir: Path, quick: bool, seed: int, reuse: Path | None = None) -> None:
+def build(out_dir: Path, quick: bool, seed: int, reuse: Path | None = None,
+          unet2_steps: int | None = None) -> None:
     """Train every stage into out_dir. With `reuse`, a previous build's VAE, CLIP pair and
     phase-1 UNet are loaded instead of retrained when that build used the same seed and the
-    same settings for them (the stages are deterministic, so the result is the same)."""
+    same settings for them (the stages are deterministic, so the result is the same).
+    `unet2_steps` overrides the settings' phase-2 length."""
     s = QUICK if quick else FULL
+    if unet2_steps is not None:
+        s = replace(s, unet2_steps=unet2_steps)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     card: dict[str, Any] = {"seed": seed, "quick": quick, "settings": asdict(s),
@@ -114,9 +120,9 @@ def build(out_dir: Path, quick: bool, seed: int, reuse: Path | None = None) -> N
             latents, ids, table, index[""], s.unet_steps, s.unet_batch, seed,
             dropout=s.caption_dropout, on_checkpoint=on_checkpoint)
         card["stages"]["unet"]["distinct_captions"] = len(texts)
+    if s.unet2_steps:
         save_file({k: v.contiguous() for k, v in unet.state_dict().items()},
                   str(out_dir / "unet_phase1.safetensors"))  # for --reuse; not needed to run
-    if s.unet2_steps:
         unet, card["stages"]["unet2"] = train_unet(
             latents, ids, table, index[""], s.unet2_steps, s.unet_batch, seed + 100,
             dropout=s.caption_dropout, on_checkpoint=on_checkpoint, init=unet, lr=5e-4,
@@ -158,7 +164,10 @@ def _reusable(reuse: Path | None, s: Settings, seed: int) -> dict[str, Any]:
         text_encoder = CLIPTextModel.from_pretrained(str(reuse / "pipeline" / "text_encoder"),
                                                      use_safetensors=True)
         out["clip"] = ((text_encoder.eval(), head.eval()), card["stages"]["clip"])
+    # Phase 1's UNet: saved beside a build that ran phase 2, else the pipeline's own.
     phase1 = reuse / "unet_phase1.safetensors"
+    if not phase1.exists() and "unet2" not in card["stages"]:
+        phase1 = reuse / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"
     if same["unet"] and same["vae"] and same["clip"] and phase1.exists():
         from safetensors.torch import load_file
 
@@ -237,10 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse", type=Path, default=None,
                     help="a previous build dir whose VAE, CLIP pair and phase-1 UNet to reuse when "
                          "their seed and settings match")
+    ap.add_argument("--unet2-steps", type=int, default=None,
+                    help="also run UNet phase 2 for this many steps (default: none for the full "
+                         "build, as for the committed weights; 4 with --quick)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    build(args.out, args.quick, args.seed, args.reuse)
+    build(args.out, args.quick, args.seed, args.reuse, args.unet2_steps)
     return 0
 
 

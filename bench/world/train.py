@@ -241,11 +241,9 @@ def train_unet(latents: torch.Tensor, caption_ids: np.ndarray, table: torch.Tens
 # ---------------------------------------------------------------- evaluators
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Mild noise and blur, so the evaluators tolerate the generator's softer images."""
+    """Mild noise, so the evaluators tolerate the generator's small artefacts."""
     sigma = torch.rand(len(x), 1, 1, 1, generator=gen) * 0.08
-    blur = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    alpha = torch.rand(len(x), 1, 1, 1, generator=gen) * (torch.rand(len(x), 1, 1, 1, generator=gen) < 0.5)
-    return torch.lerp(x, blur, alpha) + sigma * torch.randn(x.shape, generator=gen)
+    return x + sigma * torch.randn(x.shape, generator=gen)
 
 
 def train_evaluator(images: np.ndarray, labels: dict[str, np.ndarray], steps: int, batch: int,
