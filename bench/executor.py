@@ -6,7 +6,7 @@ for the same items, which holds because every image's latents come from its own 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
 
@@ -27,27 +27,46 @@ class GenerationSettings:
 
 def generate(pipe: Any, items: Sequence[WorkItem], adapters: dict[str, list[Adapter]],
              store: RunStore, settings: GenerationSettings, quiet: bool = False) -> int:
-    """Generate every item not already in the store. Returns the number generated."""
-    todo = [w for w in items if not store.has(w.key)]
-    bar = tqdm(total=len(todo), desc="generate", unit="img", disable=quiet)
+    """Generate every item not already in the store. Returns the number written."""
+    todo = pending(items, store, settings.batch_size)
+    bar = tqdm(total=sum(len(c) for c in todo), desc="generate", unit="img", disable=quiet)
     active: list[Adapter] = []
-    for chunk in batches(todo, settings.batch_size):
+    written = 0
+    for chunk in todo:
         method_adapters = adapters[chunk[0].method]
         if method_adapters is not active:  # weight-patching methods own the pipe one at a time
             swap(pipe, active, method_adapters)
             active = method_adapters
-        batch = Batch(prompts=[w.prompt.text for w in chunk], seeds=[w.seed for w in chunk],
-                      metadata=[dict(w.prompt.metadata) for w in chunk], guidance=chunk[0].guidance)
-        result = sample(pipe, method_adapters, batch, steps=settings.sampler.steps,
-                        height=settings.height, width=settings.width,
-                        negative_prompt=settings.sampler.negative_prompt)
-        pixels = to_uint8(result.images)
-        for n, item in enumerate(chunk):
-            store.put(item.key, pixels[n], record(item, settings, result, len(chunk)))
+        written += write_batch(pipe, method_adapters, chunk, store, settings)
         bar.update(len(chunk))
     swap(pipe, active, [])
     bar.close()
-    return len(todo)
+    return written
+
+
+def pending(items: Sequence[WorkItem], store: RunStore, size: int) -> list[list[WorkItem]]:
+    """The batches with an image missing. A batch is regenerated whole (its missing images
+    written), never re-formed from the missing items alone: same company, same floats."""
+    return [c for c in batches(items, size) if not all(store.has(w.key) for w in c)]
+
+
+def write_batch(pipe: Any, adapters: Sequence[Adapter], chunk: Sequence[WorkItem],
+                store: RunStore, settings: GenerationSettings,
+                on_write: Callable[[], None] | None = None) -> int:
+    """Sample one batch and store the images not stored yet. Returns how many were written."""
+    batch = Batch(prompts=[w.prompt.text for w in chunk], seeds=[w.seed for w in chunk],
+                  metadata=[dict(w.prompt.metadata) for w in chunk], guidance=chunk[0].guidance)
+    result = sample(pipe, adapters, batch, steps=settings.sampler.steps, height=settings.height,
+                    width=settings.width, negative_prompt=settings.sampler.negative_prompt)
+    pixels = to_uint8(result.images)
+    written = 0
+    for n, item in enumerate(chunk):
+        if not store.has(item.key):  # at-least-once executors: never write an image twice
+            store.put(item.key, pixels[n], record(item, settings, result, len(chunk)))
+            written += 1
+            if on_write:
+                on_write()
+    return written
 
 
 def swap(pipe: Any, old: Sequence[Adapter], new: Sequence[Adapter]) -> None:

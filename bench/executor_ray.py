@@ -29,10 +29,10 @@ from typing import Any, Iterator, Sequence
 import pandas as pd
 from tqdm import tqdm
 
-from bench.executor import GenerationSettings, record, swap
-from bench.grid import WorkItem, batches
+from bench.executor import GenerationSettings, pending, swap, write_batch
+from bench.grid import WorkItem
 from bench.models import ModelError
-from bench.sampler import Adapter, Batch, sample, to_uint8
+from bench.sampler import Adapter
 from bench.spec import SpecError
 from bench.store import RunStore
 
@@ -124,27 +124,23 @@ class GenerationWorker:
         return f"{socket.gethostname()} {self.pipe.device}"
 
     def generate(self, items: Sequence[WorkItem]) -> list[str]:
+        """One batch of the driver's `pending()`, regenerated whole: a retried batch has the same
+        company as its first try, so its images are bit-equal to the local executor's."""
         self.ready()
         from bench.runner import build_adapters
 
-        todo = [w for w in items if not self.store.has(w.key)]  # a retried batch: only the rest
-        if not todo:
+        if all(self.store.has(w.key) for w in items):  # a retry after everything was written
             return []
-        if todo[0].method != self.method:  # weight-patching methods own the pipe one at a time
-            new = build_adapters(todo[0].method)
+        if items[0].method != self.method:  # weight-patching methods own the pipe one at a time
+            new = build_adapters(items[0].method)
             swap(self.pipe, self.adapters, new)
-            self.method, self.adapters = todo[0].method, new
-        s = self.settings
-        batch = Batch(prompts=[w.prompt.text for w in todo], seeds=[w.seed for w in todo],
-                      metadata=[dict(w.prompt.metadata) for w in todo], guidance=todo[0].guidance)
-        result = sample(self.pipe, self.adapters, batch, steps=s.sampler.steps, height=s.height,
-                        width=s.width, negative_prompt=s.sampler.negative_prompt)
-        pixels = to_uint8(result.images)
-        for n, item in enumerate(todo):
-            self.store.put(item.key, pixels[n], record(item, s, result, len(todo)))
-            self.written += 1
-            self._maybe_die()
-        return [w.key for w in todo]
+            self.method, self.adapters = items[0].method, new
+        write_batch(self.pipe, self.adapters, items, self.store, self.settings, self._wrote)
+        return [w.key for w in items]
+
+    def _wrote(self) -> None:
+        self.written += 1
+        self._maybe_die()
 
     def _maybe_die(self) -> None:
         if not self.kill_at:
@@ -186,25 +182,25 @@ def generate(pipe: Any, items: Sequence[WorkItem], adapters: dict[str, list[Adap
     and written. `adapters` are rebuilt inside the workers from the items' method strings.
     Returns the number of items that were missing."""
     import_ray()
-    todo = [w for w in items if not store.has(w.key)]
+    todo = pending(items, store, settings.batch_size)
     if not todo:
         return 0
+    missing_images = sum(not store.has(w.key) for c in todo for w in c)
     if model_fp is None:
         from bench.models import fingerprint
 
         model_fp = fingerprint(pipe)
-    missing = sorted({w.method for w in todo} - set(adapters))
+    missing = sorted({c[0].method for c in todo} - set(adapters))
     if missing:
         raise SpecError(f"no adapters planned for method(s) {missing}")
     root = str(store.root.resolve())  # a path every node sees: a shared filesystem
     with session(workers, quiet) as ray, actor_pool(
             ray, GenerationWorker, workers, device, root, settings, model_fp,
             os.environ.get(KILL_ENV)) as pool, \
-            tqdm(total=len(todo), desc=f"generate ({len(pool)} ray workers)", unit="img",
+            tqdm(total=sum(len(c) for c in todo), desc=f"generate ({len(pool)} ray workers)", unit="img",
                  disable=quiet) as bar:
-        dispatch(ray, pool, "generate", batches(todo, settings.batch_size),
-                 lambda job: bar.update(len(job)))
-    return len(todo)
+        dispatch(ray, pool, "generate", todo, lambda job: bar.update(len(job)))
+    return missing_images
 
 
 def score_run(store: RunStore, names: Sequence[str], device: str | None = None,

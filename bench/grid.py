@@ -60,26 +60,32 @@ def build_grid(model_fp: str, methods: Sequence[str], prompt_sets: Sequence[Prom
 
 
 def shard(items: Sequence[WorkItem], index: int, count: int,
-          cost: dict[str, int] | None = None) -> list[WorkItem]:
-    """Deterministic partition balanced by cost (UNet evaluations per image of each method):
-    greedy longest-processing-time over items sorted by key, so every shard computes the same
-    assignment independently."""
+          cost: dict[str, int] | None = None, batch_size: int = 1) -> list[WorkItem]:
+    """Deterministic partition of whole batches, as `batches(items, batch_size)` forms them over
+    the full grid, balanced by cost (UNet evaluations per image of each method): greedy
+    longest-processing-time over batches sorted by first key, so every shard computes the same
+    assignment independently. Whole batches, because an image's floats depend (at ~1e-6) on the
+    other images in its batch: a shard's images are then bit-equal to an unsharded run's."""
     if not 0 <= index < count:
         raise ValueError(f"shard {index}/{count}: index must be in 0..{count - 1}")
+    groups = batches(items, batch_size)
+    weight = {id(b): sum((cost or {}).get(w.method, 1) for w in b) for b in groups}
     loads = [0] * count
-    mine: list[WorkItem] = []
-    ordered = sorted(items, key=lambda w: (-(cost or {}).get(w.method, 1), w.key))
-    for item in ordered:
+    mine: list[list[WorkItem]] = []
+    for group in sorted(groups, key=lambda b: (-weight[id(b)], b[0].key)):
         target = min(range(count), key=lambda s: (loads[s], s))
-        loads[target] += (cost or {}).get(item.method, 1)
+        loads[target] += weight[id(group)]
         if target == index:
-            mine.append(item)
-    order = {id(w): n for n, w in enumerate(items)}
-    return sorted(mine, key=lambda w: order[id(w)])
+            mine.append(group)
+    order = {id(b): n for n, b in enumerate(groups)}
+    return [w for group in sorted(mine, key=lambda b: order[id(b)]) for w in group]
 
 
 def batches(items: Iterable[WorkItem], size: int) -> list[list[WorkItem]]:
-    """Consecutive batches of at most `size` items sharing method and guidance."""
+    """Consecutive batches of at most `size` items sharing method and guidance. Executors batch
+    the whole grid (or a shard of whole batches, which batches back to the same groups since each
+    (method, guidance) run is contiguous) and regenerate a partly written batch whole, so an
+    image is always computed in the same company."""
     out: list[list[WorkItem]] = []
     for item in items:
         last = out[-1] if out else None

@@ -103,7 +103,7 @@ def plan(spec: RunSpec) -> RunPlan:
               for m, a in adapters.items()}
     if spec.shard:
         i, n = parse_shard(spec.shard)
-        p.items = shard(p.items, i, n, p.cost)
+        p.items = shard(p.items, i, n, p.cost, spec.batch_size)
     return p
 
 
@@ -186,7 +186,8 @@ def run(spec: RunSpec, quiet: bool = False) -> Path:
 
 
 # Keys that may differ between the shards of one run.
-_PER_SHARD = ("shard", "executor", "workers", "out", "device", "batch_size")
+# Not batch_size: shards are whole batches of the full grid, so every shard must batch alike.
+_PER_SHARD = ("shard", "executor", "workers", "out", "device")
 
 
 def check_same_run(store: RunStore, spec: RunSpec) -> None:

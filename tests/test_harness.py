@@ -86,7 +86,7 @@ def test_shards_together_equal_one_run(tmp_path, prompts):
     assert [p.name for p in whole] == [p.name for p in sharded]
     for a, b in zip(whole, sharded):
         assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
-    keep = ["key", "method", "prompt_id", "seed"]
+    keep = ["key", "method", "prompt_id", "seed", "batch_size"]  # the same batches, too
     assert pd.read_parquet(tmp_path / "whole" / "images.parquet")[keep].equals(
         pd.read_parquet(tmp_path / "sharded" / "images.parquet")[keep])
 
@@ -103,6 +103,41 @@ def test_shards_are_disjoint_and_balanced_by_cost():
     assert sorted(keys) == sorted(w.key for w in items)
     loads = [sum(cost[w.method] for w in part) for part in parts]
     assert max(loads) - min(loads) <= 3
+
+
+def test_shards_hold_whole_batches_of_the_full_grid():
+    """An image's floats depend (at ~1e-6) on its batch-mates, so a shard never splits a batch."""
+    from bench.grid import WorkItem, batches, shard
+    from prompt_sets.base import Prompt
+
+    items = [WorkItem(f"k{i:03d}", "sld" if i >= 30 else "base", "s", Prompt(str(i), "t"), 0, i,
+                      7.5) for i in range(50)]
+    whole = {tuple(w.key for w in b) for b in batches(items, 4)}
+    parts = [shard(items, i, 3, {"sld": 3, "base": 2}, batch_size=4) for i in range(3)]
+    assert all(parts)
+    mine = [tuple(w.key for w in b) for part in parts for b in batches(part, 4)]
+    assert sorted(mine) == sorted(whole)  # each full-grid batch in exactly one shard, intact
+
+
+def test_a_partly_written_batch_is_regenerated_whole(tmp_path, prompts):
+    """A kill between two writes of one batch: the resume recomputes the whole batch (same
+    company, so bit-equal floats) and writes only the missing image."""
+    spec = RunSpec(model="tiny-random", methods=("baseline",), prompt_sets=(str(prompts),),
+                   samples=2, sampler=SamplerSpec(steps=3), batch_size=3, metrics=("none",))
+    p = runner.plan(spec)
+    settings = GenerationSettings("tiny-random", spec.sampler, p.height, p.width, 3)
+    store = RunStore(tmp_path / "r")
+    assert generate(p.pipe, p.items, p.adapters, store, settings, quiet=True) == 6
+    lost = p.items[4]  # the middle of the second batch
+    before = np.asarray(Image.open(store.root / "images" / f"{lost.key}.png"))
+    mtimes = {w.key: store.record_path(w.key).stat().st_mtime_ns for w in p.items if w != lost}
+    store.record_path(lost.key).unlink()
+    (store.root / "images" / f"{lost.key}.png").unlink()
+    assert generate(p.pipe, p.items, p.adapters, store, settings, quiet=True) == 1
+    assert np.array_equal(np.asarray(Image.open(store.root / "images" / f"{lost.key}.png")), before)
+    assert json.loads(store.record_path(lost.key).read_text())["batch_size"] == 3
+    for key, mtime in mtimes.items():  # its batch-mates were recomputed, not rewritten
+        assert store.record_path(key).stat().st_mtime_ns == mtime
 
 
 def test_kill_and_resume_loses_nothing(tmp_path, prompt_file):
