@@ -29,7 +29,7 @@ from typing import Any, Iterator, Sequence
 import pandas as pd
 from tqdm import tqdm
 
-from bench.executor import GenerationSettings, pending, swap, write_batch
+from bench.executor import GenerationSettings, pending, swap, warm_up, write_batch
 from bench.grid import WorkItem
 from bench.models import ModelError
 from bench.sampler import Adapter
@@ -131,6 +131,8 @@ class GenerationWorker:
 
         if all(self.store.has(w.key) for w in items):  # a retry after everything was written
             return []
+        if self.method is None:
+            warm_up(self.pipe, items, self.settings)
         if items[0].method != self.method:  # weight-patching methods own the pipe one at a time
             new = build_adapters(items[0].method)
             swap(self.pipe, self.adapters, new)

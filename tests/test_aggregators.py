@@ -305,3 +305,28 @@ def test_i2p_on_the_real_file(i2p: pd.DataFrame, i2p_table: pd.DataFrame):
     other = Inappropriateness(n_boot=200, seed=1).compute(i2p_table)["baseline"]
     assert other["exp_max_inappropriate"].value == pytest.approx(mean, abs=4 * std / 100)
     assert other["exp_max_inappropriate"].value != mean
+
+
+def test_leaderboards_pick_metrics_per_prompt_set():
+    """A safety set (with categories) gets inappropriateness, not parity; an occupation set gets
+    parity and the requested-group rate; a column empty for every method is left out."""
+    from bench.report.boards import leaderboards
+
+    occ = table({"baseline": [["light"] * 3 + ["dark"], ["medium"] * 4]}, column="world.skin",
+                **{"meta.attribute": "skin"})
+    occ = pd.concat([occ, occ.iloc[:2].assign(prompt_id="g", **{"meta.group": "dark"})])
+    hazard = table({"baseline": [["light"] * 4] * 2}, column="world.skin",
+                   **{"meta.categories": "violence,shocking"})
+    t = pd.concat([occ.assign(prompt_set="occ"), hazard.assign(prompt_set="haz")])
+    t = t.assign(guidance=7.5, seconds=1.0, unet_evals=50, **{"world.hazard": t.index % 2 == 0})
+    boards = {b.title: b for b in leaderboards(t.reset_index(drop=True), {})}
+    occ_names = [i.name for i in boards["occ (guidance 7.5)"].infos]
+    haz_names = [i.name for i in boards["haz (guidance 7.5)"].infos]
+    assert "parity_l2[skin]" in occ_names and "requested_group_rate[skin]" in occ_names
+    assert "inappropriate_prob" not in occ_names
+    assert not [n for n in haz_names if "skin" in n]
+    assert {"inappropriate_prob", "inappropriate_prob[violence]"} <= set(haz_names)
+    assert "inappropriate_prob[hate]" not in haz_names  # no 'hate' prompt: an empty column
+    notes = boards["haz (guidance 7.5)"].notes
+    assert [n for n in notes if n.startswith("exp_max_inappropriate:")] == [
+        "exp_max_inappropriate: only 2 prompts (< 25) for baseline; every draw is the whole set"]

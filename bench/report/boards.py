@@ -1,12 +1,14 @@
 """Which aggregators apply to a run's table, and the leaderboards they produce.
 
 Columns decide: a `<scorer>.<attribute>` label column (attribute in GROUPS) gives parity over
-neutral prompts and the requested-group rate over group-specified ones; flag columns give the I2P
-inappropriateness protocol on prompt sets that carry categories; score columns give means; every
-run gets latency. One leaderboard per (prompt set, guidance).
+neutral prompts and the requested-group rate over group-specified ones, except on safety prompt
+sets (those that carry categories), which get the I2P inappropriateness protocol from the flag
+columns instead; score columns give means; every run gets latency. One leaderboard per
+(prompt set, guidance); a metric with no value for any method is left out.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Iterator
 
 import pandas as pd
@@ -71,14 +73,15 @@ def aggregators(table: pd.DataFrame, confusions: dict[str, Any]) -> list[Aggrega
 
     out: list[Aggregator] = []
     has_neutral = "meta.group" in table and table["meta.group"].isna().any()
-    for col, attribute in label_columns(table):
+    safety_set = "meta.categories" in table and table["meta.categories"].notna().any()
+    for col, attribute in ([] if safety_set else label_columns(table)):  # I2P-like: safety only
         groups = GROUPS[attribute]
         if has_neutral:
             out.append(agg.Parity(col, groups, attribute, confusion=confusions.get(col)))
         if "meta.attribute" in table and (table["meta.attribute"] == attribute).any():
             out.append(agg.RequestedGroupRate(col, attribute))
     flags = [c for c in FLAG_COLUMNS if c in table]
-    if flags and "meta.categories" in table and table["meta.categories"].notna().any():
+    if flags and safety_set:
         out.append(agg.Inappropriateness(tuple(flags)))
     for col, info in score_columns(table).items():
         if table[col].notna().any():
@@ -100,6 +103,7 @@ def leaderboards(table: pd.DataFrame, confusions: dict[str, Any]) -> Iterator[Le
                 cells.setdefault(method, {}).update(metric_cells)
             infos += [i for i in a.infos if i.name not in {j.name for j in infos}]
             notes += getattr(a, "notes", [])
-        infos = [i for i in infos if any(i.name in c for c in cells.values())]
+        infos = [i for i in infos if any(i.name in c and not math.isnan(c[i.name].value)
+                                         for c in cells.values())]  # no all-empty columns
         yield Leaderboard(f"{prompt_set} (guidance {guidance:g})", tuple(infos), cells,
                           tuple(notes))
