@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from bench.spec import MethodSpec, RunSpec, SpecError
-from bench.store import RunStore
+from bench.store import RunStore, readable_mode
 
 INFO = "bundle.json"
 TABLES = ("manifest.json", "images.parquet", "scores.parquet", "leaderboard.md", "leaderboard.csv",
@@ -104,6 +104,7 @@ def _write_zip(out: Path, files: dict[str, Path], info: bytes) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     try:
+        readable_mode(fd)
         with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w") as z:
             for name in sorted([*files, INFO]):
                 entry = zipfile.ZipInfo(name, date_time=_EPOCH)

@@ -23,10 +23,23 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def readable_mode(fd: int) -> None:
+    """mkstemp creates 0600 files; results in a shared run directory must be readable like any
+    file the user writes (0666 less the umask)."""
+    os.fchmod(fd, 0o666 & ~_umask())
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        readable_mode(fd)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

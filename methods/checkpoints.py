@@ -6,6 +6,7 @@ method takes `checkpoint=DIR`, or uses the one the model ships: the synthetic wo
 """
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -85,3 +86,16 @@ class CheckpointedAdapter(Adapter):
         if path is None:
             raise CheckpointError(f"{self.name}: {no_checkpoint_reason(pipe, self.name, p.attribute)}")
         return path, read_card(path, self.name)
+
+
+def trainer_parser(prog: str, doc: str, occupations_default: str) -> argparse.ArgumentParser:
+    """The flags every `bench train METHOD` shares; the trainer adds its own."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    ap.add_argument("--model", required=True, help="model name, alias, hub id or diffusers dir")
+    ap.add_argument("--attribute", required=True, choices=["race", "gender", "skin"])
+    ap.add_argument("--occupations", type=Path, help="file, one occupation a line (default: "
+                    f"{occupations_default}; the world's occupations for skin)")
+    ap.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default=None)
+    return ap

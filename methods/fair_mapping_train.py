@@ -14,7 +14,6 @@ Because pooling commutes with an affine map, both terms cost O(D^2) per step wha
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -25,6 +24,7 @@ from typing import Sequence
 
 import torch
 
+from methods.checkpoints import trainer_parser
 from methods.fair_mapping import AttributeSpec, default_occupations, get_spec, read_lines
 
 
@@ -139,17 +139,10 @@ def train(model: str, attribute: str, occupations: list[str] | None, out: Path, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="bench train fair-mapping", description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, help="model name, alias, hub id or diffusers dir")
-    ap.add_argument("--attribute", required=True, choices=["race", "gender", "skin"])
-    ap.add_argument("--occupations", type=Path, help="file, one occupation a line (default: the "
-                    "`occupations` prompt set's list; the world's occupations for skin)")
-    ap.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+    ap = trainer_parser("bench train fair-mapping", __doc__, "the `occupations` prompt set's list")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--lam", type=float, default=1.0, help="weight of L_fair against L_text")
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default=None)
     a = ap.parse_args(argv)
     occ = read_lines(a.occupations, "occupation") if a.occupations else None
     out = train(a.model, a.attribute, occ, a.out, a.steps, a.lam, a.seed, a.device, lr=a.lr)

@@ -16,7 +16,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib
 import json
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 
 from bench.sampler import Adapter, Batch, sample
 from bench.spec import SpecError
+from methods.checkpoints import trainer_parser
 from methods.fair_mapping import AttributeSpec, default_occupations, get_spec, read_lines
 from methods.rs_corrector import DISTORTED, PreferenceNet, latent_input_scale
 
@@ -243,12 +243,8 @@ def load_classifier(target: str) -> Classifier:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="bench train rs-corrector", description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, help="model name, alias, hub id or diffusers dir")
-    ap.add_argument("--attribute", required=True, choices=["race", "gender", "skin"])
-    ap.add_argument("--occupations", type=Path, help="file, one occupation a line (default: the "
-                    "first 20 of the `occupations` prompt set; the world's occupations for skin)")
-    ap.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+    ap = trainer_parser("bench train rs-corrector", __doc__,
+                        "the first 20 of the `occupations` prompt set")
     ap.add_argument("--steps", type=int, default=2000, help="optimiser steps for R")
     ap.add_argument("--samples", type=int, default=2, help="images per occupation and group")
     ap.add_argument("--sample-steps", type=int, default=25, help="denoising steps per image")
@@ -257,8 +253,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "labels; trajectories are kept only where it agrees with the requested group")
     ap.add_argument("--batch-size", type=int, default=64, help="R's minibatch (clean latents)")
     ap.add_argument("--width", type=int, default=32, help="R's base channel count (multiple of 8)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default=None)
     a = ap.parse_args(argv)
     occ = read_lines(a.occupations, "occupation") if a.occupations else None
     classify = load_classifier(a.classifier) if a.classifier else None

@@ -54,6 +54,10 @@ def test_run_writes_store_manifest_tables(tmp_path, prompts):
     assert manifest["versions"]["torch"] and manifest["versions"]["diffusers"]
     assert manifest["model"]["fingerprint"]
     assert (out / "leaderboard.md").read_text().count("| sld-max") == 1
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (out / row["file"], out / "leaderboard.md", out / "images.parquet"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path  # not mkstemp's 0600
     # SLD adds the safety branch: 3 branches instead of 2.
     evals = table.groupby("method")["unet_evals"].first()
     assert evals["sld-max"] * 2 == evals["baseline"] * 3

@@ -94,3 +94,18 @@ def measure(ev: WorldEvaluators, images: np.ndarray, labels: dict[str, np.ndarra
         "quality_mean_clean": float(q_clean.mean()),
         "quality_mean_corrupted": float(q_bad.mean()),
     }
+
+
+_DEFAULT: WorldEvaluators | None = None
+
+
+def classify_skin(images: np.ndarray) -> list[str]:
+    """The world's skin-group classifier as `bench train rs-corrector --classifier` takes it:
+    float images (B, H, W, 3) in [0, 1] -> group labels. Uses the shipped evaluators."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        from bench.world import WEIGHTS_DIR
+
+        _DEFAULT = load_evaluators(WEIGHTS_DIR)
+    pixels = (np.clip(np.asarray(images), 0, 1) * 255).round().astype(np.uint8)
+    return [GROUPS[g] for g in _DEFAULT.predict(pixels)["group"]]
