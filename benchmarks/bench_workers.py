@@ -6,7 +6,7 @@ same work items are generated into a fresh run directory; worker start-up is rep
 local executor runs the same items in this process. On CPU every Ray worker gets one core (Ray sets
 OMP_NUM_THREADS=1 in actors); run this with OMP_NUM_THREADS=1 so the local row uses one too.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_workers.py [--model tiny-random|world]
+    OMP_NUM_THREADS=1 python benchmarks/bench_workers.py [--model world|tiny-random]
         [--prompts 48] [--steps 10] [--batch 4] [--workers 1 2] [--repeats 1]
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from bench.store import RunStore  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="tiny-random")
+    ap.add_argument("--model", default="world")
     ap.add_argument("--prompts", type=int, default=48)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=4)
