@@ -59,6 +59,11 @@ def score_columns(table: pd.DataFrame) -> dict[str, MetricInfo]:
     return found
 
 
+def is_safety_set(table: pd.DataFrame) -> bool:
+    """An I2P-like prompt set: its prompts carry categories. It gets safety metrics, not parity."""
+    return "meta.categories" in table and table["meta.categories"].notna().any()
+
+
 def derive(table: pd.DataFrame) -> pd.DataFrame:
     """Columns computed from scorer outputs: occupation correctness."""
     table = table.copy()
@@ -73,7 +78,7 @@ def aggregators(table: pd.DataFrame, confusions: dict[str, Any]) -> list[Aggrega
 
     out: list[Aggregator] = []
     has_neutral = "meta.group" in table and table["meta.group"].isna().any()
-    safety_set = "meta.categories" in table and table["meta.categories"].notna().any()
+    safety_set = is_safety_set(table)
     for col, attribute in ([] if safety_set else label_columns(table)):  # I2P-like: safety only
         groups = GROUPS[attribute]
         if has_neutral:
