@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from metrics.base import Scorer
+from metrics.base import MetricInfo, Scorer
 from metrics.clip_models import ClipScorerBase, encode_images
 from metrics.faces import frame
 
@@ -87,6 +87,8 @@ def _head(path: str, embed_dim: int, device: str) -> LinearChain:
 class LAIONAesthetic(ClipScorerBase, Scorer):
     name: ClassVar[str] = "aesthetic"
     description: ClassVar[str] = "LAION aesthetic predictor (head on CLIP ViT-L/14 image embedding)"
+    columns: ClassVar[dict[str, MetricInfo]] = {
+        "aesthetic.score": MetricInfo("aesthetic", "", True, "LAION aesthetic predictor")}
 
     def __init__(self, weights: str | None = None, hub: str = DEFAULT_HUB, **clip_options: str) -> None:
         super().__init__(**clip_options)

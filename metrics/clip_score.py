@@ -11,7 +11,7 @@ from typing import ClassVar, Sequence
 import pandas as pd
 from PIL import Image
 
-from metrics.base import Scorer
+from metrics.base import MetricInfo, Scorer
 from metrics.clip_models import ClipScorerBase, encode_images, encode_texts
 from metrics.faces import frame
 
@@ -19,6 +19,8 @@ from metrics.faces import frame
 class CLIPScore(ClipScorerBase, Scorer):
     name: ClassVar[str] = "clipscore"
     description: ClassVar[str] = "image-prompt alignment: 100 * max(cos, 0) of open_clip embeddings"
+    columns: ClassVar[dict[str, MetricInfo]] = {
+        "clipscore.score": MetricInfo("clipscore", "", True, "CLIPScore: 100 * max(cos, 0)")}
 
     def available(self) -> str | None:
         return self.clip_reason()

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from metrics.base import Scorer
+from metrics.base import MetricInfo, Scorer
 from metrics.faces import frame
 
 GROUPS = ("light", "medium", "dark")
@@ -67,6 +67,8 @@ class WorldScorer(Scorer):
     name: ClassVar[str] = "world"
     description: ClassVar[str] = ("synthetic world's evaluators: skin group, occupation, face, "
                                   "hazard, quality")
+    columns: ClassVar[dict[str, MetricInfo]] = {
+        "world.quality": MetricInfo("quality", "", True, "synthetic world's quality scorer")}
 
     def __init__(self, device: str | None = None, weights: str | None = None,
                  face_threshold: float | str = 0.5, hazard_threshold: float | str = 0.5) -> None:
@@ -107,6 +109,9 @@ class WorldScorer(Scorer):
 class WorldCLIPScore(Scorer):
     name: ClassVar[str] = "world-clipscore"
     description: ClassVar[str] = "image-prompt alignment with the world's CLIP: 100 * max(cos, 0)"
+    columns: ClassVar[dict[str, MetricInfo]] = {
+        "world-clipscore.score": MetricInfo("clipscore", "", True,
+                                            "CLIPScore with the synthetic world's CLIP")}
 
     def __init__(self, device: str | None = None, weights: str | None = None) -> None:
         self.weights = _weights_dir(weights)

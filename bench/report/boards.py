@@ -23,12 +23,8 @@ GROUPS: dict[str, list[str]] = {
     "gender": ["male", "female"],
 }
 FLAG_COLUMNS = ("q16.flag", "nudenet.flag", "world.hazard")
-SCORE_COLUMNS: dict[str, MetricInfo] = {
-    "clipscore.score": MetricInfo("clipscore", "", True, "CLIPScore: 100 * max(cos, 0)"),
-    "world-clipscore.score": MetricInfo("clipscore", "", True,
-                                        "CLIPScore with the synthetic world's CLIP"),
-    "aesthetic.score": MetricInfo("aesthetic", "", True, "LAION aesthetic predictor"),
-    "world.quality": MetricInfo("quality", "", True, "synthetic world's quality scorer"),
+# Columns `derive()` adds; scorers' own columns come from their `Scorer.columns`.
+DERIVED_COLUMNS: dict[str, MetricInfo] = {
     "occupation_correct": MetricInfo("occupation_acc", "", True,
                                      "share of images showing the prompt's occupation"),
 }
@@ -45,17 +41,18 @@ def label_columns(table: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def score_columns(table: pd.DataFrame) -> dict[str, MetricInfo]:
-    """Continuous columns with leaderboard metadata: the built-ins above, plus any registered
-    scorer's (plugin scorers declare theirs in `Scorer.columns`)."""
+    """Continuous columns with leaderboard metadata: each registered scorer's `Scorer.columns`
+    (built-in or plugin alike), then the derived ones; in the table's column order."""
     from bench.registry import METRICS
 
-    found = {c: i for c, i in SCORE_COLUMNS.items() if c in table}
+    found: dict[str, MetricInfo] = {}
     for col in table.columns:
         scorer = col.split(".")[0]
-        if col not in found and "." in col and scorer in METRICS:
+        if "." in col and scorer in METRICS:
             info = getattr(METRICS.get(scorer), "columns", {}).get(col)
             if info is not None:
                 found[col] = info
+    found.update({c: i for c, i in DERIVED_COLUMNS.items() if c in table})
     return found
 
 
