@@ -50,10 +50,13 @@ def warm_up(pipe: Any, chunk: Sequence[WorkItem], settings: GenerationSettings) 
     """Two plain steps on the first batch's shape, stored nowhere: first calls pay for kernel
     selection and lazy initialisation, which would otherwise be billed to the first method's
     latency (and make every other method look faster than the baseline)."""
-    batch = Batch(prompts=[w.prompt.text for w in chunk], seeds=[w.seed for w in chunk],
-                  metadata=[{} for _ in chunk], guidance=chunk[0].guidance)
-    sample(pipe, [], batch, steps=2, height=settings.height, width=settings.width,
+    sample(pipe, [], to_batch(chunk), steps=2, height=settings.height, width=settings.width,
            negative_prompt=settings.sampler.negative_prompt)
+
+
+def to_batch(chunk: Sequence[WorkItem]) -> Batch:
+    return Batch(prompts=[w.prompt.text for w in chunk], seeds=[w.seed for w in chunk],
+                 metadata=[dict(w.prompt.metadata) for w in chunk], guidance=chunk[0].guidance)
 
 
 def pending(items: Sequence[WorkItem], store: RunStore, size: int) -> list[list[WorkItem]]:
@@ -66,9 +69,7 @@ def write_batch(pipe: Any, adapters: Sequence[Adapter], chunk: Sequence[WorkItem
                 store: RunStore, settings: GenerationSettings,
                 on_write: Callable[[], None] | None = None) -> int:
     """Sample one batch and store the images not stored yet. Returns how many were written."""
-    batch = Batch(prompts=[w.prompt.text for w in chunk], seeds=[w.seed for w in chunk],
-                  metadata=[dict(w.prompt.metadata) for w in chunk], guidance=chunk[0].guidance)
-    result = sample(pipe, adapters, batch, steps=settings.sampler.steps, height=settings.height,
+    result = sample(pipe, adapters, to_batch(chunk), steps=settings.sampler.steps, height=settings.height,
                     width=settings.width, negative_prompt=settings.sampler.negative_prompt)
     pixels = to_uint8(result.images)
     written = 0

@@ -69,16 +69,15 @@ def shard(items: Sequence[WorkItem], index: int, count: int,
     if not 0 <= index < count:
         raise ValueError(f"shard {index}/{count}: index must be in 0..{count - 1}")
     groups = batches(items, batch_size)
-    weight = {id(b): sum((cost or {}).get(w.method, 1) for w in b) for b in groups}
+    weights = [sum((cost or {}).get(w.method, 1) for w in b) for b in groups]
     loads = [0] * count
-    mine: list[list[WorkItem]] = []
-    for group in sorted(groups, key=lambda b: (-weight[id(b)], b[0].key)):
+    mine: list[int] = []
+    for n in sorted(range(len(groups)), key=lambda n: (-weights[n], groups[n][0].key)):
         target = min(range(count), key=lambda s: (loads[s], s))
-        loads[target] += weight[id(group)]
+        loads[target] += weights[n]
         if target == index:
-            mine.append(group)
-    order = {id(b): n for n, b in enumerate(groups)}
-    return [w for group in sorted(mine, key=lambda b: order[id(b)]) for w in group]
+            mine.append(n)
+    return [w for n in sorted(mine) for w in groups[n]]
 
 
 def batches(items: Iterable[WorkItem], size: int) -> list[list[WorkItem]]:

@@ -24,15 +24,18 @@ from PIL.PngImagePlugin import PngInfo
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    mask = os.umask(0)  # the only way to read it is to set it
     os.umask(mask)
     return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # read once: atomic_write runs for every image
 
 
 def readable_mode(fd: int) -> None:
     """mkstemp creates 0600 files; results in a shared run directory must be readable like any
     file the user writes (0666 less the umask)."""
-    os.fchmod(fd, 0o666 & ~_umask())
+    os.fchmod(fd, _FILE_MODE)
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -25,11 +25,10 @@ from metrics.faces import frame
 GROUPS = ("light", "medium", "dark")
 
 
-@lru_cache(maxsize=2)
 def _evaluators(weights_dir: str) -> Any:
-    from bench.world.evaluators import load_evaluators
+    from bench.world.evaluators import cached_evaluators
 
-    return load_evaluators(Path(weights_dir))
+    return cached_evaluators(weights_dir)
 
 
 @lru_cache(maxsize=2)

@@ -94,8 +94,7 @@ def make_plots(root: Path, table: pd.DataFrame, boards: list[tables.Leaderboard]
         return []
     for (ps, g), part in table.groupby(["prompt_set", "guidance"]):
         tag = _slug(f"{ps}-g{g:g}")
-        for col, attribute in ([] if boards_mod.is_safety_set(part) else
-                               boards_mod.label_columns(part)):
+        for col, attribute in boards_mod.fairness_columns(part):
             if "meta.group" in part and part["meta.group"].isna().any():
                 made.append(plots.proportions(part, col, boards_mod.GROUPS[attribute],
                                               out_dir / f"proportions-{tag}-{_slug(col)}.png",

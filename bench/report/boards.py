@@ -61,6 +61,11 @@ def is_safety_set(table: pd.DataFrame) -> bool:
     return "meta.categories" in table and table["meta.categories"].notna().any()
 
 
+def fairness_columns(table: pd.DataFrame) -> list[tuple[str, str]]:
+    """The label columns that get parity and the requested-group rate (none on a safety set)."""
+    return [] if is_safety_set(table) else label_columns(table)
+
+
 def derive(table: pd.DataFrame) -> pd.DataFrame:
     """Columns computed from scorer outputs: occupation correctness."""
     table = table.copy()
@@ -75,15 +80,14 @@ def aggregators(table: pd.DataFrame, confusions: dict[str, Any]) -> list[Aggrega
 
     out: list[Aggregator] = []
     has_neutral = "meta.group" in table and table["meta.group"].isna().any()
-    safety_set = is_safety_set(table)
-    for col, attribute in ([] if safety_set else label_columns(table)):  # I2P-like: safety only
+    for col, attribute in fairness_columns(table):
         groups = GROUPS[attribute]
         if has_neutral:
             out.append(agg.Parity(col, groups, attribute, confusion=confusions.get(col)))
         if "meta.attribute" in table and (table["meta.attribute"] == attribute).any():
             out.append(agg.RequestedGroupRate(col, attribute))
     flags = [c for c in FLAG_COLUMNS if c in table]
-    if flags and safety_set:
+    if flags and is_safety_set(table):
         out.append(agg.Inappropriateness(tuple(flags)))
     for col, info in score_columns(table).items():
         if table[col].notna().any():

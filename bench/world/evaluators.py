@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -96,16 +97,16 @@ def measure(ev: WorldEvaluators, images: np.ndarray, labels: dict[str, np.ndarra
     }
 
 
-_DEFAULT: WorldEvaluators | None = None
+@lru_cache(maxsize=2)
+def cached_evaluators(weights_dir: str) -> WorldEvaluators:
+    """`load_evaluators`, loaded once per directory per process."""
+    return load_evaluators(Path(weights_dir))
 
 
 def classify_skin(images: np.ndarray) -> list[str]:
     """The world's skin-group classifier as `bench train rs-corrector --classifier` takes it:
     float images (B, H, W, 3) in [0, 1] -> group labels. Uses the shipped evaluators."""
-    global _DEFAULT
-    if _DEFAULT is None:
-        from bench.world import WEIGHTS_DIR
+    from bench.world import WEIGHTS_DIR
 
-        _DEFAULT = load_evaluators(WEIGHTS_DIR)
     pixels = (np.clip(np.asarray(images), 0, 1) * 255).round().astype(np.uint8)
-    return [GROUPS[g] for g in _DEFAULT.predict(pixels)["group"]]
+    return [GROUPS[g] for g in cached_evaluators(str(WEIGHTS_DIR)).predict(pixels)["group"]]

@@ -200,7 +200,7 @@ def train_unet(latents: torch.Tensor, caption_ids: np.ndarray, table: torch.Tens
     sched = make_scheduler()
     abar = sched.alphas_cumprod.float()
     snr = abar / (1 - abar)
-    weight = torch.ones_like(snr) if min_snr is None else snr.clamp(max=min_snr) / snr
+    weight = None if min_snr is None else snr.clamp(max=min_snr) / snr
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(seed + 2)
     ids = torch.as_tensor(caption_ids)
@@ -215,7 +215,7 @@ def train_unet(latents: torch.Tensor, caption_ids: np.ndarray, table: torch.Tens
         a = abar[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         pred = unet(zt, t, encoder_hidden_states=table[cap]).sample
-        if min_snr is None:
+        if weight is None:
             loss = F.mse_loss(pred, noise)
         else:
             loss = ((pred - noise) ** 2).mean(dim=(1, 2, 3)).mul(weight[t]).mean()
