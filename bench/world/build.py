@@ -251,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="a previous build dir whose VAE, CLIP pair and phase-1 UNet to reuse when "
                          "their seed and settings match")
     ap.add_argument("--unet2-steps", type=int, default=None,
-                    help="also run UNet phase 2 for this many steps (default: none for the full "
-                         "build, as for the committed weights; 4 with --quick)")
+                    help="UNet phase 2 length (default: the settings', as for the committed "
+                         "weights; 0 skips it)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
