@@ -261,3 +261,20 @@ def test_world_prompt_sets_are_well_formed() -> None:
     tok = clip_tokenizer()
     for p in occ.prompts + haz.prompts:
         assert len(tok(p.text).input_ids) < 77
+
+
+def test_centroid_probe_conditions_every_image_on_the_given_embedding(tiny_pipe):
+    """The probe's adapter replaces the prompt's conditioning: conditioning prompt "x" on the
+    embedding of "a photo of a nurse" gives that prompt's images."""
+    from bench.sampler import Batch, encode_text, sample
+    from bench.world.centroid_probe import FixedConditioning
+
+    emb = encode_text(tiny_pipe, ["a photo of a nurse"])
+    fixed = sample(tiny_pipe, [FixedConditioning(emb)], Batch(["x", "x"], [3, 4]), steps=3,
+                   height=32, width=32).images
+    plain = sample(tiny_pipe, [], Batch(["a photo of a nurse"] * 2, [3, 4]), steps=3,
+                   height=32, width=32).images
+    other = sample(tiny_pipe, [], Batch(["x", "x"], [3, 4]), steps=3, height=32, width=32).images
+    # Equal up to float rounding: the plain run encodes two prompts in one text-encoder batch.
+    assert np.allclose(fixed, plain, atol=1e-5)
+    assert np.abs(fixed - other).max() > 1e-2

@@ -1,0 +1,62 @@
+"""What does the world's UNet draw from the mean of the group-specified embeddings?
+
+For each occupation the neutral prompt's conditioning is replaced by the per-token mean of the
+embeddings of "a photo of a {occupation} with {light,medium,dark} skin", the point a text-space
+"fair" map would aim for; prints the classified skin mix and parity_l2 per occupation
+(docs/methods.md, Fair Mapping).
+
+`python -m bench.world.centroid_probe [--n 48] [--guidance 7.5]`
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from bench.sampler import Adapter, Batch, encode_text, sample, to_uint8
+
+
+class FixedConditioning(Adapter):
+    """Every image of the batch is conditioned on one given embedding [1, 77, D]."""
+
+    name = "fixed-conditioning"
+
+    def __init__(self, embedding: torch.Tensor) -> None:
+        super().__init__()
+        self.embedding = embedding
+
+    def encode(self, cond: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return self.embedding.expand(cond.shape[0], -1, -1).to(cond.dtype)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.world import WEIGHTS_DIR, load_world_pipeline
+    from bench.world.evaluators import load_evaluators
+    from bench.world.render import GROUPS, OCCUPATIONS
+
+    ap = argparse.ArgumentParser(prog="python -m bench.world.centroid_probe")
+    ap.add_argument("--n", type=int, default=48, help="images per occupation")
+    ap.add_argument("--guidance", type=float, default=7.5)
+    args = ap.parse_args(argv)
+    pipe = load_world_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    ev = load_evaluators(WEIGHTS_DIR)
+    parity = []
+    for o_idx, occ in enumerate(OCCUPATIONS):
+        centroid = encode_text(pipe, [f"a photo of a {occ} with {g} skin" for g in GROUPS]).mean(0, keepdim=True)
+        batch = Batch([f"a photo of a {occ}"] * args.n, list(range(args.n)), guidance=args.guidance)
+        images = to_uint8(sample(pipe, [FixedConditioning(centroid)], batch, steps=25,
+                                 height=32, width=32).images)
+        p = ev.predict(images)
+        face = p["face_prob"] > 0.5
+        mix = np.bincount(p["group"][face], minlength=3) / max(1, int(face.sum()))
+        parity.append(float(np.linalg.norm(mix - 1 / 3)))
+        print(f"{occ:20s} light/medium/dark {mix.round(2).tolist()}  face {face.mean():.2f}  "
+              f"occupation acc {np.mean(p['occupation'] == o_idx):.2f}", flush=True)
+    print(f"mean parity_l2 {np.mean(parity):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
