@@ -7,7 +7,9 @@ the same method name when that pairing is unambiguous (`sld-strong` vs `sld-stro
 
 The verdict is about the tables: they disagree when a cell's 95% CIs do not overlap, or a cell is
 measured in one run only. Wall-clock timing cells are noise across runs and are left out unless
-asked for (`--include-latency`); `--strict` also requires every compared image within tolerance.
+asked for (`--include-latency`); `--strict` also requires every compared image within tolerance
+and the same scorer set-up. Scorer set-ups (`report/scoring.json`: weight hashes, model names,
+thresholds) are listed where both runs recorded a field and it differs.
 """
 from __future__ import annotations
 
@@ -84,6 +86,7 @@ class Comparison:
     cells: list[dict[str, Any]]
     paired_methods: dict[str, str]  # method in A -> its counterpart in B
     timing_cells_skipped: int
+    scorers: list[str] = field(default_factory=list)  # scorer set-up differences, one line each
 
     def disagreeing(self) -> list[dict[str, Any]]:
         return [c for c in self.cells if c["status"] in DISAGREE]
@@ -93,7 +96,7 @@ class Comparison:
         return im.within_tolerance == im.compared and not im.only_in_a and not im.only_in_b
 
     def agrees(self, strict: bool = False) -> bool:
-        return not self.disagreeing() and (self.images_match() or not strict)
+        return not self.disagreeing() and (not strict or (self.images_match() and not self.scorers))
 
     def verdict(self, strict: bool = False) -> str:
         bad = self.disagreeing()
@@ -108,6 +111,8 @@ class Comparison:
         if strict and not self.images_match():
             line += (f"; images differ: {im.compared - im.within_tolerance} of {im.compared} "
                      f"beyond the tolerance, {im.only_in_a + im.only_in_b} in one run only")
+        if self.scorers:
+            line += f"; scored differently: {'; '.join(self.scorers)}"
         return line
 
 
@@ -221,6 +226,22 @@ def compare_cells(a: RunFiles, b: RunFiles, include_latency: bool
     return cells, {v: k for k, v in pairs.items()}, skipped
 
 
+def compare_scorers(a: RunFiles, b: RunFiles) -> list[str]:
+    """One line per scorer field both runs recorded with different values (a run made before
+    scorers recorded a field is not flagged for it)."""
+    def used(files: RunFiles) -> dict[str, dict[str, Any]]:
+        raw = files.read("report/scoring.json")
+        return json.loads(raw).get("used", {}) if raw else {}
+
+    ua, ub = used(a), used(b)
+    out = []
+    for name in sorted(set(ua) & set(ub)):
+        for key in sorted(set(ua[name]) & set(ub[name])):
+            if ua[name][key] != ub[name][key]:
+                out.append(f"{name} {key}: {ua[name][key]} (A) vs {ub[name][key]} (B)")
+    return out
+
+
 def _num(x: Any) -> float | None:
     return None if pd.isna(x) else float(x)
 
@@ -245,16 +266,18 @@ def compare(path_a: Path, path_b: Path, tolerance: float = 1 / 255,
     try:
         cells, paired, skipped = compare_cells(a, b, include_latency)
         images = compare_images(a, b, tolerance)
+        scorers = compare_scorers(a, b)
     finally:
         a.close()
         b.close()
-    return Comparison(str(path_a), str(path_b), images, cells, paired, skipped)
+    return Comparison(str(path_a), str(path_b), images, cells, paired, skipped, scorers)
 
 
 def to_json(c: Comparison, strict: bool = False) -> str:
     data = {"a": c.a, "b": c.b, "agree": c.agrees(strict), "verdict": c.verdict(strict),
             "images": asdict(c.images), "paired_methods": c.paired_methods,
-            "timing_cells_skipped": c.timing_cells_skipped, "cells": c.cells}
+            "timing_cells_skipped": c.timing_cells_skipped, "scorers": c.scorers,
+            "cells": c.cells}
     return json.dumps(data, indent=2, default=str) + "\n"
 
 
@@ -286,6 +309,8 @@ def markdown(c: Comparison, strict: bool = False) -> str:
         lines += ["", "| key | method | prompt | seed | max | mean |", "|---|---|---|---|---|---|"]
         lines += [f"| {w['key'][:12]} | {esc(w['method'])} | {esc(w['prompt_id'])} | {w['seed']} "
                   f"| {w['max_diff']} | {w['mean_diff']:.3g} |" for w in im.worst]
+    lines += ["", "## Scorers\n", *([f"- {esc(d)}" for d in c.scorers] or
+                                   ["- same set-up wherever both runs recorded it"])]
     lines += ["", "## Leaderboard cells\n"]
     for a_method, b_method in c.paired_methods.items():
         lines.append(f"- paired by method name: `{a_method}` (A) with `{b_method}` (B)")

@@ -44,6 +44,14 @@ def _weights_dir(weights_dir: str | None) -> str:
     return str(Path(weights_dir).expanduser() if weights_dir else WEIGHTS_DIR)
 
 
+@lru_cache(maxsize=8)
+def _sha256(path: str) -> str:
+    """First 16 hex digits of a weight file's SHA-256, for RUN/report/scoring.json."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 def _missing(path: Path) -> str | None:
     if path.is_file():
         return None
@@ -81,6 +89,11 @@ class WorldScorer(Scorer):
     def skin_confusion(self) -> np.ndarray:
         return skin_confusion(self.weights)
 
+    def manifest(self) -> dict[str, str]:
+        return {"evaluators.safetensors": _sha256(str(Path(self.weights) / "evaluators.safetensors")),
+                "face_threshold": str(self.face_threshold),
+                "hazard_threshold": str(self.hazard_threshold)}
+
     @classmethod
     def confusion_matrix(cls, attribute: str) -> np.ndarray | None:
         """For the report's parity correction: the committed skin classifier's P(pred | true)
@@ -117,6 +130,12 @@ class WorldCLIPScore(Scorer):
 
     def available(self) -> str | None:
         return _missing(Path(self.weights) / "clip_head.safetensors")
+
+    def manifest(self) -> dict[str, str]:
+        # The world's CLIP pair: the image tower and the pipeline's (frozen) text tower.
+        root = Path(self.weights)
+        return {"clip_head.safetensors": _sha256(str(root / "clip_head.safetensors")),
+                "text_encoder": _sha256(str(root / "pipeline" / "text_encoder" / "model.safetensors"))}
 
     def score(self, images: Sequence[Image.Image], rows: pd.DataFrame) -> pd.DataFrame:
         if "prompt" not in rows.columns:

@@ -285,3 +285,39 @@ def test_tolerance_counts_images_within_it(tmp_path):
     assert strict.max_diff == 3 and strict.mean_diff == pytest.approx(3 / 48 / 2)
     assert strict.worst[0]["key"] == "k1" and strict.worst[0]["max_diff"] == 3
     assert compare(*runs, tolerance=3 / 255).images.within_tolerance == 2
+
+
+def test_compare_lists_scorer_setups_that_differ(tmp_path):
+    """Same cells, different evaluator weights: the verdict says so, and --strict fails on it; a
+    field only one run recorded (an older run) is not flagged."""
+    import json
+
+    from bench.compare import compare, markdown
+
+    cell = [("t", "m", "x", 1.0, 0.9, 1.1, 10, True, "")]
+    used = {"a": {"world": {"evaluators.safetensors": "aaaa", "face_threshold": "0.5"}},
+            "b": {"world": {"evaluators.safetensors": "bbbb", "face_threshold": "0.5"},
+                  "world-clipscore": {"clip_head.safetensors": "cccc"}},
+            "old": {"world": {}}}
+    runs = {}
+    for name, scorers in used.items():
+        runs[name] = _fake_run(tmp_path / name, cell)
+        (runs[name] / "report").mkdir()
+        (runs[name] / "report" / "scoring.json").write_text(json.dumps({"used": scorers}))
+    c = compare(runs["a"], runs["b"])
+    assert c.scorers == ["world evaluators.safetensors: aaaa (A) vs bbbb (B)"]
+    assert c.agrees() and not c.agrees(strict=True)
+    assert "scored differently: world evaluators.safetensors" in c.verdict()
+    assert "aaaa (A) vs bbbb (B)" in markdown(c)
+    assert compare(runs["old"], runs["b"]).scorers == []
+
+
+def test_world_scorers_record_their_weight_hashes():
+    import hashlib
+
+    from bench.world import WEIGHTS_DIR
+    from metrics.world_evaluators import WorldCLIPScore, WorldScorer
+
+    digest = hashlib.sha256((WEIGHTS_DIR / "evaluators.safetensors").read_bytes()).hexdigest()[:16]
+    assert WorldScorer().manifest()["evaluators.safetensors"] == digest
+    assert set(WorldCLIPScore().manifest()) == {"clip_head.safetensors", "text_encoder"}
