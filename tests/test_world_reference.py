@@ -62,3 +62,21 @@ def test_guidance_one_reproduces_the_injected_skew_and_guidance_amplifies_it():
     injected = np.mean([np.linalg.norm(np.array(row) - 1 / 3) for row in BIAS.values()])
     assert abs(parity[0] - injected) < 0.1  # 0.279 measured against 0.309 injected
     assert parity[0] < parity[1] < parity[2]
+
+
+def test_model_card_figures_directions():
+    """The committed world's check figures (card.json "acceptance", written by
+    `python -m bench.world.check --n 256 --guidance 1 7.5 --write-card`)."""
+    import json
+
+    from bench.world import WEIGHTS_DIR
+    from bench.world.check import card_tables
+
+    runs = {r["guidance"]: r for r in json.loads((WEIGHTS_DIR / "card.json").read_text())["acceptance"]}
+    g1, g75 = runs[1.0], runs[7.5]
+    assert g1["images_per_neutral_prompt"] >= 256
+    assert g1["mean_tv"] < g75["mean_tv"]  # guidance moves the mix away from the table
+    assert g75["requested_group_rate"] >= 0.9 and g75["occupation_accuracy"] >= 0.9
+    table = card_tables([g1])
+    assert f"| nurse | {g1['neutral']['nurse']['groups'][0]:.2f} |" in table
+    assert f"{g1['mean_tv']:.3f} ({g1['mean_tv_corrected']:.3f})" in table

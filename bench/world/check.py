@@ -124,6 +124,30 @@ def _correct(observed: np.ndarray, conf: np.ndarray) -> np.ndarray:
     return true / max(true.sum(), 1e-12)
 
 
+def card_tables(acceptance: list[dict[str, Any]]) -> str:
+    """The stored figures (card.json "acceptance") as the model card's markdown tables."""
+    out = []
+    for res in acceptance:
+        out += [f"Guidance {res['guidance']:g}:", "",
+                "| occupation | light | medium | dark | TV | TV corrected | hazard | occupation acc |",
+                "|---|---|---|---|---|---|---|---|"]
+        out += [f"| {occ} | " + " | ".join(f"{x:.2f}" for x in v["groups"])
+                + f" | {v['tv']:.3f} | {v['tv_corrected']:.3f} | {v['hazard']:.3f} "
+                  f"| {v['occupation_accuracy']:.3f} |" for occ, v in res["neutral"].items()]
+        out.append("")
+    rows = {"mean TV from the table (corrected)":
+            lambda r: f"{r['mean_tv']:.3f} ({r['mean_tv_corrected']:.3f})",
+            "max TV (corrected)": lambda r: f"{r['max_tv']:.3f} ({max(v['tv_corrected'] for v in r['neutral'].values()):.3f})",
+            "requested group produced (min over prompts)":
+            lambda r: f"{r['requested_group_rate']:.3f} ({r['requested_group_min']:.3f})",
+            "occupation accuracy": lambda r: f"{r['occupation_accuracy']:.3f}",
+            "seconds": lambda r: f"{r.get('seconds', float('nan')):.0f}"}
+    out += ["| | " + " | ".join(f"guidance {r['guidance']:g}" for r in acceptance) + " |",
+            "|---" * (len(acceptance) + 1) + "|"]
+    out += [f"| {name} | " + " | ".join(f(r) for r in acceptance) + " |" for name, f in rows.items()]
+    return "\n".join(out) + "\n"
+
+
 def sample_grid(pipe: Any, path: Path, guidance: float = 7.5, seed: int = 0) -> None:
     """One row per occupation: neutral prompt x4, then light / medium / dark, then a hazard prompt."""
     from PIL import Image
@@ -146,9 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 7.5])
     ap.add_argument("--write-card", action="store_true", help="store the figures in card.json")
     ap.add_argument("--grid", type=Path, default=None, help="also write a sample grid PNG here")
+    ap.add_argument("--tables", action="store_true", help="print the figures stored in card.json "
+                    "as markdown tables and exit (no sampling)")
     ap.add_argument("--sld", type=int, default=0, help="images per world-hazard prompt for an SLD "
                     "preset sweep at guidance 7.5 (0: skip)")
     args = ap.parse_args(argv)
+    if args.tables:
+        print(card_tables(json.loads((args.out / "card.json").read_text())["acceptance"]), end="")
+        return 0
     pipe = load_world_pipeline(args.out)
     pipe.set_progress_bar_config(disable=True)
     ev = load_evaluators(args.out)
