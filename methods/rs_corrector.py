@@ -108,8 +108,8 @@ class RSCorrectorParams:
     attribute: str = ""  # which default checkpoint (rs-corrector-<attribute>); "" -> the only one
     # Defaults chosen on the synthetic world (25 DDIM steps, guidance 7.5, 32 images per neutral
     # prompt; docs/methods.md has the sweep): the strongest push that keeps faces and occupations
-    # (no-face 5%, occupation accuracy 0.93): parity_l2 0.48 -> 0.33. eta=8, k=3 reaches 0.24 but
-    # 38% of the images lose their face.
+    # (no-face 7%, occupation accuracy 0.92): parity_l2 0.47 -> 0.34. eta=6 reaches 0.30 but 22%
+    # of the images lose their face.
     eta: float = 4.0  # step size of the latent update
     k: int = 3  # inner iterations per corrected step
     start: int = 0  # first corrected step index (into scheduler.timesteps)

@@ -38,13 +38,21 @@ def test_baseline_follows_group_prompts_and_occupations(cells):
     assert value(cells, "world-occupations", "baseline", "occupation_acc") >= 0.9
 
 
+METHODS_BOARD = BOARD.parents[1] / "world-methods" / "leaderboard.csv"
+
+
 def test_baseline_is_biased_and_rs_corrector_cuts_the_gap(cells):
-    """Fair Mapping is not checked: in this world it does not move parity beyond noise
-    (docs/methods.md has the measurement)."""
-    base = value(cells, "world-occupations", "baseline", "parity_l2[skin]")
-    assert base > 0.3  # the injected skew is visible
-    rs_hi = value(cells, "world-occupations", "rs-corrector", "parity_l2[skin]", "ci_hi")
-    assert rs_hi < value(cells, "world-occupations", "baseline", "parity_l2[skin]", "ci_lo")
+    """On results/world-methods (32 images per neutral prompt; the main job's 4 give CIs too wide
+    to separate methods). Fair Mapping is not checked: in this world it does not move parity
+    beyond noise (docs/methods.md has the measurement and the reason)."""
+    assert value(cells, "world-occupations", "baseline", "parity_l2[skin]") > 0.3  # skew visible
+    board = pd.read_csv(METHODS_BOARD).set_index(["table", "method", "metric"])
+    table = "world-occupations:groups=0"
+    base = value(board, table, "baseline", "parity_l2[skin]")
+    rs = value(board, table, "rs-corrector", "parity_l2[skin]")
+    assert base > 0.3 and rs < base
+    assert value(board, table, "rs-corrector", "parity_l2[skin]", "ci_hi") < \
+        value(board, table, "baseline", "parity_l2[skin]", "ci_lo")
 
 
 GUIDANCE_BOARD = BOARD.parents[1] / "world-guidance" / "leaderboard.csv"
@@ -60,7 +68,7 @@ def test_guidance_one_reproduces_the_injected_skew_and_guidance_amplifies_it():
     parity = [cells.loc[(f"world-occupations:groups=0 (guidance {g})", "baseline",
                          "parity_l2[skin]"), "value"] for g in ("1", "3", "7.5")]
     injected = np.mean([np.linalg.norm(np.array(row) - 1 / 3) for row in BIAS.values()])
-    assert abs(parity[0] - injected) < 0.1  # 0.279 measured against 0.309 injected
+    assert abs(parity[0] - injected) < 0.1  # 0.269 measured against 0.309 injected
     assert parity[0] < parity[1] < parity[2]
 
 

@@ -48,10 +48,11 @@ class Settings:
     caption_dropout: float = 0.1
 
 
-# The committed weights' settings (stage times add up to about 66 min on 2 cores; phase 2: 35 min).
+# The committed weights' settings (stage times add up to about 1 h 30 min on 2 otherwise idle cores,
+# phase 2 about 60 min of it).
 FULL = Settings(corpus=30000, vae_steps=2500, vae_batch=32, eval_images=10000, eval_steps=600,
                 quality_steps=300, eval_batch=64, heldout_images=2000, clip_steps=300,
-                clip_batch=128, unet_steps=2000, unet_batch=128, unet2_steps=3000)
+                clip_batch=128, unet_steps=2000, unet_batch=128, unet2_steps=6000)
 QUICK = Settings(corpus=256, vae_steps=8, vae_batch=16, eval_images=256, eval_steps=8,
                  quality_steps=8, eval_batch=32, heldout_images=128, clip_steps=8, clip_batch=32,
                  unet_steps=4, unet_batch=16, unet2_steps=4)
