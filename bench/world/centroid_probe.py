@@ -14,7 +14,7 @@ import argparse
 import numpy as np
 import torch
 
-from bench.sampler import Adapter, Batch, encode_text, sample, to_uint8
+from bench.sampler import Adapter, Batch, encode_text
 
 
 class FixedConditioning(Adapter):
@@ -32,6 +32,7 @@ class FixedConditioning(Adapter):
 
 def main(argv: list[str] | None = None) -> int:
     from bench.world import WEIGHTS_DIR, load_world_pipeline
+    from bench.world.check import _rates, generate
     from bench.world.evaluators import load_evaluators
     from bench.world.render import GROUPS, OCCUPATIONS
 
@@ -45,15 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     parity = []
     for o_idx, occ in enumerate(OCCUPATIONS):
         centroid = encode_text(pipe, [f"a photo of a {occ} with {g} skin" for g in GROUPS]).mean(0, keepdim=True)
-        batch = Batch([f"a photo of a {occ}"] * args.n, list(range(args.n)), guidance=args.guidance)
-        images = to_uint8(sample(pipe, [FixedConditioning(centroid)], batch, steps=25,
-                                 height=32, width=32).images)
-        p = ev.predict(images)
-        face = p["face_prob"] > 0.5
-        mix = np.bincount(p["group"][face], minlength=3) / max(1, int(face.sum()))
-        parity.append(float(np.linalg.norm(mix - 1 / 3)))
-        print(f"{occ:20s} light/medium/dark {mix.round(2).tolist()}  face {face.mean():.2f}  "
-              f"occupation acc {np.mean(p['occupation'] == o_idx):.2f}", flush=True)
+        r = _rates(ev, generate(pipe, f"a photo of a {occ}", args.n, args.guidance, seed=0,
+                                adapters=[FixedConditioning(centroid)]))
+        parity.append(float(np.linalg.norm(r["groups"] - 1 / 3)))
+        print(f"{occ:20s} light/medium/dark {r['groups'].round(2).tolist()}  face {r['face']:.2f}  "
+              f"occupation acc {np.mean(r['p']['occupation'] == o_idx):.2f}", flush=True)
     print(f"mean parity_l2 {np.mean(parity):.3f}")
     return 0
 
