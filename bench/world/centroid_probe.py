@@ -3,13 +3,15 @@
 For each occupation the neutral prompt's conditioning is replaced by the per-token mean of the
 embeddings of "a photo of a {occupation} with {light,medium,dark} skin", the point a text-space
 "fair" map would aim for; prints the classified skin mix and parity_l2 per occupation
-(docs/methods.md, Fair Mapping).
+(docs/methods.md, Fair Mapping). With `--occupation-pairs`, the same for the midpoint of two
+neutral prompts' embeddings (a categorical attribute): prints how often each occupation is drawn.
 
-`python -m bench.world.centroid_probe [--n 48] [--guidance 7.5]`
+`python -m bench.world.centroid_probe [--n 48] [--guidance 7.5] [--occupation-pairs]`
 """
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,10 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.world.centroid_probe")
     ap.add_argument("--n", type=int, default=48, help="images per occupation")
     ap.add_argument("--guidance", type=float, default=7.5)
+    ap.add_argument("--occupation-pairs", action="store_true",
+                    help="midpoints of two occupations' neutral embeddings instead of skin groups")
     args = ap.parse_args(argv)
     pipe = load_world_pipeline()
     pipe.set_progress_bar_config(disable=True)
     ev = load_evaluators(WEIGHTS_DIR)
+    if args.occupation_pairs:
+        return occupation_midpoints(pipe, ev, args.n, args.guidance)
     parity = []
     for o_idx, occ in enumerate(OCCUPATIONS):
         centroid = encode_text(pipe, [f"a photo of a {occ} with {g} skin" for g in GROUPS]).mean(0, keepdim=True)
@@ -52,6 +58,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{occ:20s} light/medium/dark {r['groups'].round(2).tolist()}  face {r['face']:.2f}  "
               f"occupation acc {np.mean(r['p']['occupation'] == o_idx):.2f}", flush=True)
     print(f"mean parity_l2 {np.mean(parity):.3f}")
+    return 0
+
+
+PAIRS = (("doctor", "chef"), ("nurse", "firefighter"), ("farmer", "police officer"),
+         ("butcher", "construction worker"))
+
+
+def occupation_midpoints(pipe: Any, ev: Any, n: int, guidance: float) -> int:
+    from bench.world.check import _rates, generate
+    from bench.world.render import OCCUPATIONS
+
+    for a, b in PAIRS:
+        mid = encode_text(pipe, [f"a photo of a {a}", f"a photo of a {b}"]).mean(0, keepdim=True)
+        r = _rates(ev, generate(pipe, f"a photo of a {a}", n, guidance, seed=0,
+                                adapters=[FixedConditioning(mid)]))
+        share = np.bincount(r["p"]["occupation"], minlength=len(OCCUPATIONS)) / n
+        print(f"{a} + {b}: {a} {share[OCCUPATIONS.index(a)]:.2f}, {b} {share[OCCUPATIONS.index(b)]:.2f}, "
+              f"face {r['face']:.2f}", flush=True)
     return 0
 
 
