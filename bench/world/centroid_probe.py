@@ -32,11 +32,43 @@ class FixedConditioning(Adapter):
         return self.embedding.expand(cond.shape[0], -1, -1).to(cond.dtype)
 
 
+def draw_from_mean(pipe: Any, ev: Any, texts: list[str], n: int, guidance: float) -> dict[str, Any]:
+    """Classified rates of n images all conditioned on the per-token mean of the texts' embeddings."""
+    from bench.world.check import _rates, generate
+
+    mean = encode_text(pipe, texts).mean(0, keepdim=True)
+    return _rates(ev, generate(pipe, texts[0], n, guidance, seed=0, adapters=[FixedConditioning(mean)]))
+
+
+PAIRS = (("doctor", "chef"), ("nurse", "firefighter"), ("farmer", "police officer"),
+         ("butcher", "construction worker"))
+
+
+def skin_centroids(pipe: Any, ev: Any, n: int, guidance: float) -> None:
+    from bench.world.render import GROUPS, OCCUPATIONS
+
+    parity = []
+    for o_idx, occ in enumerate(OCCUPATIONS):
+        r = draw_from_mean(pipe, ev, [f"a photo of a {occ} with {g} skin" for g in GROUPS], n, guidance)
+        parity.append(float(np.linalg.norm(r["groups"] - 1 / 3)))
+        print(f"{occ:20s} light/medium/dark {r['groups'].round(2).tolist()}  face {r['face']:.2f}  "
+              f"occupation acc {np.mean(r['p']['occupation'] == o_idx):.2f}", flush=True)
+    print(f"mean parity_l2 {np.mean(parity):.3f}")
+
+
+def occupation_midpoints(pipe: Any, ev: Any, n: int, guidance: float) -> None:
+    from bench.world.render import OCCUPATIONS
+
+    for a, b in PAIRS:
+        r = draw_from_mean(pipe, ev, [f"a photo of a {a}", f"a photo of a {b}"], n, guidance)
+        share = np.bincount(r["p"]["occupation"], minlength=len(OCCUPATIONS)) / n
+        print(f"{a} + {b}: {a} {share[OCCUPATIONS.index(a)]:.2f}, {b} {share[OCCUPATIONS.index(b)]:.2f}, "
+              f"face {r['face']:.2f}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.world import WEIGHTS_DIR, load_world_pipeline
-    from bench.world.check import _rates, generate
     from bench.world.evaluators import load_evaluators
-    from bench.world.render import GROUPS, OCCUPATIONS
 
     ap = argparse.ArgumentParser(prog="python -m bench.world.centroid_probe")
     ap.add_argument("--n", type=int, default=48, help="images per occupation")
@@ -46,36 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     pipe = load_world_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    ev = load_evaluators(WEIGHTS_DIR)
-    if args.occupation_pairs:
-        return occupation_midpoints(pipe, ev, args.n, args.guidance)
-    parity = []
-    for o_idx, occ in enumerate(OCCUPATIONS):
-        centroid = encode_text(pipe, [f"a photo of a {occ} with {g} skin" for g in GROUPS]).mean(0, keepdim=True)
-        r = _rates(ev, generate(pipe, f"a photo of a {occ}", args.n, args.guidance, seed=0,
-                                adapters=[FixedConditioning(centroid)]))
-        parity.append(float(np.linalg.norm(r["groups"] - 1 / 3)))
-        print(f"{occ:20s} light/medium/dark {r['groups'].round(2).tolist()}  face {r['face']:.2f}  "
-              f"occupation acc {np.mean(r['p']['occupation'] == o_idx):.2f}", flush=True)
-    print(f"mean parity_l2 {np.mean(parity):.3f}")
-    return 0
-
-
-PAIRS = (("doctor", "chef"), ("nurse", "firefighter"), ("farmer", "police officer"),
-         ("butcher", "construction worker"))
-
-
-def occupation_midpoints(pipe: Any, ev: Any, n: int, guidance: float) -> int:
-    from bench.world.check import _rates, generate
-    from bench.world.render import OCCUPATIONS
-
-    for a, b in PAIRS:
-        mid = encode_text(pipe, [f"a photo of a {a}", f"a photo of a {b}"]).mean(0, keepdim=True)
-        r = _rates(ev, generate(pipe, f"a photo of a {a}", n, guidance, seed=0,
-                                adapters=[FixedConditioning(mid)]))
-        share = np.bincount(r["p"]["occupation"], minlength=len(OCCUPATIONS)) / n
-        print(f"{a} + {b}: {a} {share[OCCUPATIONS.index(a)]:.2f}, {b} {share[OCCUPATIONS.index(b)]:.2f}, "
-              f"face {r['face']:.2f}", flush=True)
+    probe = occupation_midpoints if args.occupation_pairs else skin_centroids
+    probe(pipe, load_evaluators(WEIGHTS_DIR), args.n, args.guidance)
     return 0
 
 
