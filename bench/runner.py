@@ -78,6 +78,7 @@ class RunPlan:
     prompt_sets: list[PromptSet]
     adapters: dict[str, list[Adapter]]
     skipped: dict[str, str] = field(default_factory=dict)
+    warnings: dict[str, list[str]] = field(default_factory=dict)
     items: list[WorkItem] = field(default_factory=list)
     cost: dict[str, int] = field(default_factory=dict)
 
@@ -97,6 +98,10 @@ def plan(spec: RunSpec) -> RunPlan:
             skipped[m] = reason
             del adapters[m]
     p = RunPlan(spec, pipe, fingerprint(pipe), height, width, sets, adapters, skipped)
+    for m, ads in adapters.items():
+        found = [w for a in ads for w in a.warnings(pipe, p.model_fp, spec.guidance, spec.sampler.steps)]
+        if found:
+            p.warnings[m] = found
     p.items = build_grid(p.model_fp, list(adapters), sets, spec.samples, spec.seed,
                          spec.guidance, spec.sampler, height, width)
     p.cost = {m: unet_evals_per_image(pipe, a, spec.sampler.steps, max(spec.guidance))
@@ -137,6 +142,7 @@ def dry_run_summary(p: RunPlan) -> str:
         lines.append(f"  {m}: {c} UNet evaluations per image")
     for m, r in p.skipped.items():
         lines.append(f"  skipped {m}: {r}")
+    lines += [f"  warning: {w}" for ws in p.warnings.values() for w in ws]
     return "\n".join(lines)
 
 
@@ -151,6 +157,7 @@ def manifest(p: RunPlan) -> dict[str, Any]:
         "methods": {m: [{"name": a.name, "params": dataclasses.asdict(a.params)} for a in ads]
                     for m, ads in p.adapters.items()},
         "skipped_methods": p.skipped,
+        "method_warnings": p.warnings,
         "prompt_sets": [{"name": s.name, "source": s.source, "prompts": len(s),
                          "sha256": s.content_hash()} for s in p.prompt_sets],
         "grid": {"images": len(p.items), "shard": p.spec.shard},

@@ -77,6 +77,11 @@ class Adapter:
         """None if the adapter can run on this pipeline, else a one-line reason (missing checkpoint)."""
         return None
 
+    def warnings(self, pipe: Any, model_fp: str, guidance: Sequence[float], steps: int) -> list[str]:
+        """One-line cautions about running on these settings (e.g. a checkpoint trained for
+        another guidance): recorded in the manifest and printed beside the leaderboards."""
+        return []
+
     def prepare(self, pipe: Any) -> None:
         pass
 

@@ -154,6 +154,28 @@ class RSCorrector(CheckpointedAdapter):
     def release(self, pipe: Any) -> None:
         self._pipe = None
 
+    def warnings(self, pipe: Any, model_fp: str, guidance: Sequence[float], steps: int) -> list[str]:
+        """R knows only the trajectories it was trained on: another guidance, step count or model
+        puts its inputs off that distribution (at guidance 1 the world's R loses 23 points of
+        occupation accuracy; docs/methods.md)."""
+        if self.skip_reason(pipe):
+            return []
+        path, card = self.load_card(pipe)
+        fix = "retrain with `bench train rs-corrector` on these settings, or pass checkpoint=DIR"
+        out = []
+        other = [g for g in guidance if "guidance" in card and g != card["guidance"]]
+        if other:
+            out.append(f"{self.name}: {path} was trained on guidance-{card['guidance']:g} "
+                       f"trajectories, this run samples at guidance {', '.join(f'{g:g}' for g in other)}; {fix}")
+        if card.get("sample_steps") not in (None, steps):
+            out.append(f"{self.name}: {path} was trained on {card['sample_steps']}-step "
+                       f"trajectories, this run samples {steps} steps; {fix}")
+        if card.get("model_fingerprint") not in (None, model_fp):
+            out.append(f"{self.name}: {path} was trained on a pipeline with fingerprint "
+                       f"{card['model_fingerprint']}, this one is {model_fp} (other weights or "
+                       f"scheduler); {fix}")
+        return out
+
     def targets(self, batch: Batch) -> list[int]:
         """Per image: the group its prompt requests for this attribute, else one drawn from its seed."""
         groups = self.card["groups"]

@@ -182,3 +182,36 @@ def test_bad_parameters_and_missing_checkpoint(checkpoint, tiny_pipe, tmp_path):
         corrector(tmp_path, tiny_pipe)
     with pytest.raises(ValueError, match="module:callable"):
         load_classifier("no_colon")
+
+
+def test_warnings_name_settings_off_the_checkpoint(checkpoint, tiny_pipe):
+    from bench.models import fingerprint
+
+    fp = fingerprint(tiny_pipe)
+    a = corrector(checkpoint)
+    assert a.warnings(tiny_pipe, fp, (7.5,), 5) == []  # the card's own settings
+    off = a.warnings(tiny_pipe, "0123abcd", (1.0, 7.5), 10)
+    assert len(off) == 3
+    assert "guidance-7.5" in off[0] and "guidance 1;" in off[0] and str(checkpoint) in off[0]
+    assert "5-step" in off[1] and "10 steps" in off[1]
+    assert "0123abcd" in off[2] and "bench train rs-corrector" in off[2]
+    assert RSCorrector().warnings(tiny_pipe, fp, (1.0,), 10) == []  # skipped: nothing to warn
+
+
+def test_run_records_warnings_in_manifest_and_leaderboard(checkpoint, tmp_path, capsys):
+    from bench import runner
+    from bench.spec import RunSpec, SamplerSpec
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a photo of a nurse\n")
+    spec = RunSpec(model="tiny-random", methods=("baseline", f"rs-corrector:checkpoint={checkpoint}"),
+                   prompt_sets=(str(prompts),), samples=1, guidance=(3.0,),
+                   sampler=SamplerSpec(steps=5), metrics=("none",), out=str(tmp_path / "run"))
+    assert "warning: rs-corrector" in runner.dry_run_summary(runner.plan(spec))
+    out = runner.run(spec)
+    manifest = json.loads((out / "manifest.json").read_text())
+    (method, found), = manifest["method_warnings"].items()
+    assert method.startswith("rs-corrector") and "guidance 3" in found[0] and len(found) == 1
+    assert found[0] in capsys.readouterr().out
+    assert "guidance 3" in (out / "leaderboard.md").read_text()
+    assert "Warnings" in (out / "report" / "index.html").read_text()

@@ -4,6 +4,7 @@ Writes RUN/leaderboard.{md,csv,tex}, RUN/report/index.html and RUN/report/*.png.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -35,20 +36,30 @@ def build(run_dir: Path, metrics: str | None = None, device: str | None = None,
         scoring = json.loads(scoring_path.read_text()) if scoring_path.exists() else {}
     skipped_metrics = scoring.get("skipped", {})
     table = joined_table(store)
-    boards = list(boards_mod.leaderboards(table, confusions(table)))
+    warnings: dict[str, list[str]] = manifest.get("method_warnings", {})
+    boards = [with_warnings(b, warnings)
+              for b in boards_mod.leaderboards(table, confusions(table))]
     write_tables(store.root, boards)
     figures = make_plots(store.root, table, boards)
     examples = [] if table.empty else list(
         table.drop_duplicates("prompt_id").groupby("prompt_set").head(20)["prompt"])
     html_text = page.render(manifest, boards, figures, manifest.get("skipped_methods", {}),
-                            skipped_metrics, examples)
+                            skipped_metrics, examples, warnings)
     out = store.root / "report" / "index.html"
     atomic_write(out, html_text.encode())
     atomic_write(scoring_path, json.dumps(scoring, indent=1, default=str).encode())
     for name, reason in {**manifest.get("skipped_methods", {}), **skipped_metrics}.items():
         if not quiet:
             print(f"skipped {name}: {reason}")
+    if not quiet:
+        print("".join(f"warning: {w}\n" for ws in warnings.values() for w in ws), end="")
     return out
+
+
+def with_warnings(board: tables.Leaderboard, warnings: dict[str, list[str]]) -> tables.Leaderboard:
+    """The board with its methods' run warnings first among its notes."""
+    found = [w for m in board.methods() for w in warnings.get(m, [])]
+    return dataclasses.replace(board, notes=(*found, *board.notes)) if found else board
 
 
 def joined_table(store: RunStore) -> pd.DataFrame:

@@ -25,7 +25,8 @@ def _img(path: Path) -> str:
 
 def render(manifest: dict[str, Any], boards: Sequence[Leaderboard], plots: Sequence[Path],
            skipped_methods: dict[str, str], skipped_metrics: dict[str, str],
-           example_prompts: Sequence[str]) -> str:
+           example_prompts: Sequence[str],
+           warnings: dict[str, list[str]] | None = None) -> str:
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>bench report</title>"
              f"<style>{STYLE}</style></head><body><h1>bench report</h1>"]
@@ -35,6 +36,9 @@ def render(manifest: dict[str, Any], boards: Sequence[Leaderboard], plots: Seque
                  f"{esc(str(manifest.get('created')))}, device {esc(str(manifest.get('device')))}, "
                  f"commit <code>{esc(str(manifest.get('git_commit')))}</code>. "
                  "Cells are mean ± half-width of the 95% bootstrap CI; bold marks the best.</p>")
+    found = [w for ws in (warnings or {}).values() for w in ws]
+    if found:
+        parts.append("<h2>Warnings</h2><ul>" + "".join(f"<li>{esc(w)}</li>" for w in found) + "</ul>")
     for board in boards:
         parts.append(html_table(board))
     if skipped_methods or skipped_metrics:
