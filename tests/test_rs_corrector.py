@@ -104,7 +104,7 @@ def test_update_is_eta_times_gradient_by_finite_differences(checkpoint, tiny_pip
     against a central finite difference of log p (no autograd in the reference)."""
     z, t = mid_trajectory(tiny_pipe, [21, 22])
     eta = 0.1
-    a = corrector(checkpoint, tiny_pipe, eta=eta, k=1)
+    a = corrector(checkpoint, tiny_pipe, eta=eta, k=1, normalize=False)
     state = a.init_state(Batch(["x", "x"], [21, 22]))
     with torch.enable_grad():
         d = a.on_step(z, 0, t, state) - z
@@ -113,6 +113,19 @@ def test_update_is_eta_times_gradient_by_finite_differences(checkpoint, tiny_pip
         fd = (a.log_prob(z + h * d, t, state.targets) - a.log_prob(z - h * d, t, state.targets)) / (2 * h)
     expected = (d ** 2).flatten(1).sum(1) / eta  # grad . d = |d|^2 / eta
     assert torch.allclose(fd, expected, rtol=0.05)
+
+
+def test_normalised_update_has_rms_eta_along_the_gradient(checkpoint, tiny_pipe):
+    """normalize=true: each image moves by exactly eta RMS, in the raw gradient's direction."""
+    z, t = mid_trajectory(tiny_pipe, [21, 22])
+    state = corrector(checkpoint, tiny_pipe).init_state(Batch(["x", "x"], [21, 22]))
+    with torch.enable_grad():
+        raw = corrector(checkpoint, tiny_pipe, eta=1.0, k=1, normalize=False).on_step(z, 0, t, state) - z
+        unit = corrector(checkpoint, tiny_pipe, eta=0.3, k=1).on_step(z, 0, t, state) - z
+    rms = unit.flatten(1).pow(2).mean(1).sqrt()
+    assert torch.allclose(rms, torch.full_like(rms, 0.3), rtol=1e-4)
+    cos = torch.nn.functional.cosine_similarity(raw.flatten(1), unit.flatten(1))
+    assert torch.allclose(cos, torch.ones_like(cos), atol=1e-5)
 
 
 def test_targets_deterministic_in_seed_and_batch_independent(checkpoint, tiny_pipe):

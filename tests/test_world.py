@@ -278,3 +278,17 @@ def test_centroid_probe_conditions_every_image_on_the_given_embedding(tiny_pipe)
     # Equal up to float rounding: the plain run encodes two prompts in one text-encoder batch.
     assert np.allclose(fixed, plain, atol=1e-5)
     assert np.abs(fixed - other).max() > 1e-2
+
+
+def test_hull_grid_is_the_simplex_lattice():
+    """The --hull search points: a_k in {0, 0.2, ..., 1} with sum <= 1, i.e. C(5 + 3, 3) = 56
+    lattice points, the neutral point (all zero) and the three group embeddings (unit vectors)."""
+    from math import comb
+
+    from bench.world.centroid_probe import hull_grid
+
+    grid = hull_grid(0.2)
+    assert len(grid) == len(set(grid)) == comb(5 + 3, 3)
+    assert all(min(a) >= 0 and sum(a) <= 1 + 1e-9 for a in grid)
+    assert {(0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)} <= set(grid)
+    assert len(hull_grid(0.5)) == comb(2 + 3, 3)
