@@ -44,7 +44,8 @@ METHODS_BOARD = BOARD.parents[1] / "world-methods" / "leaderboard.csv"
 def test_baseline_is_biased_and_rs_corrector_cuts_the_gap(cells):
     """On results/world-methods (32 images per neutral prompt; the main job's 4 give CIs too wide
     to separate methods). Fair Mapping is not checked: in this world it does not cut parity at
-    any lambda, it moves each occupation's majority (docs/methods.md has the sweep and why)."""
+    any lambda, it moves each occupation's majority, and no conditioning in the hull of the neutral and
+    group embeddings balances it (docs/methods.md has the sweep, the hull search and why)."""
     assert value(cells, "world-occupations", "baseline", "parity_l2[skin]") > 0.3  # skew visible
     board = pd.read_csv(METHODS_BOARD).set_index(["table", "method", "metric"])
     table = "world-occupations:groups=0"
