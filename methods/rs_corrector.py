@@ -115,7 +115,7 @@ class RSCorrectorParams:
     normalize: bool = True  # step = eta * g / RMS(g) per image; false: eta * g
     k: int = 3  # inner iterations per corrected step
     start: int = 0  # first corrected step index (into scheduler.timesteps)
-    stop: int = 8  # first step index no longer corrected
+    stop: int = 12  # first step index no longer corrected
     distribution: str = ""  # target-group probabilities "p1/p2/...", card's group order; "" uniform
 
 
