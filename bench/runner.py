@@ -98,10 +98,9 @@ def plan(spec: RunSpec) -> RunPlan:
             skipped[m] = reason
             del adapters[m]
     p = RunPlan(spec, pipe, fingerprint(pipe), height, width, sets, adapters, skipped)
-    for m, ads in adapters.items():
-        found = [w for a in ads for w in a.warnings(pipe, p.model_fp, spec.guidance, spec.sampler.steps)]
-        if found:
-            p.warnings[m] = found
+    p.warnings = {m: found for m, ads in adapters.items()
+                  if (found := [w for a in ads
+                                for w in a.warnings(pipe, p.model_fp, spec.guidance, spec.sampler.steps)])}
     p.items = build_grid(p.model_fp, list(adapters), sets, spec.samples, spec.seed,
                          spec.guidance, spec.sampler, height, width)
     p.cost = {m: unet_evals_per_image(pipe, a, spec.sampler.steps, max(spec.guidance))

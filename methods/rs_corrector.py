@@ -28,7 +28,7 @@ from torch import nn
 
 from bench.sampler import Batch
 from bench.spec import SpecError
-from methods.checkpoints import CheckpointedAdapter, CheckpointError
+from methods.checkpoints import CheckpointedAdapter, CheckpointError, read_card, resolve_checkpoint
 
 DISTORTED = "distorted"
 
@@ -160,12 +160,13 @@ class RSCorrector(CheckpointedAdapter):
         """R knows only the trajectories it was trained on: another guidance, step count or model
         puts its inputs off that distribution (at guidance 1 the world's R loses 23 points of
         occupation accuracy; docs/methods.md)."""
-        if self.skip_reason(pipe):
+        path = resolve_checkpoint(self.name, self.params.checkpoint, self.params.attribute, pipe)
+        if path is None:  # skipped: nothing to warn about
             return []
-        path, card = self.load_card(pipe)
+        card = read_card(path, self.name)
         fix = "retrain with `bench train rs-corrector` on these settings, or pass checkpoint=DIR"
         out = []
-        other = [g for g in guidance if "guidance" in card and g != card["guidance"]]
+        other = [g for g in guidance if card.get("guidance") not in (None, g)]
         if other:
             out.append(f"{self.name}: {path} was trained on guidance-{card['guidance']:g} "
                        f"trajectories, this run samples at guidance {', '.join(f'{g:g}' for g in other)}; {fix}")
