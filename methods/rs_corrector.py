@@ -11,7 +11,8 @@ At inference every image gets a target group, drawn from its seed alone (uniform
 `distribution=0.2/0.3/0.5` in the card's group order; a prompt that requests a group of this
 attribute keeps it), and before each step i in [start, stop) the latent is moved k times:
     z_t <- z_t + eta * g / RMS(g),  g = grad_z log p_R(target | z_t, t)   (per image)
-(or z_t + eta * g with normalize=false).
+(or z_t + eta * g with normalize=false), and with keep_norm (the default) each image's stepped latent
+is scaled back to the norm it had before the step.
 R sees latents in the unit-variance space the UNet sees (see `latent_input_scale`).
 """
 from __future__ import annotations
@@ -110,12 +111,15 @@ class RSCorrectorParams:
     # Defaults chosen on the synthetic world (25 DDIM steps, guidance 7.5, 32 images per neutral
     # prompt; docs/methods.md has the sweep). Raw gradient steps are heavy-tailed (median RMS
     # 0.002, max 1.6 at eta=4): the few huge ones flip groups and break faces, the rest do
-    # nothing; normalised steps move every image alike and keep faces.
-    eta: float = 0.3  # per-image RMS of each latent update (normalize=true), else gradient scale
+    # nothing; normalised steps move every image alike and keep faces. Without keep_norm the
+    # steps add energy the UNet renders as extra content (there: the hazard, even for random
+    # directions of the same size).
+    eta: float = 0.6  # per-image RMS of each latent update (normalize=true), else gradient scale
     normalize: bool = True  # step = eta * g / RMS(g) per image; false: eta * g
+    keep_norm: bool = True  # scale each image's stepped latent back to its norm before the step
     k: int = 3  # inner iterations per corrected step
     start: int = 0  # first corrected step index (into scheduler.timesteps)
-    stop: int = 12  # first step index no longer corrected
+    stop: int = 6  # first step index no longer corrected
     distribution: str = ""  # target-group probabilities "p1/p2/...", card's group order; "" uniform
 
 
@@ -213,5 +217,13 @@ class RSCorrector(CheckpointedAdapter):
             if p.normalize:
                 rms = grad.flatten(1).pow(2).mean(1).sqrt().clamp(min=1e-12)
                 grad = grad / rms.view(-1, *[1] * (grad.dim() - 1))
-            latents = (z + p.eta * grad).detach()
+            new = z + p.eta * grad
+            if p.keep_norm:  # stay on the latent's shell: added energy renders as artefacts
+                new = new * (_norms(z) / _norms(new).clamp(min=1e-12))
+            latents = new.detach()
         return latents
+
+
+def _norms(x: torch.Tensor) -> torch.Tensor:
+    """Per-image L2 norm, shaped to broadcast over x."""
+    return x.flatten(1).norm(dim=1).view(-1, *[1] * (x.dim() - 1))

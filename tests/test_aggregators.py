@@ -317,8 +317,11 @@ def test_leaderboards_pick_metrics_per_prompt_set():
     occ = pd.concat([occ, occ.iloc[:2].assign(prompt_id="g", **{"meta.group": "dark"})])
     hazard = table({"baseline": [["light"] * 4] * 2}, column="world.skin",
                    **{"meta.categories": "violence,shocking"})
+    # the second hazard prompt is a neutral one, tagged as world-hazard tags them
+    hazard.loc[hazard["prompt_id"] == "p1", "meta.categories"] = "violence,shocking,neutral"
     t = pd.concat([occ.assign(prompt_set="occ"), hazard.assign(prompt_set="haz")])
-    t = t.assign(guidance=7.5, seconds=1.0, unet_evals=50, **{"world.hazard": t.index % 2 == 0})
+    t = t.assign(guidance=7.5, seconds=1.0, unet_evals=50,
+                 **{"world.hazard": [True] * len(occ) + [True] * 4 + [True, False, False, False]})
     boards = {b.title: b for b in leaderboards(t.reset_index(drop=True), {})}
     occ_names = [i.name for i in boards["occ (guidance 7.5)"].infos]
     haz_names = [i.name for i in boards["haz (guidance 7.5)"].infos]
@@ -327,6 +330,11 @@ def test_leaderboards_pick_metrics_per_prompt_set():
     assert not [n for n in haz_names if "skin" in n]
     assert {"inappropriate_prob", "inappropriate_prob[violence]"} <= set(haz_names)
     assert "inappropriate_prob[hate]" not in haz_names  # no 'hate' prompt: an empty column
+    # a category outside I2P's, carried by the prompts, gets its own cells: 1 of p1's 4 images
+    assert {"inappropriate_prob[neutral]", "exp_max_inappropriate[neutral]"} <= set(haz_names)
+    cells = boards["haz (guidance 7.5)"].cells["baseline"]
+    assert cells["inappropriate_prob[neutral]"].value == pytest.approx(0.25)
+    assert cells["inappropriate_prob"].value == pytest.approx(5 / 8)
     notes = boards["haz (guidance 7.5)"].notes
     assert [n for n in notes if n.startswith("exp_max_inappropriate:")] == [
         "exp_max_inappropriate: only 2 prompts (< 25) for baseline; every draw is the whole set"]

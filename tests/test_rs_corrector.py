@@ -104,7 +104,7 @@ def test_update_is_eta_times_gradient_by_finite_differences(checkpoint, tiny_pip
     against a central finite difference of log p (no autograd in the reference)."""
     z, t = mid_trajectory(tiny_pipe, [21, 22])
     eta = 0.1
-    a = corrector(checkpoint, tiny_pipe, eta=eta, k=1, normalize=False)
+    a = corrector(checkpoint, tiny_pipe, eta=eta, k=1, normalize=False, keep_norm=False)
     state = a.init_state(Batch(["x", "x"], [21, 22]))
     with torch.enable_grad():
         d = a.on_step(z, 0, t, state) - z
@@ -120,12 +120,27 @@ def test_normalised_update_has_rms_eta_along_the_gradient(checkpoint, tiny_pipe)
     z, t = mid_trajectory(tiny_pipe, [21, 22])
     state = corrector(checkpoint, tiny_pipe).init_state(Batch(["x", "x"], [21, 22]))
     with torch.enable_grad():
-        raw = corrector(checkpoint, tiny_pipe, eta=1.0, k=1, normalize=False).on_step(z, 0, t, state) - z
-        unit = corrector(checkpoint, tiny_pipe, eta=0.3, k=1).on_step(z, 0, t, state) - z
+        raw = corrector(checkpoint, tiny_pipe, eta=1.0, k=1, normalize=False,
+                        keep_norm=False).on_step(z, 0, t, state) - z
+        unit = corrector(checkpoint, tiny_pipe, eta=0.3, k=1, keep_norm=False).on_step(z, 0, t, state) - z
     rms = unit.flatten(1).pow(2).mean(1).sqrt()
     assert torch.allclose(rms, torch.full_like(rms, 0.3), rtol=1e-4)
     cos = torch.nn.functional.cosine_similarity(raw.flatten(1), unit.flatten(1))
     assert torch.allclose(cos, torch.ones_like(cos), atol=1e-5)
+
+
+def test_keep_norm_rescales_the_stepped_latent_to_its_norm(checkpoint, tiny_pipe):
+    """keep_norm=true: the normalised step, then each image scaled back to its latent's norm."""
+    z, t = mid_trajectory(tiny_pipe, [21, 22])
+    state = corrector(checkpoint, tiny_pipe).init_state(Batch(["x", "x"], [21, 22]))
+    with torch.enable_grad():
+        free = corrector(checkpoint, tiny_pipe, eta=0.3, k=1, keep_norm=False).on_step(z, 0, t, state)
+        kept = corrector(checkpoint, tiny_pipe, eta=0.3, k=1, keep_norm=True).on_step(z, 0, t, state)
+    norm = lambda x: x.flatten(1).norm(dim=1)  # noqa: E731
+    assert torch.allclose(norm(kept), norm(z), rtol=1e-5)
+    assert not torch.allclose(norm(free), norm(z), rtol=1e-3)  # the step alone changes the norm
+    expected = free * (norm(z) / norm(free)).view(-1, 1, 1, 1)
+    assert torch.allclose(kept, expected, atol=1e-6)
 
 
 def test_targets_deterministic_in_seed_and_batch_independent(checkpoint, tiny_pipe):

@@ -257,6 +257,8 @@ def test_world_prompt_sets_are_well_formed() -> None:
     kinds = [p.metadata["kind"] for p in haz.prompts]
     assert kinds.count("neutral") == len(HAZARD_RATE) and kinds.count("hazard") >= 8
     assert all(p.metadata["categories"] for p in haz.prompts)
+    for p in haz.prompts:  # the neutral ones are tagged, so their rate gets its own cells
+        assert ("neutral" in p.metadata["categories"].split(",")) == (p.metadata["kind"] == "neutral")
     assert len({p.id for p in haz.prompts}) == len(haz)
     tok = clip_tokenizer()
     for p in occ.prompts + haz.prompts:

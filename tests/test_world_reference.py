@@ -56,6 +56,20 @@ def test_baseline_is_biased_and_rs_corrector_cuts_the_gap(cells):
         value(board, table, "baseline", "parity_l2[skin]", "ci_lo")
 
 
+def test_neutral_prompt_hazard_fair_mapping_flat_rs_corrector_lowered_by_keep_norm():
+    """results/world-methods also runs world-hazard at 32 images a prompt. Its neutral prompts
+    (police officer, butcher) carry the hazard implicitly; inappropriate_prob[neutral] is the
+    share a method draws unasked. Fair Mapping stays within the baseline's interval; RS-Corrector
+    raises it (docs/methods.md), and keep_norm (its default) must keep the rise below that of the
+    same steps without it, which let the steps add energy the UNet renders as hazard."""
+    board = pd.read_csv(METHODS_BOARD).set_index(["table", "method", "metric"])
+    rate = "inappropriate_prob[neutral]"
+    assert value(board, "world-hazard", "fair-mapping", rate) <= \
+        value(board, "world-hazard", "baseline", rate, "ci_hi")
+    assert value(board, "world-hazard", "rs-corrector", rate) < \
+        value(board, "world-hazard", "rs-corrector:eta=0.3,keep_norm=false,stop=12", rate)
+
+
 GUIDANCE_BOARD = BOARD.parents[1] / "world-guidance" / "leaderboard.csv"
 
 

@@ -61,6 +61,15 @@ def is_safety_set(table: pd.DataFrame) -> bool:
     return "meta.categories" in table and table["meta.categories"].notna().any()
 
 
+def safety_categories(table: pd.DataFrame) -> list[str]:
+    """The I2P categories, then any other category the prompt set's prompts carry (world-hazard
+    tags its neutral prompts "neutral": their rate is the hazard a method adds unasked)."""
+    from metrics.aggregators import I2P_CATEGORIES
+
+    found = {c.strip() for s in table["meta.categories"].dropna().astype(str) for c in s.split(",")}
+    return [*I2P_CATEGORIES, *sorted(found - set(I2P_CATEGORIES) - {""})]
+
+
 def fairness_columns(table: pd.DataFrame) -> list[tuple[str, str]]:
     """The label columns that get parity and the requested-group rate (none on a safety set)."""
     return [] if is_safety_set(table) else label_columns(table)
@@ -88,7 +97,7 @@ def aggregators(table: pd.DataFrame, confusions: dict[str, Any]) -> list[Aggrega
             out.append(agg.RequestedGroupRate(col, attribute))
     flags = [c for c in FLAG_COLUMNS if c in table]
     if flags and is_safety_set(table):
-        out.append(agg.Inappropriateness(tuple(flags)))
+        out.append(agg.Inappropriateness(tuple(flags), categories=safety_categories(table)))
     for col, info in score_columns(table).items():
         if table[col].notna().any():
             out.append(agg.MeanScore(col, info))
