@@ -101,6 +101,10 @@ def differences(manifest: dict[str, Any], p: runner.RunPlan) -> list[Difference]
     if manifest.get("git_commit") and commit and manifest["git_commit"] != commit:
         out.append(Difference(f"bench git commit {manifest['git_commit'][:12]} in the manifest, "
                               f"{commit[:12]} here", False))
+    if manifest.get("git_dirty"):
+        out.append(Difference(f"the run was made from uncommitted changes on top of bench git "
+                              f"commit {str(manifest.get('git_commit'))[:12]}: that commit alone "
+                              "may not reproduce it", False))
     return out
 
 

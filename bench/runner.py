@@ -163,6 +163,7 @@ def manifest(p: RunPlan) -> dict[str, Any]:
         "device": str(p.pipe.device),
         "versions": versions(),
         "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
     }
 
 
@@ -177,14 +178,29 @@ def versions() -> dict[str, str]:
     return out
 
 
-def git_commit() -> str | None:
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _git(root: Path, *args: str) -> str | None:
+    """stdout of a git command in `root`, None when git or the repository is missing."""
     try:
-        root = Path(__file__).resolve().parents[1]
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or None
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                             timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_commit(root: Path = ROOT) -> str | None:
+    out = _git(root, "rev-parse", "HEAD")
+    return out.strip() if out else None
+
+
+def git_dirty(root: Path = ROOT) -> bool | None:
+    """Whether tracked files differ from HEAD: then the commit alone does not hold the code
+    that ran. Untracked files (run directories, scratch) do not count."""
+    out = _git(root, "status", "--porcelain", "--untracked-files=no")
+    return bool(out.strip()) if out is not None else None
 
 
 def run(spec: RunSpec, quiet: bool = False) -> Path:

@@ -150,6 +150,7 @@ def test_reproduce_lists_model_method_and_version_drift(runs, tmp_path, capsys):
     manifest["model"]["fingerprint"] = "0" * 16
     manifest["methods"]["sld-strong"][0]["params"]["warmup"] = 5
     manifest["versions"]["torch"] = "1.0.0"
+    manifest["git_dirty"] = True
     edited = tmp_path / "edited" / "manifest.json"
     edited.parent.mkdir()
     edited.write_text(json.dumps(manifest))
@@ -160,8 +161,31 @@ def test_reproduce_lists_model_method_and_version_drift(runs, tmp_path, capsys):
     assert ("bench: error: method 'sld-strong' resolves to other parameters here: warmup 5 -> 7"
             in err)
     assert "bench: warning: torch 1.0.0 in the manifest" in err
+    assert ("bench: warning: the run was made from uncommitted changes on top of bench git commit"
+            in err)
     assert "2 difference(s) above" in err
     assert not (tmp_path / "edited-reproduced").exists()
+
+
+def test_manifest_git_state_counts_tracked_changes_only(tmp_path):
+    """git_dirty: a modified tracked file is dirty; an untracked file (a run directory) is not."""
+    import subprocess
+
+    from bench.runner import git_commit, git_dirty
+
+    assert git_commit(tmp_path) is None and git_dirty(tmp_path) is None  # not a repository
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "a.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "a"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert git_commit(tmp_path) == head and git_dirty(tmp_path) is False
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "manifest.json").write_text("{}")
+    assert git_dirty(tmp_path) is False
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert git_dirty(tmp_path) is True
 
 
 def test_bundle_is_byte_identical_and_reports(runs, tmp_path, capsys):
