@@ -294,3 +294,20 @@ def test_hull_grid_is_the_simplex_lattice():
     assert all(min(a) >= 0 and sum(a) <= 1 + 1e-9 for a in grid)
     assert {(0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)} <= set(grid)
     assert len(hull_grid(0.5)) == comb(2 + 3, 3)
+
+
+def test_hull_point_weights_the_group_offsets_from_the_neutral_embedding():
+    """n + sum_k a_k (g_k - n): the neutral embedding at a = 0, g_k at the unit vectors, the
+    per-token mean of the groups at a = (1/3, 1/3, 1/3)."""
+    import torch
+
+    from bench.world.centroid_probe import hull_point
+
+    e = torch.randn(4, 77, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(hull_point(e, (0.0, 0.0, 0.0)), e[:1])
+    for k in range(3):
+        unit = tuple(float(j == k) for j in range(3))
+        assert torch.allclose(hull_point(e, unit), e[k + 1:k + 2], atol=1e-6)
+    assert torch.allclose(hull_point(e, (1 / 3,) * 3), e[1:].mean(0, keepdim=True), atol=1e-6)
+    expected = 0.5 * e[:1] + 0.2 * e[1:2] + 0.3 * e[3:4]  # hand-expanded: (1 - 0.5) n + ...
+    assert torch.allclose(hull_point(e, (0.2, 0.0, 0.3)), expected, atol=1e-6)

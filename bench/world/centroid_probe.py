@@ -8,9 +8,11 @@ neutral prompts' embeddings (a categorical attribute): prints how often each occ
 With `--hull`, a search over every conditioning n + sum_k a_k (g_k - n), a_k in {0, 0.2, ..., 1},
 sum a_k <= 1 (the convex hull of the neutral and the three group-specified embeddings, 56 points):
 prints the best points per occupation, i.e. how close any single conditioning a text-space map
-could aim for comes to a balanced skin mix.
+could aim for comes to a balanced skin mix, and how many points draw every group at least 15% of
+the time; `--verify N` redraws each occupation's best point and its neutral point with N fresh
+seeds (the search's pick favours its own lucky draws).
 
-`python -m bench.world.centroid_probe [--n 48] [--guidance 7.5] [--occupation-pairs | --hull]`
+`python -m bench.world.centroid_probe [--n 48] [--guidance 7.5] [--occupation-pairs | --hull [--verify N]]`
 """
 from __future__ import annotations
 
@@ -38,11 +40,12 @@ class FixedConditioning(Adapter):
 
 
 def draw_from(pipe: Any, ev: Any, embedding: torch.Tensor, text: str, n: int,
-              guidance: float) -> dict[str, Any]:
-    """Classified rates of n images (seeds 0..n-1) all conditioned on one embedding [1, 77, D]."""
+              guidance: float, seed: int = 0) -> dict[str, Any]:
+    """Classified rates of n images (seeds seed..seed+n-1) all conditioned on one embedding [1, 77, D]."""
     from bench.world.check import _rates, generate
 
-    return _rates(ev, generate(pipe, text, n, guidance, seed=0, adapters=[FixedConditioning(embedding)]))
+    return _rates(ev, generate(pipe, text, n, guidance, seed=seed,
+                               adapters=[FixedConditioning(embedding)]))
 
 
 def draw_from_mean(pipe: Any, ev: Any, texts: list[str], n: int, guidance: float) -> dict[str, Any]:
@@ -82,26 +85,60 @@ def hull_grid(step: float = 0.2) -> list[tuple[float, ...]]:
     return [a for a in itertools.product(ticks, repeat=3) if sum(a) <= 1 + 1e-9]
 
 
-def hull_search(pipe: Any, ev: Any, n: int, guidance: float, top: int = 3) -> None:
+def hull_point(e: torch.Tensor, a: tuple[float, ...]) -> torch.Tensor:
+    """n + sum_k a_k (g_k - n) for e = [n, g_1, g_2, ...] stacked embeddings."""
+    return e[:1] + sum(w * (e[k + 1:k + 2] - e[:1]) for k, w in enumerate(a))
+
+
+def hull_search(pipe: Any, ev: Any, n: int, guidance: float, top: int = 3,
+                verify: int = 0) -> None:
     from bench.world.render import GROUPS, OCCUPATIONS
 
-    best = []
+    best, picks, balanced, total = [], [], 0, 0
     for o_idx, occ in enumerate(OCCUPATIONS):
         e = encode_text(pipe, [f"a photo of a {occ}"] + [f"a photo of a {occ} with {g} skin" for g in GROUPS])
         rows = []
         for a in hull_grid():
-            cond = e[:1] + sum(w * (e[k + 1:k + 2] - e[:1]) for k, w in enumerate(a))
-            r = draw_from(pipe, ev, cond, f"a photo of a {occ}", n, guidance)
+            r = draw_from(pipe, ev, hull_point(e, a), f"a photo of a {occ}", n, guidance)
             occ_acc = float(np.mean(r["p"]["occupation"] == o_idx))
             rows.append((float(np.linalg.norm(r["groups"] - 1 / 3)), a, r["groups"], r["face"], occ_acc))
         rows.sort(key=lambda x: x[0])
         base = next(x for x in rows if not any(x[1]))
         best.append(rows[0][0])
+        picks.append((occ, e, rows[0][1]))
+        balanced += sum(min(x[2]) >= BALANCED for x in rows)
+        total += len(rows)
         print(f"{occ}: neutral (a = 0) parity {base[0]:.3f} mix {base[2].round(2).tolist()}", flush=True)
         for par, a, mix, face, acc in rows[:top]:
             print(f"  a = {list(a)}: parity {par:.3f} mix {mix.round(2).tolist()} face {face:.2f} "
                   f"occupation acc {acc:.2f}", flush=True)
+    print(f"points drawing every group at least {BALANCED:.0%} of the time: {balanced} of {total}")
     print(f"mean over occupations of the best point's parity_l2 {np.mean(best):.3f}")
+    if verify:
+        verify_picks(pipe, ev, picks, verify, guidance)
+
+
+BALANCED = 0.15  # share of every group that counts a hull point as drawing a mix
+VERIFY_SEED = 5000  # fresh seeds: the search's best points favour its own lucky draws
+
+
+def verify_picks(pipe: Any, ev: Any, picks: list[tuple[str, torch.Tensor, tuple[float, ...]]],
+                 n: int, guidance: float) -> None:
+    """Redraw each occupation's best hull point and its neutral point with n fresh seeds; the
+    means get 95% percentile intervals resampling occupations (2,000 draws, seed 0)."""
+    parity: dict[str, list[float]] = {"best points": [], "neutral points": []}
+    for occ, e, a in picks:
+        for key, w in (("best points", a), ("neutral points", (0.0,) * len(a))):
+            r = draw_from(pipe, ev, hull_point(e, w), f"a photo of a {occ}", n, guidance,
+                          seed=VERIFY_SEED)
+            parity[key].append(float(np.linalg.norm(r["groups"] - 1 / 3)))
+    rng = np.random.default_rng(0)
+    for key, values in parity.items():
+        x = np.array(values)
+        lo, hi = np.percentile([x[rng.integers(0, len(x), len(x))].mean() for _ in range(2000)],
+                               [2.5, 97.5])
+        print(f"fresh seeds ({n} from {VERIFY_SEED}), {key}: mean parity_l2 {x.mean():.3f} "
+              f"[{lo:.2f}, {hi:.2f}]")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,12 +153,17 @@ def main(argv: list[str] | None = None) -> int:
                       help="midpoints of two occupations' neutral embeddings instead of skin groups")
     mode.add_argument("--hull", action="store_true",
                       help="search the convex hull of the neutral and group-specified embeddings")
+    ap.add_argument("--verify", type=int, default=0, metavar="N",
+                    help="with --hull: redraw the best and the neutral points with N fresh seeds")
     args = ap.parse_args(argv)
     pipe = load_world_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    probe = (occupation_midpoints if args.occupation_pairs else hull_search if args.hull
-             else skin_centroids)
-    probe(pipe, load_evaluators(WEIGHTS_DIR), args.n, args.guidance)
+    ev = load_evaluators(WEIGHTS_DIR)
+    if args.hull:
+        hull_search(pipe, ev, args.n, args.guidance, verify=args.verify)
+    else:
+        probe = occupation_midpoints if args.occupation_pairs else skin_centroids
+        probe(pipe, ev, args.n, args.guidance)
     return 0
 
 
