@@ -216,14 +216,15 @@ class RSCorrector(CheckpointedAdapter):
             grad, = torch.autograd.grad(self.log_prob(z, t, state.targets).sum(), z)
             if p.normalize:
                 rms = grad.flatten(1).pow(2).mean(1).sqrt().clamp(min=1e-12)
-                grad = grad / rms.view(-1, *[1] * (grad.dim() - 1))
+                grad = grad / _per_image(rms, grad)
             new = z + p.eta * grad
             if p.keep_norm:  # stay on the latent's shell: added energy renders as artefacts
-                new = new * (_norms(z) / _norms(new).clamp(min=1e-12))
+                scale = z.flatten(1).norm(dim=1) / new.flatten(1).norm(dim=1).clamp(min=1e-12)
+                new = new * _per_image(scale, new)
             latents = new.detach()
         return latents
 
 
-def _norms(x: torch.Tensor) -> torch.Tensor:
-    """Per-image L2 norm, shaped to broadcast over x."""
-    return x.flatten(1).norm(dim=1).view(-1, *[1] * (x.dim() - 1))
+def _per_image(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-image vector [B] shaped to broadcast over x [B, ...]."""
+    return v.view(-1, *[1] * (x.dim() - 1))

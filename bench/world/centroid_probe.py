@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from bench.sampler import Adapter, Batch, encode_text
+from metrics.stats import parity_l2, percentile_interval
 
 
 class FixedConditioning(Adapter):
@@ -63,7 +64,7 @@ def skin_centroids(pipe: Any, ev: Any, n: int, guidance: float) -> None:
     parity = []
     for o_idx, occ in enumerate(OCCUPATIONS):
         r = draw_from_mean(pipe, ev, [f"a photo of a {occ} with {g} skin" for g in GROUPS], n, guidance)
-        parity.append(float(np.linalg.norm(r["groups"] - 1 / 3)))
+        parity.append(float(parity_l2(r["groups"])))
         print(f"{occ:20s} light/medium/dark {r['groups'].round(2).tolist()}  face {r['face']:.2f}  "
               f"occupation acc {np.mean(r['p']['occupation'] == o_idx):.2f}", flush=True)
     print(f"mean parity_l2 {np.mean(parity):.3f}")
@@ -101,7 +102,7 @@ def hull_search(pipe: Any, ev: Any, n: int, guidance: float, top: int = 3,
         for a in hull_grid():
             r = draw_from(pipe, ev, hull_point(e, a), f"a photo of a {occ}", n, guidance)
             occ_acc = float(np.mean(r["p"]["occupation"] == o_idx))
-            rows.append((float(np.linalg.norm(r["groups"] - 1 / 3)), a, r["groups"], r["face"], occ_acc))
+            rows.append((float(parity_l2(r["groups"])), a, r["groups"], r["face"], occ_acc))
         rows.sort(key=lambda x: x[0])
         base = next(x for x in rows if not any(x[1]))
         best.append(rows[0][0])
@@ -131,12 +132,11 @@ def verify_picks(pipe: Any, ev: Any, picks: list[tuple[str, torch.Tensor, tuple[
         for key, w in (("best points", a), ("neutral points", (0.0,) * len(a))):
             r = draw_from(pipe, ev, hull_point(e, w), f"a photo of a {occ}", n, guidance,
                           seed=VERIFY_SEED)
-            parity[key].append(float(np.linalg.norm(r["groups"] - 1 / 3)))
+            parity[key].append(float(parity_l2(r["groups"])))
     rng = np.random.default_rng(0)
     for key, values in parity.items():
         x = np.array(values)
-        lo, hi = np.percentile([x[rng.integers(0, len(x), len(x))].mean() for _ in range(2000)],
-                               [2.5, 97.5])
+        lo, hi = percentile_interval([x[rng.integers(0, len(x), len(x))].mean() for _ in range(2000)])
         print(f"fresh seeds ({n} from {VERIFY_SEED}), {key}: mean parity_l2 {x.mean():.3f} "
               f"[{lo:.2f}, {hi:.2f}]")
 
