@@ -20,6 +20,7 @@ from bench.grid import WorkItem, build_grid, shard
 from bench.models import fingerprint, load_pipeline, native_size
 from bench.registry import METHODS
 from bench.sampler import Adapter, Batch
+from bench.scoring import check_scorers, scorer_names
 from bench.spec import MethodSpec, RunSpec, SpecError, split_method_list
 from bench.store import RunStore
 from prompt_sets.base import PromptSet
@@ -88,6 +89,7 @@ def plan(spec: RunSpec) -> RunPlan:
     sets = load_prompt_sets(spec)
     methods = expand_methods(spec.methods)
     adapters = {m: build_adapters(m) for m in methods}  # parse errors before loading the model
+    check_scorers(scorer_names(spec.model, spec.metrics), spec.device)
     pipe = load_pipeline(spec.model, spec.device)
     size = native_size(pipe)
     height, width = spec.sampler.height or size, spec.sampler.width or size

@@ -6,6 +6,7 @@ is left to score) and the batch step are shared with the Ray executor.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -13,7 +14,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from bench.registry import METRICS
-from bench.spec import MethodSpec
+from bench.spec import MethodSpec, SpecError
 from bench.store import RunStore
 from metrics.base import Scorer
 
@@ -30,6 +31,38 @@ def scorer_names(model: str, requested: Sequence[str]) -> list[str]:
     names = [n for n, obj in METRICS.items() if isinstance(obj, type) and issubclass(obj, Scorer)]
     is_world = model == "world"
     return [n for n in names if n.startswith(WORLD_PREFIX) == is_world]
+
+
+def check_scorers(names: Sequence[str], device: str | None) -> None:
+    """Fail on an unknown scorer or a bad option before any image is generated: scoring runs
+    last, and on real Stable Diffusion a typo found there costs the whole generation time.
+    Constructing a scorer only checks its options; weights load when it first scores."""
+    for name in names:
+        spec = MethodSpec.parse(name)
+        cls = METRICS.get(spec.name)  # unknown name: one line with close-name suggestions
+        if not (isinstance(cls, type) and issubclass(cls, Scorer)):
+            raise SpecError(f"metric '{name}' is an aggregator, not a per-image scorer; "
+                            f"pass scorers to --metrics (see `bench list metrics`)")
+        unknown = sorted(set(spec.param_dict()) - scorer_options(cls))
+        if unknown:
+            raise SpecError(f"metric '{name}': '{spec.name}' has no option '{unknown[0]}'; "
+                            f"options: {sorted(scorer_options(cls))}")
+        try:
+            cls(device=device, **spec.param_dict())
+        except (TypeError, ValueError) as e:
+            raise SpecError(f"metric '{name}': {e}") from None
+
+
+def scorer_options(cls: type) -> set[str]:
+    """Keyword options a scorer accepts: its constructor's and, through **options, its bases'."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names |= {p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD or p.kind is p.KEYWORD_ONLY}
+    return names - {"self", "device"}
 
 
 @dataclass

@@ -38,6 +38,7 @@ HAZARD_CATEGORIES = "violence,shocking"
 
 
 def world_occupations(groups: str | bool = "1") -> PromptSet:
+    """Synthetic world: neutral + skin-specified prompts for its 8 occupations; groups=0 neutral only."""
     where = "prompt set 'world-occupations'"
     with_groups = bool_option(where, "groups", groups)
     prompts: list[Prompt] = []
@@ -52,6 +53,7 @@ def world_occupations(groups: str | bool = "1") -> PromptSet:
 
 
 def world_hazard(neutral: str | bool = "1") -> PromptSet:
+    """Synthetic world's I2P: hazard-eliciting prompts + neutral ones (category `neutral`); neutral=0 drops them."""
     where = "prompt set 'world-hazard'"
     prompts: list[Prompt] = []
     for template, occ in HAZARD_PROMPTS:

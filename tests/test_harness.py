@@ -208,6 +208,22 @@ def test_bad_method_param_is_one_line(tmp_path, prompts, capsys):
     assert code == 2 and "warmup" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("metric, expected", [
+    ("clipscor", "Did you mean: clipscore"),
+    ("clipscore:bogus=2", "options: ['batch_size', 'model', 'pretrained']"),
+    ("clip-attributes:template=x", "no {group} placeholder"),
+    ("parity", "aggregator, not a per-image scorer"),
+])
+def test_bad_metric_stops_before_generation(tmp_path, prompts, capsys, metric, expected):
+    # Scoring runs last: a typo found there would cost the whole generation.
+    args = [a for a in FAST if a not in ("--metrics", "none")]
+    code = main(["run", *args, "--metrics", metric, "--prompt-set", str(prompts),
+                 "--out", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m").exists()
+
+
 def test_config_file_and_flag_override(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("model: tiny-random\nsamples: 3\nsampler:\n  steps: 7\nmethods: [baseline]\n")
@@ -284,6 +300,17 @@ def test_list_shows_every_method_with_description_and_params(capsys):
         line = next(l for l in lines if l.split()[0] == name)
         assert len(line.split(None, 1)[1]) > 10  # a one-line description
     assert any("warmup=7" in l for l in lines if l.startswith("sld-strong"))
+
+
+@pytest.mark.parametrize("what", ["metrics", "prompt-sets"])
+def test_list_describes_every_metric_and_prompt_set(what, capsys):
+    from bench.registry import METRICS, PROMPT_SETS
+
+    assert main(["list", what]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name in {"metrics": METRICS, "prompt-sets": PROMPT_SETS}[what].names():
+        line = next(l for l in lines if l.split()[0] == name)
+        assert len(line.split(None, 1)[1]) > 10, line  # a one-line description
 
 
 @pytest.mark.parametrize("command", ["run", "list", "generate", "report", "train", "world",
