@@ -92,6 +92,17 @@ class RunSpec:
     executor: str = "local"  # "local" | "ray" (bench/executor_ray.py)
     workers: int | None = None  # Ray workers; None -> one per GPU in the cluster, else 1
 
+    def __post_init__(self) -> None:
+        # Checked here so a config file and the flags fail alike, before anything is loaded.
+        counts = {"samples": self.samples, "batch_size": self.batch_size, "steps": self.sampler.steps,
+                  "limit": self.limit, "workers": self.workers}
+        for key, value in counts.items():
+            if value is not None and (type(value) is not int or value < 1):
+                raise SpecError(f"{key}={value!r}: must be a whole number >= 1")
+        bad = [g for g in self.guidance if not (isinstance(g, (int, float)) and 0 <= g < float("inf"))]
+        if bad or not self.guidance:
+            raise SpecError(f"guidance={list(self.guidance)!r}: give one or more finite scales >= 0")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -103,6 +114,10 @@ class RunSpec:
             raise SpecError(f"unknown run-spec key(s) {unknown}; valid keys: {sorted(known)}")
         data = dict(data)
         if "sampler" in data and isinstance(data["sampler"], dict):
+            known_sampler = {f.name for f in dataclasses.fields(SamplerSpec)}
+            unknown = sorted(set(data["sampler"]) - known_sampler)
+            if unknown:
+                raise SpecError(f"unknown sampler key(s) {unknown}; valid keys: {sorted(known_sampler)}")
             data["sampler"] = SamplerSpec(**data["sampler"])
         for key in ("methods", "prompt_sets", "guidance", "metrics"):
             if key in data and data[key] is not None:

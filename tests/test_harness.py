@@ -224,6 +224,24 @@ def test_bad_metric_stops_before_generation(tmp_path, prompts, capsys, metric, e
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize("flags, expected", [
+    (["--samples", "0"], "samples=0: must be a whole number >= 1"),
+    (["--steps", "-1"], "steps=-1: must be a whole number >= 1"),
+    (["--guidance", "-2"], "guidance=[-2.0]"),
+])
+def test_bad_numbers_are_one_line(tmp_path, prompts, capsys, flags, expected):
+    code = main(["run", *FAST, *flags, "--prompt-set", str(prompts), "--out", str(tmp_path / "n")])
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_config_unknown_sampler_key_is_named(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("sampler: {stpes: 3}\n")
+    assert main(["run", "--config", str(cfg), "--dry-run"]) == 2
+    assert "unknown sampler key(s) ['stpes']" in capsys.readouterr().err
+
+
 def test_config_file_and_flag_override(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("model: tiny-random\nsamples: 3\nsampler:\n  steps: 7\nmethods: [baseline]\n")

@@ -127,7 +127,8 @@ def test_reproduce_refuses_a_changed_prompt_file(tmp_path, prompt_file, capsys):
     prompts.write_text("a photo of a doctor\na photo of a pilot\n")
     capsys.readouterr()
     assert main(["reproduce", str(run), "--out", str(tmp_path / "r")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    # Warnings (a run made from a dirty working tree) may come between; the errors are two lines.
+    err = [l for l in capsys.readouterr().err.strip().splitlines() if not l.startswith("bench: warning")]
     assert len(err) == 2 and "prompt set 'prompts' changed" in err[0] and "--allow-drift" in err[1]
     assert not (tmp_path / "r").exists()
     assert main(["bundle", str(run), "--out", str(tmp_path / "x.zip")]) == 2  # would carry others
