@@ -26,13 +26,20 @@ def test_baseline_equals_stable_diffusion_pipeline(tiny_pipe, guidance):
     assert ours.unet_evals == (2 if guidance > 1 else 1) * 9
 
 
-def test_baseline_with_ddim_scheduler_matches(tiny_pipe):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+@pytest.mark.parametrize("scheduler, prediction", [
+    ("DDIMScheduler", "epsilon"),
+    ("DDIMScheduler", "v_prediction"),  # SD 2.x at 768 px predicts v
+    ("EulerDiscreteScheduler", "epsilon"),  # init_noise_sigma != 1, scale_model_input
+    ("DPMSolverMultistepScheduler", "v_prediction"),
+])
+def test_baseline_with_other_schedulers_matches(tiny_pipe, scheduler, prediction):
+    import diffusers
 
-    pipe = StableDiffusionPipeline(**{**tiny_pipe.components,
-                                      "scheduler": DDIMScheduler.from_config(tiny_pipe.scheduler.config)})
+    sched = getattr(diffusers, scheduler).from_config(tiny_pipe.scheduler.config, prediction_type=prediction)
+    pipe = diffusers.StableDiffusionPipeline(**{**tiny_pipe.components, "scheduler": sched})
     ref = diffusers_reference(pipe, "a nurse", 11, steps=6)
     ours = sample(pipe, [], Batch(["a nurse"], [11]), steps=6, height=32, width=32)
+    assert ref.std() > 0.01
     assert np.abs(ours.images - ref).max() <= 1e-4
 
 
