@@ -311,3 +311,45 @@ def test_hull_point_weights_the_group_offsets_from_the_neutral_embedding():
     assert torch.allclose(hull_point(e, (1 / 3,) * 3), e[1:].mean(0, keepdim=True), atol=1e-6)
     expected = 0.5 * e[:1] + 0.2 * e[1:2] + 0.3 * e[3:4]  # hand-expanded: (1 - 0.5) n + ...
     assert torch.allclose(hull_point(e, (0.2, 0.0, 0.3)), expected, atol=1e-6)
+
+
+def test_group_mixup_replaces_only_mixable_rows_with_dirichlet_weighted_group_embeddings():
+    """Row i of occupation o, group k: sum_j a_j E[t, o, j] with a ~ Dirichlet(1 + e_k), whose
+    mean is 2/4 on k and 1/4 elsewhere; hazard rows and dropped captions keep their conditioning."""
+    import torch
+
+    from bench.world.mixup_probe import GroupMixup
+
+    gen = torch.Generator().manual_seed(0)
+    embeds = torch.randn(1, 2, 3, 77, 4, generator=gen)  # templates, occupations, groups
+    occupation, group = np.array([0, 1, 1, 0]), np.array([2, 0, 1, 0])
+    mix = GroupMixup(embeds, occupation, group, np.array([True, True, True, False]), p=1.0, empty_id=9)
+    idx, cap = torch.tensor([0, 1, 2, 3]), torch.tensor([1, 2, 9, 4])
+    cond = torch.randn(4, 77, 4, generator=gen)
+    out = mix(cond, idx, cap, gen)
+    assert torch.equal(out[2:], cond[2:])  # dropped caption (9), hazard row (mixable False)
+    for row in (0, 1):
+        basis = embeds[0, occupation[row]].reshape(3, -1).T  # the row's three group embeddings
+        a = torch.linalg.lstsq(basis, out[row].reshape(-1, 1)).solution.squeeze(1)
+        assert torch.allclose(basis @ a, out[row].reshape(-1), atol=1e-4)  # in their span
+        assert abs(float(a.sum()) - 1) < 1e-4 and (a > 0).all()  # convex weights
+    a = mix.weights(torch.full((20000,), 2), torch.Generator().manual_seed(1))
+    assert torch.allclose(a.sum(1), torch.ones(20000), atol=1e-5)
+    assert np.allclose(a.mean(0).numpy(), [0.25, 0.25, 0.5], atol=0.01)
+
+
+def test_unguided_steps_give_the_conditional_prediction_then_guidance(tiny_pipe):
+    """With K = all steps the image is the guidance-1 image; with K = 0 the guided one; in
+    between it differs from both."""
+    from bench.sampler import Batch, sample
+    from bench.world.centroid_probe import UnguidedSteps
+
+    def image(guidance, adapters):
+        return sample(tiny_pipe, adapters, Batch(["a photo of a nurse"], [4], guidance=guidance),
+                      steps=6, height=32, width=32).images
+
+    guided, plain = image(7.5, []), image(1.0, [])
+    assert np.abs(image(7.5, [UnguidedSteps(99)]) - plain).max() <= 1e-4
+    assert np.abs(image(7.5, [UnguidedSteps(0)]) - guided).max() == 0
+    mid = image(7.5, [UnguidedSteps(3)])
+    assert np.abs(mid - plain).max() > 1e-3 and np.abs(mid - guided).max() > 1e-3

@@ -12,12 +12,14 @@ could aim for comes to a balanced skin mix, and how many points draw every group
 the time; `--verify N` redraws each occupation's best point and its neutral point with N fresh
 seeds (the search's pick favours its own lucky draws).
 
-`python -m bench.world.centroid_probe [--n 48] [--guidance 7.5] [--occupation-pairs | --hull [--verify N]]`
+`python -m bench.world.centroid_probe [--n 48] [--guidance 7.5] [--occupation-pairs | --hull [--verify N]]
+[--unguided-steps K] [--pipeline DIR]`
 """
 from __future__ import annotations
 
 import argparse
 import itertools
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,30 +42,52 @@ class FixedConditioning(Adapter):
         return self.embedding.expand(cond.shape[0], -1, -1).to(cond.dtype)
 
 
+class UnguidedSteps(Adapter):
+    """Guidance off (the conditional prediction alone) for the first `k` of the sampler's steps:
+    the guided prediction eps_u + s (eps_c - eps_u) gets -(s - 1) (eps_c - eps_u) added."""
+
+    name = "unguided-steps"
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def init_state(self, batch: Batch) -> float:
+        return batch.guidance
+
+    def guide(self, eps_u: torch.Tensor, eps_c: torch.Tensor, extras: Any, i: int, t: Any,
+              scale: float) -> torch.Tensor | None:
+        return None if i >= self.k else -(scale - 1) * (eps_c - eps_u)
+
+
 def draw_from(pipe: Any, ev: Any, embedding: torch.Tensor, text: str, n: int,
-              guidance: float, seed: int = 0) -> dict[str, Any]:
-    """Classified rates of n images (seeds seed..seed+n-1) all conditioned on one embedding [1, 77, D]."""
+              guidance: float, seed: int = 0, unguided: int = 0) -> dict[str, Any]:
+    """Classified rates of n images (seeds seed..seed+n-1) all conditioned on one embedding
+    [1, 77, D]; guidance starts after `unguided` steps."""
     from bench.world.check import _rates, generate
 
-    return _rates(ev, generate(pipe, text, n, guidance, seed=seed,
-                               adapters=[FixedConditioning(embedding)]))
+    adapters = [FixedConditioning(embedding)] + ([UnguidedSteps(unguided)] if unguided else [])
+    return _rates(ev, generate(pipe, text, n, guidance, seed=seed, adapters=adapters))
 
 
-def draw_from_mean(pipe: Any, ev: Any, texts: list[str], n: int, guidance: float) -> dict[str, Any]:
+def draw_from_mean(pipe: Any, ev: Any, texts: list[str], n: int, guidance: float,
+                   unguided: int = 0) -> dict[str, Any]:
     """Classified rates of n images all conditioned on the per-token mean of the texts' embeddings."""
-    return draw_from(pipe, ev, encode_text(pipe, texts).mean(0, keepdim=True), texts[0], n, guidance)
+    return draw_from(pipe, ev, encode_text(pipe, texts).mean(0, keepdim=True), texts[0], n,
+                     guidance, unguided=unguided)
 
 
 PAIRS = (("doctor", "chef"), ("nurse", "firefighter"), ("farmer", "police officer"),
          ("butcher", "construction worker"))
 
 
-def skin_centroids(pipe: Any, ev: Any, n: int, guidance: float) -> None:
+def skin_centroids(pipe: Any, ev: Any, n: int, guidance: float, unguided: int = 0) -> None:
     from bench.world.render import GROUPS, OCCUPATIONS
 
     parity = []
     for o_idx, occ in enumerate(OCCUPATIONS):
-        r = draw_from_mean(pipe, ev, [f"a photo of a {occ} with {g} skin" for g in GROUPS], n, guidance)
+        r = draw_from_mean(pipe, ev, [f"a photo of a {occ} with {g} skin" for g in GROUPS], n,
+                           guidance, unguided)
         parity.append(float(parity_l2(r["groups"])))
         print(f"{occ:20s} light/medium/dark {r['groups'].round(2).tolist()}  face {r['face']:.2f}  "
               f"occupation acc {np.mean(r['p']['occupation'] == o_idx):.2f}", flush=True)
@@ -142,6 +166,8 @@ def verify_picks(pipe: Any, ev: Any, picks: list[tuple[str, torch.Tensor, tuple[
 
 
 def main(argv: list[str] | None = None) -> int:
+    from diffusers import StableDiffusionPipeline
+
     from bench.world import WEIGHTS_DIR, load_world_pipeline
     from bench.world.evaluators import load_evaluators
 
@@ -155,15 +181,21 @@ def main(argv: list[str] | None = None) -> int:
                       help="search the convex hull of the neutral and group-specified embeddings")
     ap.add_argument("--verify", type=int, default=0, metavar="N",
                     help="with --hull: redraw the best and the neutral points with N fresh seeds")
+    ap.add_argument("--unguided-steps", type=int, default=0, metavar="K",
+                    help="centroids only: guidance off for the first K of the 25 steps")
+    ap.add_argument("--pipeline", type=Path, default=None, metavar="DIR",
+                    help="another world pipeline directory (e.g. bench.world.mixup_probe's --out)")
     args = ap.parse_args(argv)
-    pipe = load_world_pipeline()
+    pipe = load_world_pipeline() if args.pipeline is None else StableDiffusionPipeline.from_pretrained(
+        str(args.pipeline), safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     ev = load_evaluators(WEIGHTS_DIR)
     if args.hull:
         hull_search(pipe, ev, args.n, args.guidance, verify=args.verify)
+    elif args.occupation_pairs:
+        occupation_midpoints(pipe, ev, args.n, args.guidance)
     else:
-        probe = occupation_midpoints if args.occupation_pairs else skin_centroids
-        probe(pipe, ev, args.n, args.guidance)
+        skin_centroids(pipe, ev, args.n, args.guidance, args.unguided_steps)
     return 0
 
 

@@ -188,12 +188,16 @@ def train_unet(latents: torch.Tensor, caption_ids: np.ndarray, table: torch.Tens
                empty_id: int, steps: int, batch: int, seed: int, dropout: float = 0.1,
                on_checkpoint: Callable[[Any, int], None] | None = None,
                checkpoint_every: int = 250, init: Any = None, lr: float = 1e-3,
-               min_snr: float | None = None, name: str = "unet") -> tuple[Any, dict]:
+               min_snr: float | None = None, name: str = "unet",
+               mix: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+               | None = None) -> tuple[Any, dict]:
     """Epsilon-prediction training on scaled latents; `dropout` of captions become "" (CFG).
     Starts from `init` (a UNet) when given, else from a fresh seeded one. `min_snr` = gamma
     weights each timestep's loss by min(SNR, gamma) / SNR (Hang et al. 2023), which stops the
     near-noiseless timesteps from dominating and speeds up learning of global attributes such as
-    the skin tone. Returns an exponential moving average of the weights."""
+    the skin tone. `mix(cond, idx, cap, gen)` may rewrite a batch's conditioning (an experiment's
+    hook: `bench.world.mixup_probe`; the build does not use it). Returns an exponential moving
+    average of the weights."""
     torch.manual_seed(seed)
     unet = make_unet() if init is None else copy.deepcopy(init).train().requires_grad_(True)
     ema = copy.deepcopy(unet).requires_grad_(False)
@@ -214,7 +218,8 @@ def train_unet(latents: torch.Tensor, caption_ids: np.ndarray, table: torch.Tens
         noise = torch.randn(z0.shape, generator=gen)
         a = abar[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        pred = unet(zt, t, encoder_hidden_states=table[cap]).sample
+        cond = table[cap] if mix is None else mix(table[cap], idx, cap, gen)
+        pred = unet(zt, t, encoder_hidden_states=cond).sample
         if weight is None:
             loss = F.mse_loss(pred, noise)
         else:
