@@ -35,9 +35,18 @@ MODELS.register("tiny-random", "bench.models:tiny_random_pipeline")
 
 
 def resolve_device(device: str | None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"--device {device!r} is not a torch device; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"--device {device}: torch.cuda.is_available() is False here (no GPU, driver "
+                         f"or CUDA build of torch {torch.__version__}); omit --device to run on the CPU")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ModelError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return dev
 
 
 def load_pipeline(name: str, device: str | None = None) -> Any:
@@ -59,6 +68,9 @@ def _from_pretrained(source: str, dtype: torch.dtype) -> Any:
     local = Path(source).expanduser()
     if local.exists() and not (local / "model_index.json").exists():
         raise ModelError(f"{local} is not a diffusers pipeline directory (no model_index.json)")
+    if not local.exists() and source.startswith((".", "/", "~")):  # a path, not a hub id
+        raise ModelError(f"model directory {source} does not exist; pass a diffusers pipeline "
+                         f"directory, a hub id or an alias ({', '.join(ALIASES)}, world)")
     try:
         return StableDiffusionPipeline.from_pretrained(
             str(local) if local.exists() else source, torch_dtype=dtype,

@@ -25,6 +25,24 @@ def test_local_directory_without_model_index_is_refused(tmp_path):
         load_pipeline(str(tmp_path), "cpu")
 
 
+def test_missing_local_directory_is_named_not_sent_to_the_hub(tmp_path):
+    missing = str(tmp_path / "no-such-pipeline")
+    with pytest.raises(ModelError, match=f"model directory {missing} does not exist"):
+        load_pipeline(missing, "cpu")
+
+
+@pytest.mark.parametrize("device, expected", [("gpu", "is not a torch device"),
+                                              ("cuda:99", "cuda:99")])
+def test_unusable_device_is_one_line(device, expected, monkeypatch):
+    import torch
+
+    # cuda:99 must fail whether or not this machine has GPUs: at most 1 here.
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: min(1, torch.cuda.device_count()))
+    with pytest.raises(ModelError, match=expected) as err:
+        load_pipeline("tiny-random", device)
+    assert "\n" not in str(err.value)
+
+
 def test_saved_pipeline_round_trips_with_same_fingerprint(tmp_path, tiny_pipe):
     tiny_pipe.save_pretrained(tmp_path / "pipe", safe_serialization=True)
     loaded = load_pipeline(str(tmp_path / "pipe"), "cpu")
