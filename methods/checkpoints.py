@@ -88,6 +88,27 @@ class CheckpointedAdapter(Adapter):
         return path, read_card(path, self.name)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (a zero-step run would write a NaN checkpoint)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 1")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number >= 0")
+    return value
+
+
 def trainer_parser(prog: str, doc: str, occupations_default: str) -> argparse.ArgumentParser:
     """The flags every `bench train METHOD` shares; the trainer adds its own."""
     ap = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import torch
 
-from methods.checkpoints import trainer_parser
+from methods.checkpoints import nonnegative_float, positive_int, trainer_parser
 from methods.fair_mapping import AttributeSpec, default_occupations, get_spec, read_lines
 
 
@@ -140,9 +140,9 @@ def train(model: str, attribute: str, occupations: list[str] | None, out: Path, 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = trainer_parser("bench train fair-mapping", __doc__, "the `occupations` prompt set's list")
-    ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--lam", type=float, default=1.0, help="weight of L_fair against L_text")
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--steps", type=positive_int, default=1000)
+    ap.add_argument("--lam", type=nonnegative_float, default=1.0, help="weight of L_fair against L_text")
+    ap.add_argument("--lr", type=nonnegative_float, default=1e-3)
     a = ap.parse_args(argv)
     occ = read_lines(a.occupations, "occupation") if a.occupations else None
     out = train(a.model, a.attribute, occ, a.out, a.steps, a.lam, a.seed, a.device, lr=a.lr)

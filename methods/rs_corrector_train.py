@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from bench.sampler import Adapter, Batch, sample
 from bench.spec import SpecError
-from methods.checkpoints import trainer_parser
+from methods.checkpoints import nonnegative_float, positive_int, trainer_parser
 from methods.fair_mapping import AttributeSpec, default_occupations, get_spec, read_lines
 from methods.rs_corrector import DISTORTED, PreferenceNet, latent_input_scale
 
@@ -245,14 +245,14 @@ def load_classifier(target: str) -> Classifier:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = trainer_parser("bench train rs-corrector", __doc__,
                         "the first 20 of the `occupations` prompt set")
-    ap.add_argument("--steps", type=int, default=2000, help="optimiser steps for R")
-    ap.add_argument("--samples", type=int, default=2, help="images per occupation and group")
-    ap.add_argument("--sample-steps", type=int, default=25, help="denoising steps per image")
-    ap.add_argument("--guidance", type=float, default=7.5)
+    ap.add_argument("--steps", type=positive_int, default=2000, help="optimiser steps for R")
+    ap.add_argument("--samples", type=positive_int, default=2, help="images per occupation and group")
+    ap.add_argument("--sample-steps", type=positive_int, default=25, help="denoising steps per image")
+    ap.add_argument("--guidance", type=nonnegative_float, default=7.5)
     ap.add_argument("--classifier", help="module:callable, images (B,H,W,3 in [0,1]) -> group "
                     "labels; trajectories are kept only where it agrees with the requested group")
-    ap.add_argument("--batch-size", type=int, default=64, help="R's minibatch (clean latents)")
-    ap.add_argument("--width", type=int, default=32, help="R's base channel count (multiple of 8)")
+    ap.add_argument("--batch-size", type=positive_int, default=64, help="R's minibatch (clean latents)")
+    ap.add_argument("--width", type=positive_int, default=32, help="R's base channel count (multiple of 8)")
     a = ap.parse_args(argv)
     occ = read_lines(a.occupations, "occupation") if a.occupations else None
     classify = load_classifier(a.classifier) if a.classifier else None

@@ -345,3 +345,17 @@ def test_shard_with_another_spec_is_refused(tmp_path, prompts, capsys):
     assert main(["run", *common, "--samples", "1", "--shard", "0/2"]) == 0
     assert main(["run", *common, "--samples", "2", "--shard", "1/2"]) == 2
     assert "samples" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("trainer, flag, value", [("fair-mapping", "--steps", "0"),
+                                                  ("fair-mapping", "--lam", "-1"),
+                                                  ("rs-corrector", "--samples", "0"),
+                                                  ("rs-corrector", "--guidance", "nan")])
+def test_trainer_refuses_bad_numbers_before_loading_anything(tmp_path, capsys, trainer, flag, value):
+    # A zero-step run used to write a NaN checkpoint; a negative --steps raised an IndexError.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", trainer, "--model", "tiny-random", "--attribute", "gender",
+              "--out", str(tmp_path / "ckpt"), flag, value])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: '{value}'" in capsys.readouterr().err
+    assert not (tmp_path / "ckpt").exists()
