@@ -43,10 +43,11 @@ def check_scorers(names: Sequence[str], device: str | None) -> None:
         if not (isinstance(cls, type) and issubclass(cls, Scorer)):
             raise SpecError(f"metric '{name}' is an aggregator, not a per-image scorer; "
                             f"pass scorers to --metrics (see `bench list metrics`)")
-        unknown = sorted(set(spec.param_dict()) - scorer_options(cls))
+        options = scorer_options(cls)
+        unknown = sorted(set(spec.param_dict()) - options)
         if unknown:
             raise SpecError(f"metric '{name}': '{spec.name}' has no option '{unknown[0]}'; "
-                            f"options: {sorted(scorer_options(cls))}")
+                            f"options: {sorted(options)}")
         try:
             cls(device=device, **spec.param_dict())
         except (TypeError, ValueError) as e:

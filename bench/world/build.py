@@ -26,7 +26,7 @@ from bench.world import WEIGHTS_DIR
 from bench.world.corpus import BIAS, HAZARD_RATE, make_corpus, make_eval_set
 from bench.world.evaluators import WorldEvaluators, measure, save_evaluators
 from bench.world.render import corrupt
-from bench.world.train import (encode_latents, reconstruct, standardise_vae, text_table,
+from bench.world.train import (caption_table, encode_latents, reconstruct, standardise_vae,
                                train_clip, train_evaluator, train_quality, train_unet, train_vae)
 
 
@@ -104,10 +104,7 @@ def build(out_dir: Path, quick: bool, seed: int, reuse: Path | None = None,
     save_file({k: v.contiguous() for k, v in head.state_dict().items()},
               str(out_dir / "clip_head.safetensors"))
 
-    texts = sorted(set(corpus.captions)) + [""]
-    index = {t: i for i, t in enumerate(texts)}
-    table = text_table(text_encoder, tokenizer, texts)
-    ids = np.array([index[c] for c in corpus.captions])
+    table, ids, empty = caption_table(text_encoder, tokenizer, corpus.captions)
 
     def snapshot(unet: Any, steps_done: int) -> None:
         save_pipeline(out_dir / "pipeline", vae, text_encoder, tokenizer, unet)
@@ -118,14 +115,14 @@ def build(out_dir: Path, quick: bool, seed: int, reuse: Path | None = None,
         unet, card["stages"]["unet"] = prev["unet"]
     else:
         unet, card["stages"]["unet"] = train_unet(
-            latents, ids, table, index[""], s.unet_steps, s.unet_batch, seed,
+            latents, ids, table, empty, s.unet_steps, s.unet_batch, seed,
             dropout=s.caption_dropout, on_checkpoint=on_checkpoint)
-        card["stages"]["unet"]["distinct_captions"] = len(texts)
+        card["stages"]["unet"]["distinct_captions"] = len(table)
     if s.unet2_steps:
         save_file({k: v.contiguous() for k, v in unet.state_dict().items()},
                   str(out_dir / "unet_phase1.safetensors"))  # for --reuse; not needed to run
         unet, card["stages"]["unet2"] = train_unet(
-            latents, ids, table, index[""], s.unet2_steps, s.unet_batch, seed + 100,
+            latents, ids, table, empty, s.unet2_steps, s.unet_batch, seed + 100,
             dropout=s.caption_dropout, on_checkpoint=on_checkpoint, init=unet, lr=5e-4,
             min_snr=5.0, name="unet2")
     save_pipeline(out_dir / "pipeline", vae, text_encoder, tokenizer, unet)

@@ -166,8 +166,7 @@ def verify_picks(pipe: Any, ev: Any, picks: list[tuple[str, torch.Tensor, tuple[
 
 
 def main(argv: list[str] | None = None) -> int:
-    from diffusers import StableDiffusionPipeline
-
+    from bench.models import load_pipeline
     from bench.world import WEIGHTS_DIR, load_world_pipeline
     from bench.world.evaluators import load_evaluators
 
@@ -186,8 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pipeline", type=Path, default=None, metavar="DIR",
                     help="another world pipeline directory (e.g. bench.world.mixup_probe's --out)")
     args = ap.parse_args(argv)
-    pipe = load_world_pipeline() if args.pipeline is None else StableDiffusionPipeline.from_pretrained(
-        str(args.pipeline), safety_checker=None, requires_safety_checker=False)
+    pipe = load_world_pipeline() if args.pipeline is None else load_pipeline(str(args.pipeline), "cpu")
     pipe.set_progress_bar_config(disable=True)
     ev = load_evaluators(WEIGHTS_DIR)
     if args.hull:

@@ -59,28 +59,24 @@ def finetune(out: Path, steps: int, p: float, seed: int = 7) -> None:
     from bench.world.build import save_pipeline
     from bench.world.corpus import GROUP_TEMPLATES, make_corpus
     from bench.world.render import GROUPS, OCCUPATIONS
-    from bench.world.train import encode_latents, text_table, train_unet
+    from bench.world.train import caption_table, encode_latents, text_table, train_unet
 
     card = json.loads((WEIGHTS_DIR / "card.json").read_text())
     corpus = make_corpus(card["settings"]["corpus"], card["seed"], workers=2)
     pipe = load_world_pipeline()
     enc, tok = pipe.text_encoder, pipe.tokenizer
     latents = encode_latents(pipe.vae, corpus.images) * pipe.vae.config.scaling_factor
-    texts = sorted(set(corpus.captions)) + [""]
-    index = {t: i for i, t in enumerate(texts)}
+    table, ids, empty = caption_table(enc, tok, corpus.captions)
     group_embeds = torch.stack([torch.stack([text_table(enc, tok, [t.format(o=o, g=g) for g in GROUPS])
                                              for o in OCCUPATIONS]) for t in GROUP_TEMPLATES])
-    mix = GroupMixup(group_embeds, corpus.occupation, corpus.group, ~corpus.hazard, p, index[""])
-    unet, log = train_unet(latents, np.array([index[c] for c in corpus.captions]),
-                           text_table(enc, tok, texts), index[""], steps, 128, seed,
-                           init=pipe.unet, lr=2e-4, min_snr=5.0, name="unet-mixup", mix=mix)
+    mix = GroupMixup(group_embeds, corpus.occupation, corpus.group, ~corpus.hazard, p, empty)
+    unet, log = train_unet(latents, ids, table, empty, steps, 128, seed, init=pipe.unet, lr=2e-4, min_snr=5.0, name="unet-mixup", mix=mix)
     save_pipeline(out, pipe.vae, enc, tok, unet)
     (out / "mixup.json").write_text(json.dumps({"steps": steps, "p": p, "seed": seed, **log}) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from diffusers import StableDiffusionPipeline
-
+    from bench.models import load_pipeline
     from bench.world import WEIGHTS_DIR
     from bench.world.centroid_probe import skin_centroids
     from bench.world.evaluators import load_evaluators
@@ -93,9 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     finetune(args.out, args.steps, args.p)
-    pipe = StableDiffusionPipeline.from_pretrained(str(args.out), safety_checker=None,
-                                                   requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_pipeline(str(args.out), "cpu")
     ev = load_evaluators(WEIGHTS_DIR)
     for guidance in GUIDANCES:
         print(f"mean of the three group embeddings, guidance {guidance}:")

@@ -184,6 +184,15 @@ def text_table(text_encoder: Any, tokenizer: Any, texts: list[str]) -> torch.Ten
     return torch.cat(out)
 
 
+def caption_table(text_encoder: Any, tokenizer: Any,
+                  captions: list[str]) -> tuple[torch.Tensor, np.ndarray, int]:
+    """The UNet's conditioning data: hidden states of each distinct caption plus "" (caption
+    dropout), each image's row in that table, and the row of ""."""
+    texts = sorted(set(captions)) + [""]
+    index = {t: i for i, t in enumerate(texts)}
+    return text_table(text_encoder, tokenizer, texts), np.array([index[c] for c in captions]), index[""]
+
+
 def train_unet(latents: torch.Tensor, caption_ids: np.ndarray, table: torch.Tensor,
                empty_id: int, steps: int, batch: int, seed: int, dropout: float = 0.1,
                on_checkpoint: Callable[[Any, int], None] | None = None,
