@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -124,20 +125,40 @@ def _write_zip(out: Path, files: dict[str, Path], info: bytes) -> None:
 
 
 # --- reading ---------------------------------------------------------------------------------
+# Bundles are untrusted: what they may expand to is capped before anything is read. A bench
+# bundle's entries (PNG, parquet, JSON, HTML) compress at most ~10:1 (results/world/bundle.zip:
+# 1.3:1 overall, 4.9:1 at most), so an entry expanding more than 100:1 is a zip bomb. The total
+# cap can be raised for `--images all` bundles of large runs.
+MAX_BYTES_ENV = "BENCH_BUNDLE_MAX_BYTES"
+DEFAULT_MAX_BYTES = 4 << 30  # 4 GiB uncompressed
+MAX_RATIO = 100
+_RATIO_FLOOR = 1 << 20  # entries below 1 MiB may compress better (a run of blanks in a table)
+
+
+def max_bytes() -> int:
+    text = os.environ.get(MAX_BYTES_ENV, "")
+    if not text:
+        return DEFAULT_MAX_BYTES
+    if not text.isdigit():
+        raise BundleError(f"{MAX_BYTES_ENV}={text!r}: write a whole number of bytes, e.g. "
+                          f"{8 << 30} for 8 GiB")
+    return int(text)
+
+
 def open_zip(path: Path) -> zipfile.ZipFile:
-    """Open a bundle and reject it whole if any entry name could escape an extraction directory
-    (zip-slip: absolute paths, drive letters, backslashes, '..')."""
+    """Open a bundle and reject it whole, before anything is read, if an entry name could escape
+    an extraction directory (zip-slip), two entries collide, or it would expand past the caps."""
     try:
         z = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as exc:
         raise BundleError(f"{path}: not a readable zip bundle ({exc}); rebuild it with "
                           "`bench bundle RUN_DIR --out FILE.zip`") from None
-    for name in z.namelist():
-        parts = PurePosixPath(name).parts
-        if name.startswith("/") or "\\" in name or ".." in parts or (parts and ":" in parts[0]):
-            z.close()
-            raise BundleError(f"{path}: entry '{name}' points outside the bundle (absolute path or "
-                              "'..'); refusing to read this bundle")
+    try:
+        _check_names(path, z.namelist())
+        _check_sizes(path, z.infolist())
+    except BundleError:
+        z.close()
+        raise
     if INFO not in z.namelist() or "manifest.json" not in z.namelist():
         z.close()
         raise BundleError(f"{path}: not a bench bundle (no {INFO} or manifest.json); build one "
@@ -145,11 +166,59 @@ def open_zip(path: Path) -> zipfile.ZipFile:
     return z
 
 
+def _check_names(path: Path, names: list[str]) -> None:
+    """No entry outside the bundle, none twice, none both a file and a directory (`a` and `a/b`:
+    extraction would fail half-way, and readers would see one or the other)."""
+    files: set[str] = set()
+    dirs: set[str] = set()
+    for name in names:
+        parts = PurePosixPath(name).parts
+        if name.startswith("/") or "\\" in name or ".." in parts or (parts and ":" in parts[0]):
+            raise BundleError(f"{path}: entry '{name}' points outside the bundle (absolute path or "
+                              "'..'); refusing to read this bundle")
+        norm = "/".join(parts)
+        dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
+        if name.endswith("/"):
+            dirs.add(norm)
+        elif norm in files:
+            raise BundleError(f"{path}: entry '{name}' appears twice; refusing an ambiguous bundle "
+                              "(rebuild it with `bench bundle`)")
+        else:
+            files.add(norm)
+    both = sorted(files & dirs)
+    if both:
+        raise BundleError(f"{path}: '{both[0]}' is both a file and a directory in this bundle; "
+                          "refusing it (rebuild it with `bench bundle`)")
+
+
+def _check_sizes(path: Path, infos: list[zipfile.ZipInfo]) -> None:
+    """Declared sizes against the caps; `extract` also counts the bytes it actually writes."""
+    cap = max_bytes()
+    total = sum(i.file_size for i in infos)
+    if total > cap:
+        raise BundleError(f"{path}: would expand to {total:,} bytes, over the {cap:,}-byte cap for "
+                          f"bundles; if you trust it, raise the cap with {MAX_BYTES_ENV}=BYTES")
+    for i in infos:
+        if i.file_size > _RATIO_FLOOR and i.file_size > MAX_RATIO * max(i.compress_size, 1):
+            raise BundleError(f"{path}: entry '{i.filename}' expands {i.compress_size:,} -> "
+                              f"{i.file_size:,} bytes (over {MAX_RATIO}:1, a zip bomb, not "
+                              "bench output); refusing this bundle")
+
+
+def read_entry(path: Path, z: zipfile.ZipFile, name: str) -> bytes:
+    """One entry's bytes (sizes already capped by `open_zip`); a corrupt entry is one line."""
+    try:
+        return z.read(name)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise BundleError(f"{path}: entry '{name}' is corrupt ({exc}); rebuild the bundle with "
+                          "`bench bundle`") from None
+
+
 def read_bundle(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(manifest, bundle.json) of a bundle, with the bundled prompt-file entries checked."""
     with open_zip(path) as z:
         try:
-            manifest, info = (json.loads(z.read(n)) for n in ("manifest.json", INFO))
+            manifest, info = (json.loads(read_entry(path, z, n)) for n in ("manifest.json", INFO))
             files = [f["file"] for f in info["prompt_files"]]
         except (ValueError, KeyError, TypeError) as exc:
             raise BundleError(f"{path}: unreadable manifest.json or {INFO} ({exc}); rebuild the "
@@ -162,21 +231,48 @@ def read_bundle(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def extract(path: Path, dest: Path, prefix: str = "") -> Path:
-    """Extract the entries under `prefix` (all by default) into `dest`."""
+    """Extract the entries under `prefix` (all by default) into `dest`, counting the bytes written
+    against the declared sizes and the cap (a header may lie about its size)."""
     with open_zip(path) as z:
         dest.mkdir(parents=True, exist_ok=True)
         root = dest.resolve()
-        targets = {n: (root / n).resolve() for n in z.namelist()
-                   if n.startswith(prefix) and not n.endswith("/")}
-        for name, target in targets.items():  # all checked before anything is written
+        targets = {i.filename: (i, (root / i.filename).resolve()) for i in z.infolist()
+                   if i.filename.startswith(prefix) and not i.filename.endswith("/")}
+        for name, (_, target) in targets.items():  # all checked before anything is written
             if not target.is_relative_to(root):  # e.g. a symlinked directory inside dest
                 raise BundleError(f"{path}: entry '{name}' would be written outside {dest}; "
                                   "refusing to extract")
-        for name, target in targets.items():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with z.open(name) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+        budget = max_bytes()
+        for name, (info, target) in targets.items():
+            budget -= _extract_entry(path, z, info, target, budget)
     return dest
+
+
+def _extract_entry(path: Path, z: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path,
+                   budget: int) -> int:
+    """Write one entry, stopping at its declared size or the remaining budget; bytes written."""
+    written = 0
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with z.open(info) as src, open(target, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                written += len(chunk)
+                if written > info.file_size or written > budget:
+                    raise BundleError(f"{path}: entry '{info.filename}' holds more than the "
+                                      f"{min(info.file_size, budget):,} bytes allowed (declared "
+                                      "size or the bundle cap); refusing to extract it")
+                dst.write(chunk)
+    except BundleError:
+        target.unlink(missing_ok=True)
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        target.unlink(missing_ok=True)
+        raise BundleError(f"{path}: entry '{info.filename}' is corrupt ({exc}); rebuild the "
+                          "bundle with `bench bundle`") from None
+    except OSError as exc:
+        raise BundleError(f"cannot extract '{info.filename}' of {path} to {target}: "
+                          f"{exc.strerror or exc}") from None
+    return written
 
 
 def for_report(path: Path, metrics: str | None) -> Path:

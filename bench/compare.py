@@ -49,7 +49,7 @@ class RunFiles:
 
     def read(self, name: str) -> bytes | None:
         if self._zip is not None:
-            return self._zip.read(name) if name in self._names else None
+            return bundle.read_entry(self.path, self._zip, name) if name in self._names else None
         file = self.path / name
         return file.read_bytes() if file.is_file() else None
 
