@@ -35,13 +35,17 @@ class SLDParams:  # defaults = diffusers' SafetyConfig.MEDIUM (the pipeline's ow
     concept: str = DEFAULT_CONCEPT
 
 
+# The presets are the authors' table (model card of AIML-TUDA/stable-diffusion-safe: the four
+# configurations the SLD paper evaluated on I2P). diffusers' SafetyConfig equals it except WEAK's
+# sld_guidance_scale, 20 there and 200 in the table; 20 stays reachable as
+# `sld-weak:guidance_scale=20` (docs/methods.md).
 @dataclass(frozen=True)
 class WeakParams(SLDParams):
     warmup: int = 15
-    guidance_scale: float = 20.0
+    guidance_scale: float = 200.0
     threshold: float = 0.0
     momentum_scale: float = 0.0
-    mom_beta: float = 0.0
+    mom_beta: float = 0.0  # the table leaves it blank: with momentum_scale 0 it has no effect
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,7 @@ class SLD(Adapter):
 
 class SLDWeak(SLD):
     name = "sld-weak"
-    description = "Safe Latent Diffusion, weak preset (warm-up 15, s_S 20, no momentum)."
+    description = "Safe Latent Diffusion, weak preset (warm-up 15, s_S 200, no momentum)."
     Params = WeakParams
 
 

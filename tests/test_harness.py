@@ -318,6 +318,8 @@ def test_list_shows_every_method_with_description_and_params(capsys):
         line = next(l for l in lines if l.split()[0] == name)
         assert len(line.split(None, 1)[1]) > 10  # a one-line description
     assert any("warmup=7" in l for l in lines if l.startswith("sld-strong"))
+    # the SLD authors' Hyp-Weak (diffusers' SafetyConfig.WEAK has 20)
+    assert any("guidance_scale=200.0," in l for l in lines if l.startswith("sld-weak "))
 
 
 @pytest.mark.parametrize("what", ["metrics", "prompt-sets"])

@@ -17,6 +17,10 @@ SafetyConfig = safe_mod.SafetyConfig
 
 PRESETS = {"sld-weak": (SLDWeak, SafetyConfig.WEAK), "sld-medium": (SLDMedium, SafetyConfig.MEDIUM),
            "sld-strong": (SLDStrong, SafetyConfig.STRONG), "sld-max": (SLDMax, SafetyConfig.MAX)}
+# The authors' table (model card of AIML-TUDA/stable-diffusion-safe), typed in by hand:
+# warm-up, s_S, lambda, s_m, beta_m. Hyp-Weak's beta_m is blank there (no momentum: s_m = 0).
+AUTHORS = {"sld-weak": (15, 200.0, 0.0, 0.0, 0.0), "sld-medium": (10, 1000.0, 0.01, 0.3, 0.4),
+           "sld-strong": (7, 2000.0, 0.025, 0.5, 0.7), "sld-max": (0, 5000.0, 1.0, 0.5, 0.7)}
 PROMPT = "a photo of a firefighter covered in blood"
 SIZE = 32
 
@@ -62,15 +66,43 @@ def _params_as_diffusers(params) -> dict:
             "sld_mom_beta": params.mom_beta}
 
 
+def _from_diffusers(cls, config: dict):
+    """Our preset with diffusers' SafetyConfig values passed explicitly, as a user would write
+    them in a method spec (`sld-weak:guidance_scale=20,...`)."""
+    names = {"sld_warmup_steps": "warmup", "sld_guidance_scale": "guidance_scale",
+             "sld_threshold": "threshold", "sld_momentum_scale": "momentum_scale",
+             "sld_mom_beta": "mom_beta"}
+    return cls.from_strings({names[k]: str(v) for k, v in config.items()})
+
+
 @pytest.mark.parametrize("name", list(PRESETS))
-def test_preset_matches_diffusers_safe_pipeline(pipe, name):
+def test_preset_with_diffusers_values_matches_diffusers_safe_pipeline(pipe, name):
     cls, config = PRESETS[name]
     steps = 20  # > every preset's warm-up (sld-weak: 15), so gamma is applied at the end
-    ours = _ours(pipe, [cls()], [PROMPT], [3], steps, 7.5)
+    adapter = _from_diffusers(cls, config)
+    assert _params_as_diffusers(adapter.params) == config
+    ours = _ours(pipe, [adapter], [PROMPT], [3], steps, 7.5)
     ref = _diffusers_safe(pipe, [PROMPT], [3], steps, 7.5, **config)
     diff = float(np.abs(ours - ref).max())
-    print(f"{name}: max abs pixel diff vs StableDiffusionPipelineSafe = {diff:.3g}")
+    print(f"{name} with diffusers' SafetyConfig: max abs pixel diff vs StableDiffusionPipelineSafe "
+          f"= {diff:.3g}")
     assert diff <= 1e-4
+
+
+def test_weak_default_is_the_authors_200_and_matches_diffusers_called_with_it(pipe):
+    # The default sld-weak (s_S 200) against the pipeline called with the authors' Hyp-Weak values;
+    # and it differs from diffusers' WEAK (s_S 20), or the two figures could not be told apart.
+    steps = 20
+    authors = dict(SafetyConfig.WEAK, sld_guidance_scale=200)
+    ours = _ours(pipe, [SLDWeak()], [PROMPT], [3], steps, 7.5)
+    ref = _diffusers_safe(pipe, [PROMPT], [3], steps, 7.5, **authors)
+    weak20 = _diffusers_safe(pipe, [PROMPT], [3], steps, 7.5, **SafetyConfig.WEAK)
+    diff, apart = float(np.abs(ours - ref).max()), float(np.abs(ours - weak20).max())
+    print(f"sld-weak (s_S 200): max abs pixel diff {diff:.3g}; vs diffusers' WEAK (20) {apart:.3g}")
+    assert diff <= 1e-4
+    # tiny-random's eps differences are small, so 5 guided entries move pixels by ~1e-4: still
+    # hundreds of times the float noise between two implementations of the same values
+    assert apart > 100 * max(diff, 1e-7)
 
 
 def test_batch_and_negative_prompt_match_diffusers(pipe):
@@ -141,11 +173,17 @@ def test_disabled_without_cfg_or_small_scale():
     assert SLDWeak().extra_conditions(cfg) == [[SLDWeak.Params().concept] * 2]
 
 
-def test_presets_equal_diffusers_safety_config_and_overrides(pipe):
+def test_presets_are_the_authors_table_and_differ_from_diffusers_only_in_weak_scale(pipe):
     for name, (cls, config) in PRESETS.items():
         assert METHODS.get(name) is cls
-        assert _params_as_diffusers(cls.Params()) == config
+        p = cls.Params()
+        assert (p.warmup, p.guidance_scale, p.threshold, p.momentum_scale, p.mom_beta) == AUTHORS[name]
+        ours = _params_as_diffusers(p)
+        differs = {k: (ours[k], config[k]) for k in config if ours[k] != config[k]}
+        assert differs == ({"sld_guidance_scale": (200.0, 20)} if name == "sld-weak" else {})
         assert cls.description and "\n" not in cls.description
+    assert _from_diffusers(SLDWeak, SafetyConfig.WEAK).params == \
+        dataclasses.replace(SLDWeak.Params(), guidance_scale=20.0)
     assert SLD.Params() == SLDMedium.Params()  # diffusers' call defaults are MEDIUM
     strong = METHODS.get("sld-strong").from_strings({"warmup": "5", "concept": "nudity"})
     assert strong.params == dataclasses.replace(SLDStrong.Params(), warmup=5, concept="nudity")
