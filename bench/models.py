@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import json
 import os
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -63,23 +64,169 @@ def load_pipeline(name: str, device: str | None = None) -> Any:
 
 
 def _from_pretrained(source: str, dtype: torch.dtype) -> Any:
+    """A local diffusers directory or single-file checkpoint, or a hub id (from the HF cache, or
+    downloaded). A path never falls through to the hub."""
+    path_text, _, config = source.partition(":config=")  # FILE.safetensors:config=DIR
+    local = Path(path_text).expanduser()
+    if local.is_file():
+        return _from_single_file(local, Path(config).expanduser() if config else None, dtype)
+    if local.exists():
+        return _from_directory(local, dtype)
+    if source.startswith((".", "/", "~")) or local.suffix in SINGLE_FILE_SUFFIXES:
+        raise ModelError(f"model path {path_text} does not exist; pass a diffusers pipeline "
+                         f"directory, a .safetensors checkpoint, a hub id or an alias "
+                         f"({', '.join(ALIASES)}, world)")
+    cached = _cached_snapshot(source)
+    if cached is not None:
+        return _from_directory(cached, dtype)
     from diffusers import StableDiffusionPipeline
-
-    local = Path(source).expanduser()
-    if local.exists() and not (local / "model_index.json").exists():
-        raise ModelError(f"{local} is not a diffusers pipeline directory (no model_index.json)")
-    if not local.exists() and source.startswith((".", "/", "~")):  # a path, not a hub id
-        raise ModelError(f"model directory {source} does not exist; pass a diffusers pipeline "
-                         f"directory, a hub id or an alias ({', '.join(ALIASES)}, world)")
     try:
         return StableDiffusionPipeline.from_pretrained(
-            str(local) if local.exists() else source, torch_dtype=dtype,
-            safety_checker=None, requires_safety_checker=False, use_safetensors=True)
-    except (OSError, ValueError, EnvironmentError) as exc:
+            source, dtype=dtype, safety_checker=None, requires_safety_checker=False,
+            use_safetensors=True)
+    except (OSError, ValueError) as exc:
         raise ModelError(
-            f"cannot load model '{source}': weights not found locally and the hub is unreachable "
-            f"or the id is wrong. Download them with `huggingface-cli download {source}` "
-            f"(or pass a local diffusers directory). Cause: {str(exc).splitlines()[0]}") from exc
+            f"cannot fetch model '{source}' from the hub (not in the HF cache; offline, "
+            f"unreachable or a wrong id): download it with `{download_command(source)}`, or pass "
+            f"a local directory. Cause: {_first_line(exc)}") from None
+
+
+# Weight files of the three components the sampler uses; the safety checker is never loaded.
+COMPONENTS = ("unet", "vae", "text_encoder")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+_WARNED: set[str] = set()
+
+
+def download_command(repo: str) -> str:
+    return f'hf download {repo} --include "*.json" "*.txt" "*.safetensors"'
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _cached_snapshot(repo: str) -> Path | None:
+    """The HF cache's snapshot of a hub id, if it was downloaded (so a cache holding only the
+    fp16 files loads like a local directory); None otherwise."""
+    from huggingface_hub import snapshot_download
+
+    if repo.count("/") != 1:
+        return None
+    try:
+        path = Path(snapshot_download(repo, local_files_only=True))
+    except Exception:  # not cached, or an id huggingface_hub rejects: from_pretrained says why
+        return None
+    return path if (path / "model_index.json").is_file() else None
+
+
+def weight_kinds(folder: Path) -> set[str]:
+    """Which weight files a component folder holds: 'safetensors', 'bin', and 'fp16.' variants
+    (diffusers' variant naming, sharded files included: name.fp16-00001-of-00002.safetensors)."""
+    kinds = set()
+    for f in folder.glob("*") if folder.is_dir() else []:
+        fmt = f.suffix.lstrip(".")
+        if fmt in ("safetensors", "bin"):
+            kinds.add(("fp16." if ".fp16" in f.name else "") + fmt)
+    return kinds
+
+
+def _from_directory(local: Path, dtype: torch.dtype) -> Any:
+    """diffusers' `from_pretrained` on a directory, choosing the files it holds: the fp16
+    variant when the pipeline runs in float16 (or it is all there is), safetensors when every
+    component has them, otherwise `.bin` files, which diffusers and transformers read with
+    `torch.load(weights_only=True)` (tensors only), said once in a warning."""
+    from diffusers import StableDiffusionPipeline
+
+    if not (local / "model_index.json").is_file():
+        raise ModelError(f"{local} is not a diffusers pipeline directory (no model_index.json); "
+                         "pass the directory that holds model_index.json, unet/ and vae/, or a "
+                         ".safetensors checkpoint file")
+    kinds = {c: weight_kinds(local / c) for c in COMPONENTS}
+    empty = [c for c, k in kinds.items() if not k]
+    if empty:
+        raise ModelError(f"{local}/{empty[0]} holds no weights (*.safetensors or *.bin); the "
+                         "download is incomplete: fetch the directory again")
+    full = all(k & {"safetensors", "bin"} for k in kinds.values())
+    fp16 = all(k & {"fp16.safetensors", "fp16.bin"} for k in kinds.values())
+    variant = "fp16" if fp16 and (dtype == torch.float16 or not full) else None
+    prefix = "fp16." if variant else ""
+    safe = all(prefix + "safetensors" in k for k in kinds.values())
+    if not safe and str(local) not in _WARNED:
+        _WARNED.add(str(local))
+        pickled = ", ".join(c for c, k in kinds.items() if prefix + "safetensors" not in k)
+        print(f"bench: warning: {local}: {pickled} weights are .bin pickles; loaded with "
+              "torch.load(weights_only=True), which reads tensors only", file=sys.stderr)
+    try:
+        return StableDiffusionPipeline.from_pretrained(
+            str(local), dtype=dtype, variant=variant, use_safetensors=True if safe else None,
+            safety_checker=None, requires_safety_checker=False)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"cannot load the diffusers directory {local}: "
+                         f"{_first_line(exc)}") from None
+
+
+def _from_single_file(path: Path, config: Path | None, dtype: torch.dtype) -> Any:
+    """`StableDiffusionPipeline.from_single_file` on an original-layout `.safetensors` checkpoint.
+    Its configs (model_index.json, component configs, tokenizer) come from `config` (a diffusers
+    directory of the same architecture; weights not needed), else from the HF cache of the
+    architecture's reference repo, else from the hub unless offline."""
+    from diffusers import StableDiffusionPipeline
+
+    if path.suffix in (".ckpt", ".pt", ".pth", ".bin"):
+        raise ModelError(
+            f"{path} is a pickle checkpoint, which can run code when loaded; bench reads only "
+            f".safetensors. Convert it once where you trust it: `python scripts/"
+            f"convert_original_stable_diffusion_to_diffusers.py --checkpoint_path {path} "
+            f"--dump_path DIR --to_safetensors` (from the diffusers repository), then --model DIR")
+    if path.suffix != ".safetensors":
+        raise ModelError(f"{path}: not a checkpoint bench can load; pass a .safetensors file or a "
+                         "diffusers pipeline directory")
+    repo = _single_file_repo(path)
+    if config is not None and not (config / "model_index.json").is_file():
+        raise ModelError(f"{path}:config={config}: not a diffusers directory (no "
+                         "model_index.json); pass the configs of the checkpoint's architecture")
+    if config is None:
+        config = _cached_configs(repo)
+    if config is None and hf_offline():
+        raise ModelError(
+            f"{path}: a single-file checkpoint needs the diffusers configs of its architecture "
+            f"({repo}), not in the HF cache and the hub is offline (HF_HUB_OFFLINE): fetch them "
+            f'once with `hf download {repo} --include "*.json" "*.txt"`, or pass '
+            f"--model {path}:config=DIR with a diffusers directory of that architecture")
+    try:
+        return StableDiffusionPipeline.from_single_file(
+            str(path), config=str(config) if config else None, dtype=dtype,
+            safety_checker=None, requires_safety_checker=False, local_files_only=config is not None)
+    except Exception as exc:  # diffusers raises many types here; all mean "cannot load"
+        raise ModelError(f"cannot load the checkpoint {path} with configs from "
+                         f"{config or repo}: {_first_line(exc)}") from None
+
+
+def _single_file_repo(path: Path) -> str:
+    """The reference repo diffusers takes an original checkpoint's configs from (SD 1.x: SD 1.5,
+    SD 2.x: SD 2.1), inferred from key names and shapes alone."""
+    from diffusers.loaders.single_file_utils import fetch_diffusers_config
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+    except Exception as exc:
+        raise ModelError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
+    if not any(k.startswith("model.diffusion_model.") for k in meta):
+        raise ModelError(f"{path}: not an original-layout Stable Diffusion checkpoint (no "
+                         "model.diffusion_model.* keys); pass a diffusers directory instead")
+    return fetch_diffusers_config(meta)["pretrained_model_name_or_path"]
+
+
+def _cached_configs(repo: str) -> Path | None:
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = Path(snapshot_download(repo, local_files_only=True, allow_patterns=["*.json", "*.txt"]))
+    except Exception:  # not cached
+        return None
+    return path if (path / "model_index.json").is_file() else None
 
 
 def fingerprint(pipe: Any) -> str:

@@ -9,7 +9,7 @@ def test_missing_hub_weights_name_the_id_and_download_command():
     with pytest.raises(ModelError) as err:
         load_pipeline("sd15", "cpu")
     text = str(err.value)
-    assert ALIASES["sd15"] in text and "huggingface-cli download" in text
+    assert ALIASES["sd15"] in text and "hf download" in text
     assert "\n" not in text
 
 
@@ -27,7 +27,7 @@ def test_local_directory_without_model_index_is_refused(tmp_path):
 
 def test_missing_local_directory_is_named_not_sent_to_the_hub(tmp_path):
     missing = str(tmp_path / "no-such-pipeline")
-    with pytest.raises(ModelError, match=f"model directory {missing} does not exist"):
+    with pytest.raises(ModelError, match=f"model path {missing} does not exist"):
         load_pipeline(missing, "cpu")
 
 
