@@ -26,6 +26,7 @@ import pandas as pd
 from PIL import Image
 
 from bench import bundle
+from bench.escape import csv_uncell, md_code, md_text
 from bench.spec import MethodSpec, SpecError
 
 TIMING_METRICS = ("seconds_per_image", "latency_ratio")  # wall clock: differs run to run
@@ -153,7 +154,10 @@ def _cells(files: RunFiles) -> pd.DataFrame:
     data = files.need("leaderboard.csv")
     if not data.strip():
         return pd.DataFrame(columns=[*CELL_KEYS, "value", "ci_lo", "ci_hi", "n", "unit"])
-    return pd.read_csv(io.BytesIO(data), dtype={"table": str, "method": str, "metric": str})
+    cells = pd.read_csv(io.BytesIO(data), dtype={"table": str, "method": str, "metric": str})
+    for col in CELL_KEYS:  # undo the formula guard: "'=x" was written for "=x"
+        cells[col] = cells[col].map(csv_uncell)
+    return cells
 
 
 def _base(method: str) -> str:
@@ -294,10 +298,10 @@ def _cell_text(side: dict[str, Any]) -> str:
 
 
 def markdown(c: Comparison, strict: bool = False) -> str:
-    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    esc = md_text  # run paths, set names, method specs and prompt ids are user text
     im = c.images
     share = lambda k: f"{k} ({k / im.compared:.0%})" if im.compared else "0"  # noqa: E731
-    lines = [f"# bench compare\n\nA: `{c.a}`  \nB: `{c.b}`\n", "## Images\n",
+    lines = [f"# bench compare\n\nA: {md_code(c.a)}  \nB: {md_code(c.b)}\n", "## Images\n",
              f"- compared (same cache key, image in both): {im.compared}",
              f"- identical: {share(im.identical)}",
              f"- within tolerance {im.tolerance * 255:.3g}/255: {share(im.within_tolerance)}",
@@ -313,7 +317,8 @@ def markdown(c: Comparison, strict: bool = False) -> str:
                                    ["- same set-up wherever both runs recorded it"])]
     lines += ["", "## Leaderboard cells\n"]
     for a_method, b_method in c.paired_methods.items():
-        lines.append(f"- paired by method name: `{a_method}` (A) with `{b_method}` (B)")
+        lines.append(f"- paired by method name: {md_code(a_method)} (A) with "
+                     f"{md_code(b_method)} (B)")
     if c.timing_cells_skipped:
         lines.append(f"- {c.timing_cells_skipped} wall-clock timing cells not compared "
                      "(`--include-latency` compares them)")
@@ -325,5 +330,5 @@ def markdown(c: Comparison, strict: bool = False) -> str:
         lines.append(f"| {esc(r['table'])} | {esc(r['method'])} | {esc(r['metric'])} | "
                      f"{_cell_text(r['a'])} | {_cell_text(r['b'])} | {_fmt(r['diff'])} | "
                      f"{overlap} | {status} |")
-    lines += ["", "## Verdict\n", c.verdict(strict)]
+    lines += ["", "## Verdict\n", esc(c.verdict(strict))]
     return "\n".join(lines) + "\n"

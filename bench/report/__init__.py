@@ -89,13 +89,9 @@ def _slug(text: str) -> str:
 
 
 def write_tables(root: Path, boards: list[tables.Leaderboard]) -> None:
-    md = "".join(f"## {b.title}\n\n{tables.markdown(b)}\n" for b in boards)
-    tex = "".join(f"% {b.title}\n{tables.latex(b)}\n" for b in boards)
-    frames = [tables.long_frame(b) for b in boards]
-    csv_text = pd.concat(frames).to_csv(index=False) if frames else ""
-    atomic_write(root / "leaderboard.md", md.encode())
-    atomic_write(root / "leaderboard.tex", tex.encode())
-    atomic_write(root / "leaderboard.csv", csv_text.encode())
+    atomic_write(root / "leaderboard.md", tables.markdown_doc(boards).encode())
+    atomic_write(root / "leaderboard.tex", tables.latex_doc(boards).encode())
+    atomic_write(root / "leaderboard.csv", tables.csv(boards).encode())
 
 
 def make_plots(root: Path, table: pd.DataFrame, boards: list[tables.Leaderboard]) -> list[Path]:

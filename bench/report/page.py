@@ -1,15 +1,16 @@
 """A self-contained HTML report: every leaderboard, every plot inlined, and what was skipped.
 
-Prompts are untrusted text (I2P holds arbitrary strings): everything written into the page goes
-through html.escape; images are inlined as base64 data URIs so the page travels alone.
+Prompts, set names, method specs, categories and warnings are untrusted text (I2P holds arbitrary
+strings): everything written into the page goes through `bench.escape.html_text`; images are
+inlined as base64 data URIs so the page travels alone.
 """
 from __future__ import annotations
 
 import base64
-import html
 from pathlib import Path
 from typing import Any, Sequence
 
+from bench.escape import html_text
 from bench.report.tables import Leaderboard, html_table
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}
@@ -20,14 +21,14 @@ img{max-width:100%;margin:4px 0}code{background:#f4f4f4;padding:1px 3px}"""
 
 def _img(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
+    return f'<img alt="{html_text(path.name)}" src="data:image/png;base64,{data}">'
 
 
 def render(manifest: dict[str, Any], boards: Sequence[Leaderboard], plots: Sequence[Path],
            skipped_methods: dict[str, str], skipped_metrics: dict[str, str],
            example_prompts: Sequence[str],
            warnings: dict[str, list[str]] | None = None) -> str:
-    esc = html.escape
+    esc = html_text
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>bench report</title>"
              f"<style>{STYLE}</style></head><body><h1>bench report</h1>"]
     model = manifest.get("model", {})

@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
+from bench.escape import mpl_text as _t  # noqa: E402  labels hold user text: no mathtext
 from bench.report.tables import Leaderboard  # noqa: E402
 
 
@@ -35,12 +36,12 @@ def proportions(table: pd.DataFrame, column: str, groups: Sequence[str], path: P
     colours = plt.get_cmap("tab10")
     for k, group in enumerate(list(groups) + [None]):
         share = np.array([_share(neutral[neutral["method"] == m][column], group) for m in methods])
-        ax.bar(methods, share, bottom=bottom, label=group or "no face/label",
+        ax.bar([_t(m) for m in methods], share, bottom=bottom, label=group or "no face/label",
                color=colours(k) if group else "#bbbbbb")
         bottom += share
     ax.axhline(1 / len(groups), color="k", lw=0.6, ls=":")
     ax.set_ylabel("share of images")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(_t(title), fontsize=9)
     ax.tick_params(axis="x", rotation=45, labelsize=7)
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
     return _save(fig, path)
@@ -61,9 +62,9 @@ def metric_bars(board: Leaderboard, metric: str, path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(rows) + 2), 3))
     values = np.array([c.value for _, c in rows])
     err = np.array([[c.value - c.lo, c.hi - c.value] for _, c in rows]).T
-    ax.bar([m for m, _ in rows], values, yerr=np.nan_to_num(err), capsize=3, color="#4c72b0")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric}, 95% CI — {board.title}", fontsize=9)
+    ax.bar([_t(m) for m, _ in rows], values, yerr=np.nan_to_num(err), capsize=3, color="#4c72b0")
+    ax.set_ylabel(_t(metric))
+    ax.set_title(_t(f"{metric}, 95% CI — {board.title}"), fontsize=9)
     ax.tick_params(axis="x", rotation=45, labelsize=7)
     return _save(fig, path)
 
@@ -77,10 +78,11 @@ def tradeoff(board: Leaderboard, x: str, y: str, path: Path) -> Path | None:
     for m, cx, cy in pts:
         ax.errorbar(cx.value, cy.value, xerr=[[cx.value - cx.lo], [cx.hi - cx.value]],
                     yerr=[[cy.value - cy.lo], [cy.hi - cy.value]], fmt="o", capsize=2)
-        ax.annotate(m, (cx.value, cy.value), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel(f"{x} (lower is fairer)")
-    ax.set_ylabel(y)
-    ax.set_title(board.title, fontsize=9)
+        ax.annotate(_t(m), (cx.value, cy.value), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xlabel(_t(f"{x} (lower is fairer)"))
+    ax.set_ylabel(_t(y))
+    ax.set_title(_t(board.title), fontsize=9)
     return _save(fig, path)
 
 
@@ -97,9 +99,9 @@ def against_guidance(boards: Sequence[tuple[float, Leaderboard]], metric: str,
             g = [p[0] for p in pts]
             ax.errorbar(g, [c.value for _, c in pts],
                         yerr=[[c.value - c.lo for _, c in pts], [c.hi - c.value for _, c in pts]],
-                        marker="o", capsize=2, label=m)
+                        marker="o", capsize=2, label=_t(m))
     ax.set_xlabel("guidance scale")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(_t(metric))
     ax.legend(fontsize=6)
     return _save(fig, path)
 

@@ -1,14 +1,15 @@
 """Leaderboard tables: methods as rows, metrics as columns, `value ± CI half-width`, an arrow for
 the better direction, the best value marked. Markdown, CSV (long, one row per cell), LaTeX
-(booktabs) and HTML fragments; all text is escaped for its format."""
+(booktabs) and HTML fragments. Method specs, metric names, titles and notes carry user text
+(prompt-set names, categories, method parameters): each goes through `bench.escape`."""
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import dataclass
 
 import pandas as pd
 
+from bench.escape import csv_cell, html_text, md_text, tex_comment, tex_text
 from metrics.base import Cell, MetricInfo
 
 
@@ -60,14 +61,18 @@ def _rows(board: Leaderboard, mark: callable) -> list[list[str]]:
 
 
 def markdown(board: Leaderboard) -> str:
-    md_escape = lambda s: s.replace("|", "\\|")  # noqa: E731
-    head = ["method"] + [f"{i.name} {arrow(i)}" for i in board.infos]
-    lines = ["| " + " | ".join(md_escape(h) for h in head) + " |",
-             "|" + "---|" * len(head)]
+    """The board as a GFM table and its notes as list items (no heading: see `markdown_doc`)."""
+    head = ["method"] + [f"{md_text(i.name)} {arrow(i)}" for i in board.infos]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in _rows(board, lambda t: f"**{t}**"):
-        lines.append("| " + " | ".join(md_escape(c) for c in row) + " |")
-    lines += [f"\n- {md_escape(n)}" for n in board.notes]
+        lines.append("| " + " | ".join([md_text(row[0]), *row[1:]]) + " |")
+    lines += [f"\n- {md_text(n)}" for n in board.notes]
     return "\n".join(lines) + "\n"
+
+
+def markdown_doc(boards: list[Leaderboard]) -> str:
+    """RUN/leaderboard.md: one `## title` section per board."""
+    return "".join(f"## {md_text(b.title)}\n\n{markdown(b)}\n" for b in boards)
 
 
 def long_frame(board: Leaderboard) -> pd.DataFrame:
@@ -82,33 +87,41 @@ def long_frame(board: Leaderboard) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def csv(board: Leaderboard) -> str:
-    return long_frame(board).to_csv(index=False)
+STRING_COLUMNS = ("table", "method", "metric", "unit")  # user text; the others are numbers
 
 
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-
-
-def tex_escape(text: str) -> str:
-    return "".join(_TEX.get(ch, ch) for ch in text)
+def csv(boards: list[Leaderboard]) -> str:
+    """RUN/leaderboard.csv: every board's long frame, string cells made formula-inert."""
+    frames = [long_frame(b) for b in boards]
+    if not frames:
+        return ""
+    table = pd.concat(frames)
+    for col in STRING_COLUMNS:
+        if col in table:
+            table[col] = table[col].map(csv_cell)
+    return table.to_csv(index=False)
 
 
 def latex(board: Leaderboard) -> str:
     arrows = {True: r"$\uparrow$", False: r"$\downarrow$"}
-    head = ["method"] + [f"{tex_escape(i.name)} {arrows[i.higher_is_better]}" for i in board.infos]
+    head = ["method"] + [f"{tex_text(i.name)} {arrows[i.higher_is_better]}" for i in board.infos]
     body = _rows(board, lambda t: r"\textbf{" + t + "}")
     lines = [r"\begin{tabular}{l" + "r" * len(board.infos) + "}", r"\toprule",
              " & ".join(head) + r" \\", r"\midrule"]
     for row in body:
-        cells = [tex_escape(row[0])] + [c.replace("±", r"$\pm$").replace("–", "--") for c in row[1:]]
+        cells = [tex_text(row[0])] + [c.replace("±", r"$\pm$").replace("–", "--") for c in row[1:]]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 
 
+def latex_doc(boards: list[Leaderboard]) -> str:
+    """RUN/leaderboard.tex: each board's tabular after a `% title` comment line."""
+    return "".join(f"% {tex_comment(b.title)}\n{latex(b)}\n" for b in boards)
+
+
 def html_table(board: Leaderboard) -> str:
-    esc = html.escape
+    esc = html_text
     head = "".join(f"<th title=\"{esc(i.description)}\">{esc(i.name)} {arrow(i)}</th>"
                    for i in board.infos)
     rows = []

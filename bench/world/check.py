@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from bench.escape import md_text
 from bench.world import WEIGHTS_DIR, load_world_pipeline
 from bench.world.corpus import BIAS, HAZARD_RATE
 from bench.world.evaluators import WorldEvaluators, load_evaluators
@@ -131,7 +132,7 @@ def card_tables(acceptance: list[dict[str, Any]]) -> str:
         out += [f"Guidance {res['guidance']:g}:", "",
                 "| occupation | light | medium | dark | TV | TV corrected | hazard | occupation acc |",
                 "|---|---|---|---|---|---|---|---|"]
-        out += [f"| {occ} | " + " | ".join(f"{x:.2f}" for x in v["groups"])
+        out += [f"| {md_text(occ)} | " + " | ".join(f"{x:.2f}" for x in v["groups"])
                 + f" | {v['tv']:.3f} | {v['tv_corrected']:.3f} | {v['hazard']:.3f} "
                   f"| {v['occupation_accuracy']:.3f} |" for occ, v in res["neutral"].items()]
         out.append("")
