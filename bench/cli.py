@@ -124,7 +124,8 @@ def _add_reproducibility_commands(sub: argparse._SubParsersAction, fmt: type) ->
     cmp.add_argument("--include-latency", action="store_true",
                      help="also compare wall-clock timing cells (noisy across runs)")
     cmp.add_argument("--strict", action="store_true",
-                     help="also fail when an image differs beyond the tolerance or is in one run only")
+                     help="also fail when an image differs beyond the tolerance or is in one run "
+                     "only, or a scorer's set-up (weight fingerprints, options) differs")
 
     bun = sub.add_parser("bundle", help="pack a run's manifest, tables, report and an image sample "
                          "into a deterministic zip", formatter_class=fmt, epilog=(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -230,20 +231,52 @@ def compare_cells(a: RunFiles, b: RunFiles, include_latency: bool
     return cells, {v: k for k, v in pairs.items()}, skipped
 
 
-def compare_scorers(a: RunFiles, b: RunFiles) -> list[str]:
-    """One line per scorer field both runs recorded with different values (a run made before
-    scorers recorded a field is not flagged for it)."""
-    def used(files: RunFiles) -> dict[str, dict[str, Any]]:
-        raw = files.read("report/scoring.json")
-        return json.loads(raw).get("used", {}) if raw else {}
+@dataclass(frozen=True)
+class ScorerDiff:
+    text: str  # one line, e.g. "world evaluators.safetensors: 6f67... (A) vs 0a1b... (B)"
+    kind: str  # "weights" (a fingerprint), "field" (any other), "only_a" / "only_b" (skipped in the other)
 
-    ua, ub = used(a), used(b)
+
+_FINGERPRINT = re.compile(r"[0-9a-f]{12,64}")  # how scorers record weight files: hex digests
+
+
+def scoring_summary(files: RunFiles) -> dict[str, dict[str, Any]]:
+    """`report/scoring.json` of a run: {"used": {scorer: set-up}, "skipped": {scorer: reason}}."""
+    raw = files.read("report/scoring.json")
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError:
+        raise SpecError(f"{files.path}: report/scoring.json is not JSON; rebuild it with "
+                        f"`bench report {files.path}`") from None
+    return {"used": data.get("used") or {}, "skipped": data.get("skipped") or {}}
+
+
+def scorer_differences(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]],
+                       labels: tuple[str, str] = ("A", "B")) -> list[ScorerDiff]:
+    """Every field both runs recorded for a scorer with different values (a run made before a
+    scorer recorded a field is not flagged for it), and every scorer used in one run and skipped
+    in the other. Scorers pair by name, or by base name when their options differ
+    (`q16:weights=/a/prompts.p` with `q16:weights=/b/prompts.p`) and the pairing is unambiguous."""
+    (la, lb), (ua, ub) = labels, (a["used"], b["used"])
+    pairs = [(n, n) for n in sorted(set(ua) & set(ub))]
+    pairs += sorted((na, nb) for nb, na in pair_methods(set(ua), set(ub)).items())
     out = []
-    for name in sorted(set(ua) & set(ub)):
-        for key in sorted(set(ua[name]) & set(ub[name])):
-            if ua[name][key] != ub[name][key]:
-                out.append(f"{name} {key}: {ua[name][key]} (A) vs {ub[name][key]} (B)")
+    for na, nb in pairs:
+        name = na if na == nb else f"{na} ({la}) / {nb} ({lb})"
+        for key in sorted(set(ua[na]) & set(ub[nb])):
+            va, vb = ua[na][key], ub[nb][key]
+            if va != vb:
+                kind = "weights" if all(_FINGERPRINT.fullmatch(str(v)) for v in (va, vb)) else "field"
+                out.append(ScorerDiff(f"{name} {key}: {va} ({la}) vs {vb} ({lb})", kind))
+    for used, skipped, kind, (here, there) in ((ua, b["skipped"], "only_a", (la, lb)),
+                                               (ub, a["skipped"], "only_b", (lb, la))):
+        out += [ScorerDiff(f"{n}: scored in {here}, skipped in {there} ({skipped[n]})", kind)
+                for n in sorted(set(used) & set(skipped))]
     return out
+
+
+def compare_scorers(a: RunFiles, b: RunFiles) -> list[str]:
+    return [d.text for d in scorer_differences(scoring_summary(a), scoring_summary(b))]
 
 
 def _num(x: Any) -> float | None:

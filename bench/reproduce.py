@@ -3,7 +3,9 @@ machine differs from the one that made it.
 
 Blocking differences (refused without `--allow-drift`, because the images would not be the same
 experiment): a prompt set whose content hash differs, a different model fingerprint, a method that
-resolves to other parameters (changed defaults) or is skipped here. Warnings: library versions,
+resolves to other parameters (changed defaults) or is skipped here; and, because the tables would
+not measure the same way, a scorer whose recorded weight fingerprint differs or that is skipped
+here (from `report/scoring.json`). Warnings: other scorer fields, library versions,
 the git commit and the device type, which change pixels but not the experiment; `bench compare`
 then says whether the tables still agree.
 """
@@ -17,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import bundle, runner
-from bench.spec import RunSpec, SpecError
+from bench.registry import METRICS
+from bench.scoring import scorer_names
+from bench.spec import MethodSpec, RunSpec, SpecError
 from bench.store import RunStore
 
 VERSION_KEYS = ("bench", "python", "torch", "diffusers", "transformers", "open_clip_torch", "numpy")
@@ -108,6 +112,46 @@ def differences(manifest: dict[str, Any], p: runner.RunPlan) -> list[Difference]
     return out
 
 
+def scorer_drift(source: Path, p: runner.RunPlan) -> list[Difference]:
+    """The original run's scorer set-ups (`report/scoring.json`) against this machine's, for the
+    scorers it recorded: another weight fingerprint, or a scorer it used that is skipped here,
+    changes the measured tables (blocking); other fields (paths, versions) are warnings."""
+    from bench.compare import RunFiles, scorer_differences, scoring_summary
+
+    root = source.parent if source.name == "manifest.json" else source
+    try:
+        files = RunFiles(root)
+    except FileNotFoundError:  # a lone manifest.json: no scoring record beside it
+        return []
+    try:
+        recorded = scoring_summary(files)
+    finally:
+        files.close()
+    wanted = set(scorer_names(p.spec.model, p.spec.metrics)) & (
+        set(recorded["used"]) | set(recorded["skipped"]))
+    current = scoring_setups(sorted(wanted), p.spec.device)
+    out = []
+    for d in scorer_differences(recorded, current, ("the original run", "this setup")):
+        note = " (other weights: the same images would score differently)" if d.kind == "weights" else ""
+        out.append(Difference(f"scorer {d.text}{note}", d.kind in ("weights", "only_a")))
+    return out
+
+
+def scoring_setups(names: list[str], device: str | None) -> dict[str, dict[str, Any]]:
+    """What `report/scoring.json` would record for these scorers here, without scoring."""
+    used: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for name in names:
+        spec = MethodSpec.parse(name)
+        scorer = METRICS.get(spec.name)(device=device, **spec.param_dict())
+        reason = scorer.available()
+        if reason:
+            skipped[name] = reason
+        else:
+            used[name] = json.loads(json.dumps(scorer.manifest(), default=str))
+    return {"used": used, "skipped": skipped}
+
+
 def _method_differences(manifest: dict[str, Any], p: runner.RunPlan) -> list[Difference]:
     out = []
     recorded = manifest.get("methods", {})
@@ -144,7 +188,7 @@ def reproduce(source: Path, out: Path | None = None, allow_drift: bool = False,
         prompt_files = {f["entry"]: str((out / f["file"]).resolve()) + f["options"]
                         for f in info["prompt_files"]}
     p = runner.plan(reproduce_spec(manifest, out, device, prompt_files))
-    found = differences(manifest, p)
+    found = differences(manifest, p) + scorer_drift(source, p)
     blocking = [d for d in found if d.blocking]
     for d in found:
         kind = "error" if d.blocking and not allow_drift else "warning"
@@ -153,7 +197,7 @@ def reproduce(source: Path, out: Path | None = None, allow_drift: bool = False,
         raise DriftError(f"{len(blocking)} difference(s) above change the experiment; restore the "
                          "original inputs or rerun with --allow-drift")
     if not found and not quiet:
-        print("prompt sets, model, methods, versions and device match the manifest",
+        print("prompt sets, model, methods, scorers, versions and device match the manifest",
               file=sys.stderr)
     runner.execute(p, quiet=quiet)
     store = RunStore(out)

@@ -44,9 +44,15 @@ def _weights_dir(weights_dir: str | None) -> str:
     return str(Path(weights_dir).expanduser() if weights_dir else WEIGHTS_DIR)
 
 
-@lru_cache(maxsize=8)
 def _sha256(path: str) -> str:
-    """First 16 hex digits of a weight file's SHA-256, for RUN/report/scoring.json."""
+    """First 16 hex digits of a weight file's SHA-256, for RUN/report/scoring.json. Cached per
+    (path, size, mtime): a file replaced in a long-lived process is hashed again."""
+    stat = Path(path).stat()
+    return _sha256_of(path, stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=8)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     import hashlib
 
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
