@@ -72,7 +72,7 @@ def _from_pretrained(source: str, dtype: torch.dtype) -> Any:
         return _from_single_file(local, Path(config).expanduser() if config else None, dtype)
     if local.exists():
         return _from_directory(local, dtype)
-    if source.startswith((".", "/", "~")) or local.suffix in SINGLE_FILE_SUFFIXES:
+    if _is_path(path_text):
         raise ModelError(f"model path {path_text} does not exist; pass a diffusers pipeline "
                          f"directory, a .safetensors checkpoint, a hub id or an alias "
                          f"({', '.join(ALIASES)}, world)")
@@ -95,6 +95,14 @@ def _from_pretrained(source: str, dtype: torch.dtype) -> Any:
 COMPONENTS = ("unet", "vae", "text_encoder")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 _WARNED: set[str] = set()
+
+
+def _is_path(text: str) -> bool:
+    """Not a hub id ("org/name"): an explicit path, a checkpoint file name, more than one "/",
+    or "dir/name" under a directory that exists here (a mistyped local path)."""
+    if text.startswith((".", "/", "~")) or Path(text).suffix in SINGLE_FILE_SUFFIXES:
+        return True
+    return text.count("/") > 1 or ("/" in text and Path(text).parent.is_dir())
 
 
 def download_command(repo: str) -> str:
@@ -185,21 +193,32 @@ def _from_single_file(path: Path, config: Path | None, dtype: torch.dtype) -> An
     if config is not None and not (config / "model_index.json").is_file():
         raise ModelError(f"{path}:config={config}: not a diffusers directory (no "
                          "model_index.json); pass the configs of the checkpoint's architecture")
+    fetch = (f'fetch them once with `hf download {repo} --include "*.json" "*.txt"`, or pass '
+             f"--model {path}:config=DIR with a diffusers directory of that architecture")
+    if config is None and repo in AMBIGUOUS_SINGLE_FILE:
+        raise ModelError(f"{path}: {AMBIGUOUS_SINGLE_FILE[repo]}; pass --model "
+                         f"{path}:config=DIR with the diffusers directory of the matching one")
     if config is None:
         config = _cached_configs(repo)
     if config is None and hf_offline():
-        raise ModelError(
-            f"{path}: a single-file checkpoint needs the diffusers configs of its architecture "
-            f"({repo}), not in the HF cache and the hub is offline (HF_HUB_OFFLINE): fetch them "
-            f'once with `hf download {repo} --include "*.json" "*.txt"`, or pass '
-            f"--model {path}:config=DIR with a diffusers directory of that architecture")
+        raise ModelError(f"{path}: a single-file checkpoint needs the diffusers configs of its "
+                         f"architecture ({repo}), not in the HF cache and the hub is offline "
+                         f"(HF_HUB_OFFLINE): {fetch}")
     try:
         return StableDiffusionPipeline.from_single_file(
             str(path), config=str(config) if config else None, dtype=dtype,
             safety_checker=None, requires_safety_checker=False, local_files_only=config is not None)
     except Exception as exc:  # diffusers raises many types here; all mean "cannot load"
-        raise ModelError(f"cannot load the checkpoint {path} with configs from "
-                         f"{config or repo}: {_first_line(exc)}") from None
+        hint = "" if config else f" (the configs of {repo} could not be fetched: {fetch})"
+        raise ModelError(f"cannot load the checkpoint {path}: {_first_line(exc)}{hint}") from None
+
+
+# Architectures whose original checkpoints share key names and shapes but not their configs, so
+# diffusers' guess from the keys alone could pick the wrong scheduler (silently wrong images).
+AMBIGUOUS_SINGLE_FILE = {
+    "stabilityai/stable-diffusion-2-1": "an SD 2.x checkpoint is either 512 px epsilon-prediction "
+    "(stabilityai/stable-diffusion-2-1-base) or 768 px v-prediction "
+    "(stabilityai/stable-diffusion-2-1), which its keys cannot tell apart"}
 
 
 def _single_file_repo(path: Path) -> str:

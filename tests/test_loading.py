@@ -259,3 +259,26 @@ def test_incomplete_directory_names_the_component(tmp_path, reference):
     (tmp_path / "p" / "vae" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(ModelError, match=r"p/vae holds no weights"):
         load_pipeline(str(tmp_path / "p"), "cpu")
+
+
+def test_sd2_single_file_needs_its_configs_named(tmp_path):
+    from safetensors.torch import save_file
+
+    # The key and width diffusers reads to tell SD 2.x (OpenCLIP-H, 1024-d context) from SD 1.x.
+    key = "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
+    save_file({key: torch.zeros(320, 1024)}, tmp_path / "v2-1_512-ema-pruned.safetensors")
+    with pytest.raises(ModelError) as err:
+        load_pipeline(str(tmp_path / "v2-1_512-ema-pruned.safetensors"), "cpu")
+    text = str(err.value)
+    assert "\n" not in text and "stabilityai/stable-diffusion-2-1-base" in text
+    assert "v-prediction" in text and ":config=DIR" in text
+
+
+def test_missing_relative_directory_is_a_path_not_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(ModelError, match="model path models/sd15 does not exist") as err:
+        load_pipeline("models/sd15", "cpu")  # "org/name"-shaped, but models/ is a directory here
+    assert "download" not in str(err.value)
+    with pytest.raises(ModelError, match="model path a/b/c does not exist"):
+        load_pipeline("a/b/c", "cpu")  # hub ids have exactly one "/"
