@@ -203,6 +203,10 @@ def _check_sizes(path: Path, infos: list[zipfile.ZipInfo]) -> None:
             raise BundleError(f"{path}: entry '{i.filename}' expands {i.compress_size:,} -> "
                               f"{i.file_size:,} bytes (over {MAX_RATIO}:1, a zip bomb, not "
                               "bench output); refusing this bundle")
+    packed = sum(i.compress_size for i in infos)
+    if total > _RATIO_FLOOR and total > MAX_RATIO * max(packed, 1):  # many small bombs
+        raise BundleError(f"{path}: its entries expand {packed:,} -> {total:,} bytes (over "
+                          f"{MAX_RATIO}:1, a zip bomb, not bench output); refusing this bundle")
 
 
 def read_entry(path: Path, z: zipfile.ZipFile, name: str) -> bytes:

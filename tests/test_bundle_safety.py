@@ -124,3 +124,9 @@ def test_corrupt_entry_read_is_one_line(tmp_path, capsys):
     assert main(["compare", str(evil), str(evil)]) == 2
     err = capsys.readouterr().err
     assert "entry 'images.parquet' is corrupt" in err and len(err.splitlines()) == 1
+
+
+def test_many_small_bomb_entries_are_refused_by_the_total_ratio(tmp_path, capsys):
+    # 40 entries of 512 KiB zeros: each under the 1 MiB per-entry floor, 20 MiB from ~20 KiB.
+    evil = make_zip(tmp_path / "bombs.zip", {f"images/{i}.png": b"\0" * (512 << 10) for i in range(40)})
+    refused_everywhere(tmp_path, evil, capsys, "its entries expand")

@@ -282,3 +282,14 @@ def test_missing_relative_directory_is_a_path_not_a_hub_id(tmp_path, monkeypatch
     assert "download" not in str(err.value)
     with pytest.raises(ModelError, match="model path a/b/c does not exist"):
         load_pipeline("a/b/c", "cpu")  # hub ids have exactly one "/"
+
+
+def test_cli_refuses_a_ckpt_in_one_line_before_generating(tmp_path, prompt_file, capsys):
+    from bench.cli import main
+
+    (tmp_path / "sd-v1-4.ckpt").write_bytes(b"\x80\x02}q\x00.")
+    code = main(["run", "--model", str(tmp_path / "sd-v1-4.ckpt"), "--metrics", "none", "--quiet",
+                 "--prompt-set", str(prompt_file(["a cat"])), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--to_safetensors" in err
+    assert not (tmp_path / "r" / "images").exists()
