@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 
-from bench.registry import METHODS, METRICS, MODELS, PROMPT_SETS
+from bench.registry import METHODS, METRICS, MODELS, PROMPT_SETS, PROTOCOLS
 
 
 def _first_line(obj: object) -> str:
@@ -28,6 +28,10 @@ def listing(what: str) -> str:
         rows += [f"{a:<14} {hub}" for a, hub in ALIASES.items()]
         rows.append("(or any hub id or local diffusers pipeline directory)")
         return "\n".join(rows)
+    if what == "protocols":
+        from bench.protocols import describe
+
+        return "\n\n".join("\n".join(describe(p)) for _, p in PROTOCOLS.items())
     registry = {"methods": METHODS, "metrics": METRICS, "prompt-sets": PROMPT_SETS}[what]
     entries = list(registry.items())
     width = max((len(n) for n, _ in entries), default=0) + 2

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from bench.spec import RunSpec, SamplerSpec, split_method_list
+from bench.spec import RunSpec, SamplerSpec, read_config, split_method_list
 
 RUN_EXAMPLES = """examples:
   bench run --methods all                                 # the synthetic world, every method
@@ -14,6 +14,7 @@ RUN_EXAMPLES = """examples:
   bench run --model sd14 --methods baseline,sld-strong:warmup=5 --prompt-set i2p:hard=1,limit=100
   bench run --methods fair-mapping+sld-strong --guidance 1 --guidance 7.5 --dry-run
   bench run --config run.yaml --samples 8                 # flags override the YAML
+  bench run --protocol i2p --prompt-set i2p:path=i2p_benchmark.csv   # the SLD paper's I2P setup
 """
 
 
@@ -54,6 +55,9 @@ def parser() -> argparse.ArgumentParser:
                      help="Ray workers (default: one per GPU in the cluster, else 1)")
     run.add_argument("--out", help="run directory (default runs/latest)")
     run.add_argument("--config", help="YAML run spec; flags override it")
+    run.add_argument("--protocol", help="a paper's whole setup in one word (see `bench list "
+                                        "protocols`); config keys and flags override it, each "
+                                        "change printed as a deviation")
     run.add_argument("--dry-run", action="store_true",
                      help="print the grid size and UNet evaluations; generate nothing")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -61,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list registered methods, metrics, prompt sets or models",
                          epilog="examples:\n  bench list methods\n  bench list prompt-sets",
                          formatter_class=fmt)
-    lst.add_argument("what", choices=["methods", "metrics", "prompt-sets", "models"])
+    lst.add_argument("what", choices=["methods", "metrics", "prompt-sets", "models", "protocols"])
 
     gen = sub.add_parser("generate", help="one prompt, one seed, one method, to a PNG (debugging)",
                          epilog="example:\n  bench generate --model tiny-random --method sld-max "
@@ -139,7 +143,13 @@ def _add_reproducibility_commands(sub: argparse._SubParsersAction, fmt: type) ->
 
 
 def spec_from_args(a: argparse.Namespace) -> RunSpec:
-    base = RunSpec.from_yaml(a.config) if a.config else RunSpec()
+    data = read_config(a.config) if a.config else {}
+    protocol = a.protocol or data.get("protocol")
+    if protocol:  # the paper's values go under the config's keys, flags above both
+        from bench import protocols
+
+        data = protocols.get(protocol).defaults(data)
+    base = RunSpec.from_dict(data)
     sampler = base.sampler
     sampler = SamplerSpec(
         steps=a.steps or sampler.steps,
@@ -165,6 +175,7 @@ def spec_from_args(a: argparse.Namespace) -> RunSpec:
         shard=pick(a.shard, base.shard),
         executor=pick(a.executor, base.executor),
         workers=pick(a.workers, base.workers),
+        protocol=base.protocol,
     )
 
 
@@ -172,10 +183,13 @@ def cmd_run(a: argparse.Namespace) -> int:
     from bench import runner
 
     spec = spec_from_args(a)
+    p = runner.plan(spec, dry_run=a.dry_run)
+    for note in p.deviations:
+        print(f"bench: note: protocol {spec.protocol} deviation: {note}", file=sys.stderr)
     if a.dry_run:
-        print(runner.dry_run_summary(runner.plan(spec)))
+        print(runner.dry_run_summary(p))
         return 0
-    out = runner.run(spec, quiet=a.quiet)
+    out = runner.execute(p, quiet=a.quiet)
     print(f"run directory: {out}")
     return 0
 

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from bench.executor import GenerationSettings, generate
 from bench.grid import WorkItem, build_grid, shard
-from bench.models import fingerprint, load_pipeline, native_size
+from bench.models import ModelError, fingerprint, load_pipeline, native_size
 from bench.registry import METHODS
 from bench.sampler import Adapter, Batch
 from bench.scoring import check_scorers, scorer_names
@@ -82,15 +82,24 @@ class RunPlan:
     warnings: dict[str, list[str]] = field(default_factory=dict)
     items: list[WorkItem] = field(default_factory=list)
     cost: dict[str, int] = field(default_factory=dict)
+    deviations: list[str] = field(default_factory=list)  # from spec.protocol's pinned values
+    unloaded: str | None = None  # dry run only: why the model is not loaded (cost unknown)
 
 
-def plan(spec: RunSpec) -> RunPlan:
-    """Resolve everything that can fail before any image is generated."""
+def plan(spec: RunSpec, dry_run: bool = False) -> RunPlan:
+    """Resolve everything that can fail before any image is generated. A dry run plans the grid
+    without the model when its weights are absent (its UNet cost is then unknown)."""
+    deviations = _protocol_deviations(spec)  # a refused prompt set fails before anything loads
     sets = load_prompt_sets(spec)
     methods = expand_methods(spec.methods)
     adapters = {m: build_adapters(m) for m in methods}  # parse errors before loading the model
     check_scorers(scorer_names(spec.model, spec.metrics), spec.device)
-    pipe = load_pipeline(spec.model, spec.device)
+    try:
+        pipe = load_pipeline(spec.model, spec.device)
+    except ModelError as exc:
+        if not dry_run:
+            raise
+        return _plan_unloaded(spec, sets, adapters, deviations, str(exc))
     size = native_size(pipe)
     height, width = spec.sampler.height or size, spec.sampler.width or size
     skipped: dict[str, str] = {}
@@ -110,6 +119,30 @@ def plan(spec: RunSpec) -> RunPlan:
     if spec.shard:
         i, n = parse_shard(spec.shard)
         p.items = shard(p.items, i, n, p.cost, spec.batch_size)
+    p.deviations = deviations
+    return p
+
+
+def _protocol_deviations(spec: RunSpec) -> list[str]:
+    if not spec.protocol:
+        return []
+    from bench import protocols
+
+    return protocols.get(spec.protocol).deviations(spec)
+
+
+def _plan_unloaded(spec: RunSpec, sets: list[PromptSet], adapters: dict[str, list[Adapter]],
+                   deviations: list[str], reason: str) -> RunPlan:
+    """The grid a dry run can count without weights: no fingerprint (cache keys are
+    placeholders), no skip reasons or warnings, no UNet cost; the size only if the spec gives it."""
+    height, width = spec.sampler.height or 0, spec.sampler.width or 0
+    p = RunPlan(spec, None, "model-not-loaded", height, width, sets, adapters,
+                deviations=deviations, unloaded=reason)
+    p.items = build_grid(p.model_fp, list(adapters), sets, spec.samples, spec.seed,
+                         spec.guidance, spec.sampler, height, width)
+    if spec.shard:
+        i, n = parse_shard(spec.shard)
+        p.items = shard(p.items, i, n, None, spec.batch_size)
     return p
 
 
@@ -135,10 +168,21 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def dry_run_summary(p: RunPlan) -> str:
-    evals = sum(p.cost[w.method] for w in p.items)
+    size = f"{p.height}x{p.width}" if p.height else "the model's native size"
+    evals = "unknown UNet evaluations (model not loaded)" if p.unloaded else \
+        f"{sum(p.cost[w.method] for w in p.items)} UNet evaluations"
     lines = [f"{len(p.items)} images ({len(p.adapters)} methods x {len(p.prompt_sets)} prompt sets, "
              f"{p.spec.samples} samples/prompt, guidance {list(p.spec.guidance)}), "
-             f"{evals} UNet evaluations at {p.height}x{p.width}, {p.spec.sampler.steps} steps"]
+             f"{evals} at {size}, {p.spec.sampler.steps} steps"]
+    for s in p.prompt_sets:
+        lines.append(f"  {s.name}: {len(s):,} prompts x {p.spec.samples} images = "
+                     f"{len(s) * p.spec.samples:,} images per method and guidance")
+    if p.unloaded:
+        lines.append(f"  model not loaded, so its UNet cost, skipped methods and warnings are not "
+                     f"known: {p.unloaded}")
+    if p.spec.protocol:
+        lines.append(f"  protocol {p.spec.protocol}: published figures in `bench list protocols`"
+                     + (f"; {len(p.deviations)} deviation(s) printed above" if p.deviations else ""))
     for m, c in p.cost.items():
         lines.append(f"  {m}: {c} UNet evaluations per image")
     for m, r in p.skipped.items():
@@ -157,6 +201,8 @@ def manifest(p: RunPlan) -> dict[str, Any]:
         "size": {"height": p.height, "width": p.width},
         "methods": {m: [{"name": a.name, "params": dataclasses.asdict(a.params)} for a in ads]
                     for m, ads in p.adapters.items()},
+        "protocol": ({"name": p.spec.protocol, "deviations": p.deviations}
+                     if p.spec.protocol else None),
         "skipped_methods": p.skipped,
         "method_warnings": p.warnings,
         "prompt_sets": [{"name": s.name, "source": s.source, "prompts": len(s),

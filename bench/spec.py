@@ -91,6 +91,7 @@ class RunSpec:
     shard: str | None = None  # "i/n"
     executor: str = "local"  # "local" | "ray" (bench/executor_ray.py)
     workers: int | None = None  # Ray workers; None -> one per GPU in the cluster, else 1
+    protocol: str | None = None  # a paper's setup (bench/protocols.py) under the given values
 
     def __post_init__(self) -> None:
         # Checked here so a config file and the flags fail alike, before anything is loaded.
@@ -127,13 +128,18 @@ class RunSpec:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RunSpec":
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}  # safe_load: config is never code
-        except (OSError, yaml.YAMLError) as exc:
-            raise SpecError(f"cannot read config {path}: {exc}") from exc
-        if not isinstance(data, dict):
-            raise SpecError(f"config {path}: expected a mapping of run-spec keys")
-        return cls.from_dict(data)
+        return cls.from_dict(read_config(path))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """A YAML run spec as a mapping, before defaults (a protocol goes under its keys)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}  # safe_load: config is never code
+    except (OSError, yaml.YAMLError) as exc:
+        raise SpecError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SpecError(f"config {path}: expected a mapping of run-spec keys")
+    return data
