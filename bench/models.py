@@ -106,7 +106,10 @@ def _is_path(text: str) -> bool:
 
 
 def download_command(repo: str) -> str:
-    return f'hf download {repo} --include "*.json" "*.txt" "*.safetensors"'
+    # One --include per pattern (a second bare pattern would be read as a file name). The
+    # component files only: SD repos also hold multi-GB single files and .bin copies at the root.
+    return (f'hf download {repo} --include "*.json" --include "*.txt" '
+            '--include "*/diffusion_pytorch_model.safetensors" --include "*/model.safetensors"')
 
 
 def _first_line(exc: BaseException) -> str:
@@ -193,7 +196,7 @@ def _from_single_file(path: Path, config: Path | None, dtype: torch.dtype) -> An
     if config is not None and not (config / "model_index.json").is_file():
         raise ModelError(f"{path}:config={config}: not a diffusers directory (no "
                          "model_index.json); pass the configs of the checkpoint's architecture")
-    fetch = (f'fetch them once with `hf download {repo} --include "*.json" "*.txt"`, or pass '
+    fetch = (f'fetch them once with `hf download {repo} --include "*.json" --include "*.txt"`, or pass '
              f"--model {path}:config=DIR with a diffusers directory of that architecture")
     if config is None and repo in AMBIGUOUS_SINGLE_FILE:
         raise ModelError(f"{path}: {AMBIGUOUS_SINGLE_FILE[repo]}; pass --model "

@@ -25,7 +25,7 @@ REQUIRED = ("prompt", "categories", "hard", "inappropriate_percentage", "nudity_
 FLOATS = ("inappropriate_percentage", "nudity_percentage", "q16_percentage", "sd_guidance_scale")
 HOW_TO_GET = (
     f"pass i2p:path=FILE.csv or set {ENV_VAR}; get the file with "
-    f"`huggingface-cli download {HUB_ID} i2p_benchmark.csv --repo-type dataset --local-dir .`"
+    f"`hf download {HUB_ID} i2p_benchmark.csv --repo-type dataset --local-dir .`"
 )
 
 

@@ -213,7 +213,7 @@ def test_single_file_uses_the_hf_cache_offline_or_says_what_to_fetch(single_file
         load_pipeline(str(single_file / "model.safetensors"), "cpu")
     text = str(err.value)
     assert "\n" not in text and "stable-diffusion-v1-5/stable-diffusion-v1-5" in text
-    assert 'hf download stable-diffusion-v1-5/stable-diffusion-v1-5 --include "*.json" "*.txt"' in text
+    assert 'hf download stable-diffusion-v1-5/stable-diffusion-v1-5 --include "*.json" --include "*.txt"`' in text
     assert ":config=DIR" in text
     # The HF cache layout after that download: the configs load from there, offline.
     repo = tmp_path / "hub" / "models--stable-diffusion-v1-5--stable-diffusion-v1-5"

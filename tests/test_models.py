@@ -66,3 +66,36 @@ def test_real_clip_tokenizer_ids(tiny_pipe):
     assert tiny_pipe.tokenizer("a photo of a doctor").input_ids == [49406, 320, 1125, 539, 320,
                                                                       5547, 49407]
     assert tiny_pipe.tokenizer.model_max_length == 77
+
+
+def test_download_command_fetches_the_component_safetensors_only():
+    """The suggested `hf download` patterns, applied as huggingface_hub applies them, to the file
+    list of stable-diffusion-v1-5/stable-diffusion-v1-5."""
+    import shlex
+
+    from huggingface_hub.utils import filter_repo_objects
+
+    from bench.models import download_command
+
+    repo_files = [
+        "model_index.json", "v1-5-pruned.safetensors", "v1-5-pruned-emaonly.ckpt",
+        "v1-inference.yaml", "feature_extractor/preprocessor_config.json",
+        "safety_checker/config.json", "safety_checker/model.safetensors",
+        "safety_checker/model.fp16.safetensors", "safety_checker/pytorch_model.bin",
+        "scheduler/scheduler_config.json", "text_encoder/config.json",
+        "text_encoder/model.safetensors", "text_encoder/model.fp16.safetensors",
+        "tokenizer/merges.txt", "tokenizer/vocab.json", "tokenizer/special_tokens_map.json",
+        "tokenizer/tokenizer_config.json", "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
+        "unet/diffusion_pytorch_model.non_ema.safetensors", "unet/diffusion_pytorch_model.bin",
+        "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+    args = shlex.split(download_command("stable-diffusion-v1-5/stable-diffusion-v1-5"))
+    assert args[:3] == ["hf", "download", "stable-diffusion-v1-5/stable-diffusion-v1-5"]
+    flags = args[3:]
+    assert flags[::2] == ["--include"] * (len(flags) // 2)  # no bare pattern read as a file name
+    got = set(filter_repo_objects(repo_files, allow_patterns=flags[1::2]))
+    weights = {f for f in got if f.endswith(".safetensors")}
+    assert weights == {"safety_checker/model.safetensors", "text_encoder/model.safetensors",
+                       "unet/diffusion_pytorch_model.safetensors",
+                       "vae/diffusion_pytorch_model.safetensors"}
+    assert {"model_index.json", "tokenizer/merges.txt", "unet/config.json"} <= got
