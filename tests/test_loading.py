@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench.models import ModelError, _from_pretrained, fingerprint, load_pipeline, tiny_random_pipeline
+from bench.models import (ModelError, _from_pretrained, clip_tokenizer, fingerprint, load_pipeline,
+                          tiny_random_pipeline)
 
 SD1_MODEL_INDEX = {  # as stable-diffusion-v1-5/stable-diffusion-v1-5 ships it
     "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.6.0",
@@ -49,11 +50,39 @@ def test_sd_directory_with_safety_checker_and_feature_extractor(tmp_path, refere
     CLIPImageProcessor(crop_size=224, size=224).save_pretrained(tmp_path / "sd" / "feature_extractor")
     pipe.save_pretrained(tmp_path / "sd")
     (tmp_path / "sd" / "model_index.json").write_text(json.dumps(SD1_MODEL_INDEX))
+    sd1_tokenizer_files(tmp_path / "sd" / "tokenizer")
     assert {"safety_checker/model.safetensors", "feature_extractor/preprocessor_config.json",
-            "unet/diffusion_pytorch_model.safetensors"} <= files(tmp_path / "sd")
+            "unet/diffusion_pytorch_model.safetensors", "tokenizer/vocab.json",
+            "tokenizer/merges.txt"} <= files(tmp_path / "sd")
     loaded = load_pipeline(str(tmp_path / "sd"), "cpu")
     assert loaded.safety_checker is None and fingerprint(loaded) == fingerprint(pipe)
+    prompt = "a photo of a doctor, 8k, trending on ArtStation"
+    assert loaded.tokenizer(prompt).input_ids == pipe.tokenizer(prompt).input_ids
     assert np.array_equal(image(loaded), ref)
+
+
+def sd1_tokenizer_files(folder: Path) -> None:
+    """The tokenizer folder as SD 1.x repos ship it: vocab.json, merges.txt and the two JSON
+    configs (no tokenizer.json), built from CLIP's BPE file bundled with open_clip."""
+    import gzip
+
+    import open_clip
+
+    shutil.rmtree(folder)
+    folder.mkdir()
+    lines = gzip.open(Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz").read()
+    merges = lines.decode("utf-8").split("\n")[1: 49152 - 256 - 2 + 1]
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    vocab = clip_tokenizer().get_vocab()
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+               "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "add_prefix_space": False, "do_lower_case": True, "errors": "replace",
+        "model_max_length": 77, "name_or_path": "openai/clip-vit-large-patch14",
+        "special_tokens_map_file": "./special_tokens_map.json", "tokenizer_class": "CLIPTokenizer",
+        **special}))
 
 
 def test_fp16_variant_only_directory_loads(tmp_path):
