@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -150,18 +151,18 @@ def spec_from_args(a: argparse.Namespace) -> RunSpec:
 
         data = protocols.get(protocol).defaults(data)
     base = RunSpec.from_dict(data)
+    pick = lambda new, old: old if new is None else new  # noqa: E731  (0 is a value: refused, not dropped)
     sampler = base.sampler
     sampler = SamplerSpec(
-        steps=a.steps or sampler.steps,
+        steps=pick(a.steps, sampler.steps),
         guidance=sampler.guidance,
-        height=a.resolution or sampler.height,
-        width=a.resolution or sampler.width,
+        height=pick(a.resolution, sampler.height),
+        width=pick(a.resolution, sampler.width),
         scheduler=sampler.scheduler,
         negative_prompt=sampler.negative_prompt)
-    pick = lambda new, old: old if new is None else new  # noqa: E731
     return RunSpec(
         model=pick(a.model, base.model),
-        methods=(a.methods,) if a.methods else base.methods,
+        methods=base.methods if a.methods is None else (a.methods,),
         prompt_sets=tuple(a.prompt_sets) if a.prompt_sets else base.prompt_sets,
         samples=pick(a.samples, base.samples),
         seed=pick(a.seed, base.seed),
@@ -204,8 +205,11 @@ def cmd_list(a: argparse.Namespace) -> int:
 def cmd_generate(a: argparse.Namespace) -> int:
     from bench import debug
 
+    steps = 25 if a.steps is None else a.steps
+    RunSpec(methods=(a.method,), seed=a.seed, guidance=(a.guidance,),  # bench run's checks
+            sampler=SamplerSpec(steps=steps, height=a.resolution, width=a.resolution))
     debug.generate_one(model=a.model or "world", method=a.method, prompt=a.prompt, seed=a.seed,
-                       guidance=a.guidance, steps=a.steps or 25, resolution=a.resolution,
+                       guidance=a.guidance, steps=steps, resolution=a.resolution,
                        device=a.device, out=Path(a.out))
     print(f"wrote {a.out}")
     return 0
@@ -294,7 +298,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, USER_ERRORS):
             print(f"bench: error: {exc}", file=sys.stderr)
             return 2
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+            print(f"bench: error: {disk_error(exc)}", file=sys.stderr)
+            return 2
         raise
+
+
+# A full disk or a file system that turned read-only: the user's to fix, not a bug. Every store
+# write is a temp file + rename, so what was written before stays whole.
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+
+
+def disk_error(exc: OSError) -> str:
+    where = f" writing {exc.filename}" if exc.filename else ""
+    return (f"{exc.strerror}{where}; free space or choose another --out, then rerun the same "
+            f"command (finished images are kept)")
 
 
 if __name__ == "__main__":

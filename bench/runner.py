@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import json
 import datetime as _dt
+import os
 import platform
 import subprocess
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from bench.sampler import Adapter, Batch
 from bench.scoring import check_scorers, scorer_names
 from bench.spec import MethodSpec, RunSpec, SpecError, split_method_list
 from bench.store import RunStore
-from prompt_sets.base import PromptSet
+from prompt_sets.base import PromptSet, check_metadata_types
 
 # With no --prompt-set, a model's own sets; the synthetic world ships its own.
 DEFAULT_PROMPT_SETS: dict[str, tuple[str, ...]] = {"world": ("world-occupations", "world-hazard")}
@@ -90,9 +91,12 @@ def plan(spec: RunSpec, dry_run: bool = False) -> RunPlan:
     """Resolve everything that can fail before any image is generated. A dry run plans the grid
     without the model when its weights are absent (its UNet cost is then unknown)."""
     deviations = _protocol_deviations(spec)  # a refused prompt set fails before anything loads
+    if spec.shard:
+        parse_shard(spec.shard)  # these before the prompt sets and the model load
+    check_out_dir(Path(spec.out))
     sets = load_prompt_sets(spec)
     methods = expand_methods(spec.methods)
-    adapters = {m: build_adapters(m) for m in methods}  # parse errors before loading the model
+    adapters = {m: build_adapters(m) for m in methods}
     check_scorers(scorer_names(spec.model, spec.metrics), spec.device)
     try:
         pipe = load_pipeline(spec.model, spec.device)
@@ -102,6 +106,7 @@ def plan(spec: RunSpec, dry_run: bool = False) -> RunPlan:
         return _plan_unloaded(spec, sets, adapters, deviations, str(exc))
     size = native_size(pipe)
     height, width = spec.sampler.height or size, spec.sampler.width or size
+    check_size(pipe, height, width)
     skipped: dict[str, str] = {}
     for m, ads in list(adapters.items()):
         reason = next((r for a in ads if (r := a.skip_reason(pipe))), None)
@@ -146,6 +151,29 @@ def _plan_unloaded(spec: RunSpec, sets: list[PromptSet], adapters: dict[str, lis
     return p
 
 
+def check_out_dir(out: Path) -> None:
+    """The run directory, or its nearest existing ancestor, is a writable directory: otherwise
+    the first write fails after the model load."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SpecError(f"--out {out}: {existing} is a file, not a directory; choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SpecError(f"--out {out}: {existing} is not writable (permissions or a read-only "
+                        f"file system); choose another --out")
+
+
+def check_size(pipe: Any, height: int, width: int) -> None:
+    """The latents are (height, width) / the VAE's scale factor: another size would silently
+    give smaller images than the manifest records."""
+    factor = int(pipe.vae_scale_factor)
+    if height % factor or width % factor:
+        near = max(factor, round(height / factor) * factor)
+        raise SpecError(f"resolution {height}x{width}: must be a multiple of {factor} for this "
+                        f"model (its VAE's scale factor), e.g. --resolution {near}")
+
+
 def load_prompt_sets(spec: RunSpec) -> list[PromptSet]:
     """The spec's prompt sets as the run uses them (after `limit`): what the manifest hashes."""
     from prompt_sets.resolve import load_prompt_set
@@ -154,6 +182,7 @@ def load_prompt_sets(spec: RunSpec) -> list[PromptSet]:
     sets = [load_prompt_set(n) for n in names]
     if spec.limit:
         sets = [dataclasses.replace(s, prompts=s.prompts[: spec.limit]) for s in sets]
+    check_metadata_types(sets)
     return sets
 
 

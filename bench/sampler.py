@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
@@ -58,6 +59,7 @@ class Adapter:
 
     def __init__(self, params: Any = None) -> None:
         self.params = params if params is not None else self.Params()
+        check_finite(self.name, self.params)
 
     @classmethod
     def from_strings(cls, values: dict[str, str]) -> "Adapter":
@@ -121,10 +123,22 @@ def _convert(raw: str, default: Any, where: str) -> Any:
         if isinstance(default, int):
             return int(raw)
         if isinstance(default, float):
-            return float(raw)
+            return float(raw)  # Adapter.__init__ rejects nan and inf
     except ValueError:
         raise ValueError(f"{where}: cannot read '{raw}' as {type(default).__name__}") from None
     return raw
+
+
+def check_finite(method: str, params: Any) -> None:
+    """Every float parameter finite, however the Params were built (flags, YAML or Python): a
+    NaN scale samples black images, an infinite one NaNs or silently disables a method."""
+    if not dataclasses.is_dataclass(params):
+        return
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{method}:{f.name}={value} is not a finite number; give one "
+                             f"(default {f.default})")
 
 
 @dataclass

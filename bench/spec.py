@@ -74,6 +74,25 @@ class SamplerSpec:
     negative_prompt: str = ""
 
 
+NEWLINE = b"\n"
+
+
+def _yaml_error(path: str | Path, raw: bytes, exc: yaml.YAMLError) -> str:
+    """One line `FILE:LINE[:COLUMN]: problem; fix` (PyYAML's own message spans several lines)."""
+    if isinstance(exc, yaml.reader.ReaderError):  # not UTF-8/16, or a control character
+        line = raw[:exc.position].count(NEWLINE) + 1
+        return f"config {path}:{line}: {exc.reason} (byte {exc.position}); re-save it as UTF-8 text"
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    hint = ("config files hold plain values; remove the tag" if "tag" in problem
+            else "fix the YAML syntax there")
+    return f"config {where}: {problem}; {hint}"
+
+
+_OPTIONAL = ("device", "shard", "sampler.scheduler")  # string keys that may be None
+
+
 @dataclass(frozen=True)
 class RunSpec:
     model: str = "world"
@@ -95,14 +114,44 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         # Checked here so a config file and the flags fail alike, before anything is loaded.
-        counts = {"samples": self.samples, "batch_size": self.batch_size, "steps": self.sampler.steps,
-                  "limit": self.limit, "workers": self.workers}
+        self._check_types()
+        sampler = self.sampler
+        counts = {"samples": self.samples, "batch_size": self.batch_size, "steps": sampler.steps,
+                  "limit": self.limit, "workers": self.workers, "height": sampler.height,
+                  "width": sampler.width}
         for key, value in counts.items():
             if value is not None and (type(value) is not int or value < 1):
                 raise SpecError(f"{key}={value!r}: must be a whole number >= 1")
-        bad = [g for g in self.guidance if not (isinstance(g, (int, float)) and 0 <= g < float("inf"))]
+        bad = [g for g in self.guidance if isinstance(g, bool)
+               or not (isinstance(g, (int, float)) and 0 <= g < float("inf"))]
         if bad or not self.guidance:
             raise SpecError(f"guidance={list(self.guidance)!r}: give one or more finite scales >= 0")
+        if not any(split_method_list(m) for m in self.methods):  # e.g. --methods ',,'
+            raise SpecError(f"methods={list(self.methods)!r}: no method named; give 'all' or "
+                            f"a comma list such as baseline,sld-strong")
+        if self.executor not in ("local", "ray"):
+            raise SpecError(f"executor={self.executor!r}: use local or ray")
+
+    def _check_types(self) -> None:
+        """YAML can hold any type; a wrong one named here instead of a traceback later."""
+        if not isinstance(self.sampler, SamplerSpec):
+            raise SpecError(f"sampler={self.sampler!r}: write a mapping of sampler keys, e.g. "
+                            f"sampler: {{steps: 25, scheduler: DDIMScheduler}}")
+        text = {"model": self.model, "out": self.out, "executor": self.executor,
+                "device": self.device, "shard": self.shard,
+                "sampler.scheduler": self.sampler.scheduler,
+                "sampler.negative_prompt": self.sampler.negative_prompt}
+        for key, value in text.items():
+            if not (isinstance(value, str) or value is None and key in _OPTIONAL):
+                raise SpecError(f"{key}={value!r}: must be a string")
+        lists = {"methods": self.methods, "prompt_sets": self.prompt_sets, "metrics": self.metrics}
+        for key, value in lists.items():
+            if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+                raise SpecError(f"{key}={value!r}: must be a list of strings")
+        if type(self.seed) is not int:
+            raise SpecError(f"seed={self.seed!r}: must be a whole number")
+        if not isinstance(self.guidance, tuple):
+            raise SpecError(f"guidance={self.guidance!r}: must be a list of numbers")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -110,13 +159,13 @@ class RunSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunSpec":
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - known, key=str)
         if unknown:
             raise SpecError(f"unknown run-spec key(s) {unknown}; valid keys: {sorted(known)}")
         data = dict(data)
         if "sampler" in data and isinstance(data["sampler"], dict):
             known_sampler = {f.name for f in dataclasses.fields(SamplerSpec)}
-            unknown = sorted(set(data["sampler"]) - known_sampler)
+            unknown = sorted(set(data["sampler"]) - known_sampler, key=str)
             if unknown:
                 raise SpecError(f"unknown sampler key(s) {unknown}; valid keys: {sorted(known_sampler)}")
             data["sampler"] = SamplerSpec(**data["sampler"])
@@ -137,9 +186,13 @@ class RunSpec:
 def read_config(path: str | Path) -> dict[str, Any]:
     """A YAML run spec as a mapping, before defaults (a protocol goes under its keys)."""
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}  # safe_load: config is never code
-    except (OSError, yaml.YAMLError) as exc:
-        raise SpecError(f"cannot read config {path}: {exc}") from exc
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise SpecError(f"cannot read config {path} ({exc.strerror}); check the path") from None
+    try:
+        data = yaml.safe_load(raw) or {}  # safe_load: config is never code
+    except yaml.YAMLError as exc:
+        raise SpecError(_yaml_error(path, raw, exc)) from None
     if not isinstance(data, dict):
         raise SpecError(f"config {path}: expected a mapping of run-spec keys")
     return data

@@ -70,14 +70,43 @@ def read_card(path: Path, method: str) -> dict[str, Any]:
     return card
 
 
+def check_weights(path: Path, method: str, files: tuple[str, ...]) -> None:
+    """Each weights file present and a safetensors file whose header covers it (a header read,
+    no tensors loaded), so a damaged checkpoint stops the plan, not this method's turn."""
+    from safetensors import SafetensorError, safe_open
+
+    for name in files:
+        try:
+            with safe_open(str(path / name), framework="pt"):
+                pass
+        except (OSError, SafetensorError) as exc:
+            raise CheckpointError(f"{path / name}: not a readable safetensors file ({exc}); "
+                                  f"retrain with `bench train {method}`") from None
+
+
 class CheckpointedAdapter(Adapter):
     """An adapter whose Params have `checkpoint` and `attribute`: skipped with a reason when the
     model ships no checkpoint and none is given."""
 
+    WEIGHTS: tuple[str, ...] = ()  # the checkpoint's safetensors files, checked at planning
+
+    def __init__(self, params: Any = None) -> None:
+        super().__init__(params)
+        if self.params.checkpoint:  # an explicit directory: checked before the model loads
+            self.check(resolve_checkpoint(self.name, self.params.checkpoint, "", None))
+
+    def check(self, path: Path) -> None:
+        """The card and the weights' headers, so a damaged checkpoint stops the plan instead of
+        failing when this method's turn comes, after the methods before it generated."""
+        read_card(path, self.name)
+        check_weights(path, self.name, self.WEIGHTS)
+
     def skip_reason(self, pipe: Any) -> str | None:
         p = self.params
-        if resolve_checkpoint(self.name, p.checkpoint, p.attribute, pipe) is None:
+        path = resolve_checkpoint(self.name, p.checkpoint, p.attribute, pipe)
+        if path is None:
             return no_checkpoint_reason(pipe, self.name, p.attribute)
+        self.check(path)  # the model's own checkpoint (an explicit one was checked in __init__)
         return None
 
     def load_card(self, pipe: Any) -> tuple[Path, dict[str, Any]]:

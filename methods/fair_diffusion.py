@@ -62,6 +62,8 @@ class FairDiffusion(Adapter):
         if not 0.0 <= p.threshold <= 1.0 or p.warmup < 0 or not 0.0 <= p.mom_beta <= 1.0:
             raise ValueError(f"{self.name}: need 0 <= threshold <= 1, warmup >= 0 and "
                              f"0 <= mom_beta <= 1; got {p.threshold}, {p.warmup}, {p.mom_beta}")
+        if p.edit_guidance_scale < 0:  # the edit's direction comes from the groups, not the sign
+            raise ValueError(f"{self.name}:edit_guidance_scale={p.edit_guidance_scale}: must be >= 0")
 
     def targets(self, batch: Batch) -> list[str]:
         if self.params.target:

@@ -207,6 +207,7 @@ class FairMapping(CheckpointedAdapter):
     description = ("Fair Mapping (reconstructed): a trained linear map on the prompt embeddings "
                    "of human-related prompts.")
     Params = FairMappingParams
+    WEIGHTS = ("mapping.safetensors",)
 
     def __init__(self, params: Any = None) -> None:
         super().__init__(params)

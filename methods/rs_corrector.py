@@ -133,6 +133,7 @@ class RSCorrector(CheckpointedAdapter):
     description = ("RS-Corrector (reconstructed): gradient steps on the latent toward a per-image "
                    "target group under a trained latent preference model.")
     Params = RSCorrectorParams
+    WEIGHTS = ("preference.safetensors",)
 
     def __init__(self, params: Any = None) -> None:
         super().__init__(params)
@@ -140,6 +141,8 @@ class RSCorrector(CheckpointedAdapter):
         if p.k < 0 or p.start < 0 or p.stop < p.start:
             raise SpecError(f"{self.name}: need k >= 0 and 0 <= start <= stop; "
                             f"got k={p.k}, start={p.start}, stop={p.stop}")
+        if p.eta < 0:  # a step size (an RMS with normalize=true): negative steps away from the target
+            raise SpecError(f"{self.name}:eta={p.eta}: must be >= 0")
         self.net: PreferenceNet | None = None
         self.card: dict[str, Any] = {}
         self.probs: list[float] = []

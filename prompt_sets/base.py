@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 
 class PromptSetError(ValueError):
@@ -42,3 +42,27 @@ class PromptSet:
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+
+def _kind(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true/false"
+    return "number" if isinstance(value, (int, float)) else "string"
+
+
+def check_metadata_types(sets: Sequence[PromptSet]) -> None:
+    """One kind per metadata key across the run's prompt sets: each key becomes one table column,
+    and a column of strings and numbers fails to write after every image is generated."""
+    seen: dict[str, tuple[str, PromptSet, Prompt]] = {}
+    for s in sets:
+        for p in s.prompts:
+            for key, value in p.metadata.items():
+                kind = _kind(value)
+                first = seen.setdefault(key, (kind, s, p)) if kind else None
+                if first and first[0] != kind:
+                    raise PromptSetError(
+                        f"{s.source or s.name}: prompt {p.id!r} has metadata {key!r}={value!r}, a "
+                        f"{kind}, but prompt {first[2].id!r} of {first[1].source or first[1].name} "
+                        f"has a {first[0]}; give {key!r} one type (e.g. quote the numbers)")

@@ -74,13 +74,45 @@ def _read_jsonl(path: Path, text: str) -> list[_Row]:
         if not isinstance(meta, dict):
             raise PromptSetError(f'{path}:{n}: "metadata" is not a JSON object; write "metadata": {{"key": "value"}}')
         extra = {k: v for k, v in obj.items() if k not in (*RESERVED, "metadata")}
-        rows.append(_Row(n, obj.get("id"), obj["prompt"], obj.get("seed"), {**extra, **meta}))
+        row = _Row(n, obj.get("id"), obj["prompt"], obj.get("seed"), {**extra, **meta})
+        _check_json_row(path, row)
+        rows.append(row)
     return rows
+
+
+SCALARS = (str, int, float, bool, type(None))  # what a table column and a PNG text chunk hold
+
+
+def _check_json_row(path: Path, row: _Row) -> None:
+    """Metadata values are scalars, and every string is encodable Unicode: JSON can spell a lone
+    surrogate (\\ud800) that the tokenizer and the parquet writer reject after the model loads."""
+    for key, value in row.metadata.items():
+        if not isinstance(value, SCALARS):
+            kind = "array" if isinstance(value, list) else "object"
+            raise PromptSetError(
+                f"{path}:{row.line}: metadata {key!r} is a JSON {kind}, not a string, number, "
+                "true/false or null; flatten it (e.g. a comma-separated string)"
+            )
+        if isinstance(value, int) and not -2**63 <= value < 2**63:  # a table column is int64
+            raise PromptSetError(f"{path}:{row.line}: metadata {key!r}={value} does not fit "
+                                 "in 64 bits; write it as a string")
+    texts = [("prompt", row.text), ("id", row.id), *(("metadata key", k) for k in row.metadata),
+             *((f"metadata {k!r}", v) for k, v in row.metadata.items())]
+    for what, text in texts:
+        if isinstance(text, str):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise PromptSetError(
+                    f"{path}:{row.line}: {what} holds {text[exc.start]!r}, a lone UTF-16 surrogate "
+                    "that is not Unicode text; remove the \\ud8xx-\\udfxx escape"
+                ) from None
 
 
 def _read_csv(path: Path, text: str) -> list[_Row]:
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     rows: list[_Row] = []
+    start = 1  # where the record being read starts: an unclosed quote runs on to the file's end
     try:
         header = [name.strip() for name in next(reader, [])]
         if not header:
@@ -104,6 +136,11 @@ def _read_csv(path: Path, text: str) -> list[_Row]:
             meta = {k: (v if v != "" else None) for k, v in row.items() if k not in RESERVED}
             rows.append(_Row(line, row.get("id"), row["prompt"], row.get("seed"), meta))
     except csv.Error as exc:
+        if "unexpected end of data" in str(exc):
+            raise PromptSetError(
+                f"{path}:{start}: a quote opened in this record is never closed; close it or "
+                "double quotes inside quoted fields (\"\")"
+            ) from None
         raise PromptSetError(
             f"{path}:{reader.line_num}: malformed CSV ({exc}); quote fields with commas, quotes or newlines"
         ) from None

@@ -208,7 +208,7 @@ BAD_FILES = [
     ("p.jsonl", '{"prompt": "x", "seed": true}\n', r"p.jsonl:1: seed True is not an integer"),
     ("p.jsonl", '{"prompt": "x", "seed": -1}\n', r"p.jsonl:1: seed -1 is not an integer"),
     ("p.csv", "prompt,seed\nx,1,2\n", r"p.csv:2: 3 fields but the header has 2; quote fields"),
-    ("p.csv", 'prompt\n"never closed\n', r"p.csv:\d+: malformed CSV"),
+    ("p.csv", 'prompt\n"never closed\n', r"p.csv:2: a quote opened in this record is never closed"),
     ("p.md", "x\n", r"p.md: unsupported prompt file type '.md'; use .csv, .jsonl or .txt"),
 ]
 
