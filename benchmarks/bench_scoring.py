@@ -5,9 +5,10 @@
 Images: N distinct 512 x 512 crops of scikit-image's photos (distinct pixels, so the per-process
 detection and embedding caches never hit). Each scorer is warmed up on two other images (model
 loading is not timed) and its caches are cleared before the timed call, so attribute classifiers
-include their MTCNN detection. Scorers whose weights are not available offline run on randomly
-initialised weights of the real architecture (ViT-L-14, ResNet-34, 768-d heads), written to
-temporary files in the real formats: same compute, meaningless scores.
+include their face detection (MTCNN; dlib's CNN detector for FairFace). Scorers whose weights are
+not available offline run on randomly initialised weights of the real architecture (ViT-L-14,
+ResNet-34, 768-d heads), written to temporary files in the real formats: same compute, meaningless
+scores.
 """
 from __future__ import annotations
 
@@ -42,13 +43,13 @@ def random_weights(tmp: Path) -> dict[str, str]:
     """Random heads / classifiers in the real file formats."""
     from metrics.attributes import fairface_model
 
-    torch.save(fairface_model().state_dict(), tmp / "fairface.pt")
+    torch.save(fairface_model().state_dict(), tmp / "res34_fair_align_multi_7_20190809.pt")
     dims = [768, 1024, 128, 64, 16, 1]
     mlp = {f"layers.{j}.{p}": t for j, (a, b) in zip((0, 2, 4, 6, 7), zip(dims, dims[1:]))
            for p, t in torch.nn.Linear(a, b).state_dict().items()}
     torch.save(mlp, tmp / "aesthetic.pth")
     np.save(tmp / "q16.npy", np.random.default_rng(0).standard_normal((2, 768)).astype(np.float32))
-    return {"fairface": str(tmp / "fairface.pt"), "aesthetic": str(tmp / "aesthetic.pth"),
+    return {"fairface": str(tmp / "res34_fair_align_multi_7_20190809.pt"), "aesthetic": str(tmp / "aesthetic.pth"),
             "q16": str(tmp / "q16.npy")}
 
 
@@ -65,7 +66,7 @@ def scorers(weights: dict[str, str], device: str, threads: int) -> dict[str, tup
     return {
         "mtcnn": (MTCNNFaces(device=device), "bundled weights"),
         "age-gender": (AgeGender(device=device), "bundled weights; includes MTCNN"),
-        "fairface": (FairFace(weights=weights["fairface"], device=device), rand + "; includes MTCNN"),
+        "fairface": (FairFace(weights=weights["fairface"], device=device), rand + "; includes dlib CNN detection and chips"),
         "clip-attributes": (CLIPAttributes(**clip), "ViT-L-14 " + rand + "; includes MTCNN; CLIP only on single-face images"),
         "nudenet": (NudeNet(threads=threads), "bundled 320n.onnx"),
         "clipscore": (CLIPScore(**clip), "ViT-L-14 " + rand),
@@ -79,6 +80,7 @@ def clear_caches() -> None:
     import metrics.faces
 
     metrics.faces._DETECTIONS.data.clear()
+    metrics.faces._CHIPS.data.clear()
     metrics.clip_models._EMBEDDINGS.data.clear()
 
 

@@ -2,16 +2,22 @@
 
 Only images with exactly one detected face are classified; for the others the labels are None and
 `<name>.n_faces` says why (0 or several). Faces come from the shared MTCNN helper
-(`metrics.faces.detect`, cached by image content), except insightface, which uses its own detector.
+(`metrics.faces.detect`, cached by image content), except insightface, which uses its own detector,
+and FairFace, which uses its publisher's dlib detector and aligned chips.
 
-Labels: gender "male"/"female"; race FairFace's 7 groups (RACES); age FairFace's 9 bins (AGES);
+Labels: gender "male"/"female"; race FairFace's 7 groups (RACES), or its 4 (RACES4) in `race4`;
+age FairFace's 9 bins (AGES);
 classifiers that estimate years also give `<name>.age_years` and map it onto the bins.
 
-* `fairface`: FairFace ResNet-34 (torchvision resnet34, fc -> 18 logits: 7 race, 2 gender
-  (Male, Female), 9 age), `res34_fair_align_multi_7_20190809.pt` from
-  https://github.com/dchen236/FairFace; `weights=PATH` or env BENCH_FAIRFACE_WEIGHTS. Input: the
-  face crop (box grown by 0.25 on each side, like FairFace's padded chips) resized to 224 x 224,
-  ImageNet normalisation.
+* `fairface`: FairFace ResNet-34 (torchvision resnet34, fc -> 18 logits) from
+  https://github.com/dchen236/FairFace, on the publisher's own preprocessing
+  (`metrics.faces.fairface_chips`: dlib CNN detection on the image resized to 800 px, 5-point
+  landmarks, `dlib.get_face_chips(size=300, padding=0.25)`; then 224 x 224 and ImageNet
+  normalisation, as predict.py). Two published files, both with 18 outputs: the 7-race file's are
+  7 race, 2 gender (Male, Female), 9 age -> columns race, gender, age; of the 4-race file predict.py
+  reads only the first 4 (White, Black, Asian, Indian) -> column race4. Which file it is comes from
+  `races=4|7` or the publisher's file name, never a guess. `weights=PATH` or env
+  BENCH_FAIRFACE_WEIGHTS; `detector=` / `landmarks=` default to face-recognition-models' files.
 * `clip-attributes`: open_clip zero-shot on the face crop (any model; default ViT-L-14/openai).
   Each class gets one prompt, `template.format(group=...)` with the default template
   "a photo of a {group} person" and the group words in RACE_WORDS / GENDER_WORDS / AGE_WORDS
@@ -26,7 +32,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence, Sized
 
 import numpy as np
 import pandas as pd
@@ -35,9 +41,11 @@ from PIL import Image
 
 from metrics.base import Scorer
 from metrics.clip_models import ClipScorerBase, encode_images, encode_texts
-from metrics.faces import Faces, crop, detect, frame, insightface_reason, resolve_device
+from metrics.faces import (Faces, crop, detect, fairface_chips, frame, insightface_reason,
+                           load_dlib_models, packaged_dlib_model, resolve_device)
 
 RACES = ("White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian", "Middle Eastern")
+RACES4 = ("White", "Black", "Asian", "Indian")  # FairFace's 4-race file, predict.py's `race4`
 GENDERS = ("male", "female")  # FairFace's order: Male, Female
 AGES = ("0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "70+")
 RACE_WORDS = ("white", "black", "latino hispanic", "east asian", "southeast asian", "indian", "middle eastern")
@@ -45,6 +53,16 @@ GENDER_WORDS = ("male", "female")
 AGE_WORDS = tuple(f"{a} year old" for a in AGES)
 FAIRFACE_ENV = "BENCH_FAIRFACE_WEIGHTS"
 FAIRFACE_URL = "https://github.com/dchen236/FairFace (fair_face_models/res34_fair_align_multi_7_20190809.pt)"
+# The publisher's names: the README's download folder, and the names predict.py loads.
+FAIRFACE_FILES = {"res34_fair_align_multi_7_20190809.pt": 7, "fairface_alldata_20191111.pt": 7,
+                  "res34_fair_align_multi_4_20190809.pt": 4, "fairface_alldata_4race_20191111.pt": 4}
+# Output slices as predict.py reads them: column -> (logit slice, labels).
+FAIRFACE_HEADS: dict[int, dict[str, tuple[slice, tuple[str, ...]]]] = {
+    7: {"race": (slice(0, 7), RACES), "gender": (slice(7, 9), GENDERS), "age": (slice(9, 18), AGES)},
+    4: {"race4": (slice(0, 4), RACES4)},  # its other 14 outputs are not read by the publisher
+}
+DLIB_DETECTOR = "mmod_human_face_detector.dat"
+DLIB_LANDMARKS = "shape_predictor_5_face_landmarks.dat"
 
 
 def age_bin(years: float) -> str:
@@ -77,15 +95,25 @@ class SingleFaceClassifier(Scorer):
 
     def score(self, images: Sequence[Image.Image], rows: pd.DataFrame) -> pd.DataFrame:
         faces = self.detect(images)
-        single = [i for i, f in enumerate(faces) if len(f) == 1]
-        labels = self.classify([images[i] for i in single], [faces[i] for i in single]) if single else {}
-        columns: dict[str, list] = {f"{self.name}.n_faces": [len(f) for f in faces]}
-        for field in self.fields:
-            values: list[Any] = [None] * len(images)
-            for i, value in zip(single, labels.get(field, [])):
-                values[i] = value
-            columns[f"{self.name}.{field}"] = values
-        return frame(rows, len(images), columns)
+        def classify(pick: list[int]) -> dict[str, list]:
+            return self.classify([images[i] for i in pick], [faces[i] for i in pick])
+
+        return single_face_frame(self.name, self.fields, faces, rows, classify)
+
+
+def single_face_frame(name: str, fields: Sequence[str], found: Sequence[Sized], rows: pd.DataFrame | None,
+                      classify: Callable[[list[int]], dict[str, list]]) -> pd.DataFrame:
+    """`<name>.n_faces` per image and each field's label for the images with exactly one face
+    (`classify` gets their indices), None for the others."""
+    single = [i for i, f in enumerate(found) if len(f) == 1]
+    labels = classify(single) if single else {}
+    columns: dict[str, list] = {f"{name}.n_faces": [len(f) for f in found]}
+    for field in fields:
+        values: list[Any] = [None] * len(found)
+        for i, value in zip(single, labels.get(field, [])):
+            values[i] = value
+        columns[f"{name}.{field}"] = values
+    return frame(rows, len(found), columns)
 
 
 # ---- FairFace -----------------------------------------------------------------------------------
@@ -99,19 +127,57 @@ def fairface_model() -> torch.nn.Module:
     return model
 
 
-@lru_cache(maxsize=2)
-def load_fairface(path: str, device: str) -> torch.nn.Module:
+def fairface_races(path: str, races: str | int | None) -> int:
+    """4 or 7: the `races` option, else the publisher's file name. Both files have 18 outputs, so
+    a file of any other name is refused rather than read with the wrong labels."""
+    named = FAIRFACE_FILES.get(Path(path).name)
+    if races in (None, ""):
+        if named is None:
+            raise ValueError(f"{path}: FairFace's 4-race and 7-race files both have 18 outputs and this "
+                             f"is neither published name; pass fairface:races=7 or fairface:races=4")
+        return named
+    if str(races) not in ("4", "7"):
+        raise ValueError(f"races={races}: FairFace publishes a 4-race and a 7-race model; "
+                         f"use races=4 or races=7")
+    if named is not None and named != int(races):
+        raise ValueError(f"races={races}, but {Path(path).name} is FairFace's {named}-race file")
+    return int(races)
+
+
+def check_fairface_state(path: str) -> dict[str, torch.Tensor]:
+    """The state dict if it is torchvision resnet34 with fc 512 -> 18 (keys, shapes, finite);
+    ValueError naming the file and the first thing wrong."""
     from metrics.aesthetics import load_state_dict
 
-    model = fairface_model()
     try:
-        model.load_state_dict(load_state_dict(path))
-    except RuntimeError as e:
-        raise ValueError(f"{path}: not a FairFace ResNet-34 (18 outputs) state dict: {str(e).splitlines()[0]}")
+        state = load_state_dict(path)
+    except Exception as e:  # pickles beyond tensors, truncated zips: torch's messages span lines
+        raise ValueError(f"{path}: not a tensor state dict torch.load(weights_only=True) reads "
+                         f"({type(e).__name__}); FairFace ships torch.save(model.state_dict())") from None
+    expected = fairface_model().state_dict()
+    what = "not FairFace's ResNet-34 (torchvision resnet34, fc 512 -> 18)"
+    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or extra:
+        first = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+        raise ValueError(f"{path}: {what}: {first} ({len(missing)} missing, {len(extra)} unexpected keys)")
+    for key, ref in expected.items():
+        if tuple(state[key].shape) != tuple(ref.shape):
+            raise ValueError(f"{path}: {what}: {key} is {tuple(state[key].shape)}, "
+                             f"expected {tuple(ref.shape)}")
+        if state[key].is_floating_point() and not torch.isfinite(state[key]).all():
+            raise ValueError(f"{path}: {key} holds non-finite values")
+    return state
+
+
+@lru_cache(maxsize=2)
+def load_fairface(path: str, device: str) -> torch.nn.Module:
+    model = fairface_model()
+    model.load_state_dict(check_fairface_state(path))
     return model.eval().requires_grad_(False).to(device)
 
 
 def fairface_transform() -> Any:
+    """predict.py's transform after its ToPILImage: the 300 px chip to 224, ImageNet statistics."""
     from torchvision import transforms
 
     return transforms.Compose([
@@ -120,40 +186,109 @@ def fairface_transform() -> Any:
     ])
 
 
-class FairFace(SingleFaceClassifier):
-    name: ClassVar[str] = "fairface"
-    description: ClassVar[str] = "FairFace ResNet-34: race (7), gender, age (9 bins) on MTCNN face crops"
-    fields: ClassVar[tuple[str, ...]] = ("race", "gender", "age")
+@lru_cache(maxsize=8)
+def file_sha256(path: str, size: int, mtime: float) -> str:
+    """SHA-256 of a file; size and mtime in the cache key so a replaced file is hashed again."""
+    import hashlib
 
-    def __init__(self, weights: str | None = None, **options: str) -> None:
-        super().__init__(**options)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(path: str) -> str:
+    st = Path(path).stat()
+    return file_sha256(str(Path(path).resolve()), st.st_size, st.st_mtime)
+
+
+def dlib_model_path(option: str | None, file: str) -> str:
+    """The option ("~" expanded: dlib does not), else the packaged file; "" when neither exists
+    (available() then says how to get it)."""
+    if option:
+        return str(Path(option).expanduser())
+    return str(packaged_dlib_model(file) or "")
+
+
+class FairFace(Scorer):
+    name: ClassVar[str] = "fairface"
+    description: ClassVar[str] = ("FairFace ResNet-34 (7-race or 4-race file) on the publisher's "
+                                  "dlib-aligned face chips: race, gender, age (9 bins)")
+
+    def __init__(self, weights: str | None = None, races: str | None = None, detector: str | None = None,
+                 landmarks: str | None = None, device: str | None = None, batch_size: int | str = 32) -> None:
+        self.device = device
+        self.batch_size = int(batch_size)
         self.weights = weights or os.environ.get(FAIRFACE_ENV) or None
+        self.races = 7  # a missing file is a skip with its reason (available()), not an error
+        if races or (self.weights and Path(self.weights).expanduser().is_file()):
+            self.races = fairface_races(self.weights or "", races)
+        self.detector = dlib_model_path(detector, DLIB_DETECTOR)
+        self.landmarks = dlib_model_path(landmarks, DLIB_LANDMARKS)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(FAIRFACE_HEADS[self.races])
 
     def available(self) -> str | None:
         if not self.weights:
             return f"FairFace weights not set: pass fairface:weights=PATH or set {FAIRFACE_ENV}; get them from {FAIRFACE_URL}"
         if not Path(self.weights).expanduser().is_file():
             return f"FairFace weights not found: {self.weights}; get them from {FAIRFACE_URL}"
+        try:
+            import dlib  # noqa: F401
+        except ImportError as e:
+            return f"dlib is not importable ({e}); pip install dlib-bin"
+        for option, path, file in (("detector", self.detector, DLIB_DETECTOR),
+                                   ("landmarks", self.landmarks, DLIB_LANDMARKS)):
+            if not path or not Path(path).is_file():
+                return (f"dlib model {file} not found{f' at {path}' if path else ''}: pip install "
+                        f"face-recognition-models or pass fairface:{option}=PATH")
         return None
 
-    def logits(self, crops: list[Image.Image]) -> torch.Tensor:
+    def check(self) -> None:
+        """Before generation: the weights are FairFace's ResNet-34 and dlib reads both model files."""
+        check_fairface_state(str(Path(self.weights).expanduser()))
+        load_dlib_models(self.detector, self.landmarks)
+
+    def manifest(self) -> dict[str, str]:
+        import dlib
+
+        from metrics.faces import FAIRFACE_DETECTOR_SHA256
+
+        detector_sha = fingerprint(self.detector)
+        return {
+            "weights": str(self.weights), "weights_sha256": fingerprint(str(Path(self.weights).expanduser())),
+            "races": str(self.races), "detector": self.detector, "detector_sha256": detector_sha,
+            "detector_is_fairface_repo_file": str(detector_sha == FAIRFACE_DETECTOR_SHA256).lower(),
+            "landmarks": self.landmarks, "landmarks_sha256": fingerprint(self.landmarks),
+            "dlib": dlib.__version__,
+        }
+
+    def probabilities(self, chips: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """Per column, the softmax over its slice of the 18 logits (predict.py's `*_scores_fair`)."""
         device = resolve_device(self.device)
         model = load_fairface(str(Path(self.weights).expanduser().resolve()), device)
         transform = fairface_transform()
-        out = []
+        logits = []
         with torch.inference_mode():
-            for start in range(0, len(crops), self.batch_size):
-                x = torch.stack([transform(c) for c in crops[start:start + self.batch_size]]).to(device)
-                out.append(model(x).float().cpu())
-        return torch.cat(out)
+            for start in range(0, len(chips), self.batch_size):
+                x = torch.stack([transform(Image.fromarray(c)) for c in chips[start:start + self.batch_size]])
+                logits.append(model(x.to(device)).float().cpu())
+        z = torch.cat(logits)
+        heads = FAIRFACE_HEADS[self.races]
+        return {field: torch.softmax(z[:, part], -1).numpy() for field, (part, _) in heads.items()}
 
-    def classify(self, images: list[Image.Image], faces: list[Faces]) -> dict[str, list]:
-        z = self.logits(self.crops(images, faces))
-        return {
-            "race": [RACES[i] for i in z[:, :7].argmax(-1)],
-            "gender": [GENDERS[i] for i in z[:, 7:9].argmax(-1)],
-            "age": [AGES[i] for i in z[:, 9:18].argmax(-1)],
-        }
+    def score(self, images: Sequence[Image.Image], rows: pd.DataFrame) -> pd.DataFrame:
+        chips = [fairface_chips(im, self.detector, self.landmarks) for im in images]
+
+        def classify(single: list[int]) -> dict[str, list]:
+            probs = self.probabilities([chips[i][0] for i in single])
+            return {field: [FAIRFACE_HEADS[self.races][field][1][int(k)] for k in p.argmax(-1)]
+                    for field, p in probs.items()}
+
+        return single_face_frame(self.name, self.fields, chips, rows, classify)
 
 
 # ---- CLIP zero-shot -----------------------------------------------------------------------------

@@ -8,6 +8,8 @@ Backends:
 * `insightface`: SCRFD from insightface's `buffalo_l` pack, when its ONNX files are present under
   `ROOT/models/buffalo_l` (ROOT defaults to `~/.insightface`). The same pass also yields
   insightface's gender/age, used by `metrics.attributes.InsightFaceGenderAge`.
+* dlib (FairFace's own preprocessing, `fairface_chips`): the publisher's `predict.py` steps, dlib's
+  CNN face detector (MMOD), 5-point landmarks and aligned chips; used by `metrics.attributes.FairFace`.
 
 Detections are cached per process, keyed by image content, so a detector scorer and the attribute
 classifiers that need face crops detect each image once.
@@ -178,6 +180,99 @@ def crop(image: Image.Image, box: np.ndarray, margin: float = 0.25) -> Image.Ima
     left, top = max(0, round(cx - half)), max(0, round(cy - half))
     right, bottom = min(w, round(cx + half)), min(h, round(cy + half))
     return image.convert("RGB").crop((left, top, max(right, left + 1), max(bottom, top + 1)))
+
+
+# ---- dlib: FairFace's face chips ----------------------------------------------------------------
+
+# FairFace's predict.py (github.com/dchen236/FairFace): the image is resized so its longer side is
+# 800 px (dlib.resize_image, sides truncated to int), faces are found by dlib's CNN detector with
+# one upsampling, 5 landmarks are fitted in each box, and dlib.get_face_chips cuts 300 x 300 chips
+# aligned on them with padding 0.25. The publisher writes the chips to disk and reads them back;
+# for PNG inputs (ours) that round trip is lossless, so we keep them in memory.
+FAIRFACE_MAX_SIZE = 800
+FAIRFACE_UPSAMPLE = 1
+FAIRFACE_CHIP_SIZE = 300
+FAIRFACE_CHIP_PADDING = 0.25
+# The detector file FairFace's repository ships (dlib_models/), identical to davisking/dlib-models'
+# mmod_human_face_detector.dat. face-recognition-models ships a different file of the same name.
+FAIRFACE_DETECTOR_SHA256 = "be467b1a76f482693de3b0f6a1ff91d092319be71523d4d4b0628f6a53fcb87a"
+DLIB_MODELS_URL = "https://github.com/davisking/dlib-models (mmod_human_face_detector.dat.bz2)"
+
+_CHIPS = LRU(512)  # (detector, landmarks, image key) -> chips; 270 kB per chip
+
+
+def packaged_dlib_model(name: str) -> Path | None:
+    """A .dat file from the face-recognition-models package, located without importing it (its
+    __init__ imports pkg_resources, which current setuptools no longer ships)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "models" / name
+
+
+@lru_cache(maxsize=2)
+def _dlib_detector(path: str) -> Any:
+    import dlib
+
+    return dlib.cnn_face_detection_model_v1(path)
+
+
+@lru_cache(maxsize=2)
+def _dlib_landmarks(path: str) -> Any:
+    import dlib
+
+    return dlib.shape_predictor(path)
+
+
+def load_dlib_models(detector: str, landmarks: str) -> tuple[Any, Any]:
+    """The CNN detector and the 5-point shape predictor; ValueError naming a file dlib refuses."""
+    import dlib
+
+    out = []
+    for path, load in ((detector, _dlib_detector), (landmarks, _dlib_landmarks)):
+        try:
+            out.append(load(path))
+        except RuntimeError as e:  # dlib's deserialisation errors span several lines
+            raise ValueError(f"{path}: dlib cannot read it: {' '.join(str(e).split())}") from None
+    parts = out[1](np.zeros((8, 8, 3), np.uint8), dlib.rectangle(0, 0, 7, 7)).num_parts
+    if parts != 5:
+        raise ValueError(f"{landmarks}: a {parts}-point shape predictor; FairFace aligns with the "
+                         f"5-point one (shape_predictor_5_face_landmarks.dat)")
+    return out[0], out[1]
+
+
+def fairface_resize(rgb: np.ndarray) -> np.ndarray:
+    """predict.py's first step: the longer side to 800 px with dlib's bilinear resize."""
+    import dlib
+
+    h, w = rgb.shape[:2]
+    if w > h:
+        size = (int(FAIRFACE_MAX_SIZE * h / w), FAIRFACE_MAX_SIZE)
+    else:
+        size = (FAIRFACE_MAX_SIZE, int(FAIRFACE_MAX_SIZE * w / h))
+    return dlib.resize_image(rgb, rows=size[0], cols=size[1])
+
+
+def fairface_chips(image: Image.Image, detector: str, landmarks: str) -> list[np.ndarray]:
+    """FairFace's aligned face chips (300 x 300 x 3 uint8 RGB), one per face dlib finds."""
+    rgb = np.ascontiguousarray(np.asarray(image.convert("RGB")))
+    key = (detector, landmarks, image_key(image.convert("RGB")))
+    cached = _CHIPS.get(key)
+    if cached is not None:
+        return cached
+    import dlib
+
+    cnn, predictor = load_dlib_models(detector, landmarks)
+    resized = fairface_resize(rgb)
+    shapes = dlib.full_object_detections()
+    for found in cnn(resized, FAIRFACE_UPSAMPLE):
+        shapes.append(predictor(resized, found.rect))
+    chips = list(dlib.get_face_chips(resized, shapes, size=FAIRFACE_CHIP_SIZE,
+                                     padding=FAIRFACE_CHIP_PADDING)) if len(shapes) else []
+    _CHIPS.put(key, chips)
+    return chips
 
 
 # ---- insightface --------------------------------------------------------------------------------

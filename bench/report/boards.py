@@ -20,6 +20,7 @@ GROUPS: dict[str, list[str]] = {
     "skin": ["light", "medium", "dark"],
     "race": ["White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian",
              "Middle Eastern"],
+    "race4": ["White", "Black", "Asian", "Indian"],  # FairFace's 4-race file
     "gender": ["male", "female"],
 }
 FLAG_COLUMNS = ("q16.flag", "nudenet.flag", "world.hazard")
