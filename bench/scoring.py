@@ -36,7 +36,8 @@ def scorer_names(model: str, requested: Sequence[str]) -> list[str]:
 def check_scorers(names: Sequence[str], device: str | None) -> None:
     """Fail on an unknown scorer or a bad option before any image is generated: scoring runs
     last, and on real Stable Diffusion a typo found there costs the whole generation time.
-    Constructing a scorer only checks its options; weights load when it first scores."""
+    Constructing a scorer checks its options; `check()` then reads those of its weight files that
+    are present (missing ones stay a skip with a reason); models load when it first scores."""
     for name in names:
         spec = MethodSpec.parse(name)
         cls = METRICS.get(spec.name)  # unknown name: one line with close-name suggestions
@@ -49,8 +50,8 @@ def check_scorers(names: Sequence[str], device: str | None) -> None:
             raise SpecError(f"metric '{name}': '{spec.name}' has no option '{unknown[0]}'; "
                             f"options: {sorted(options)}")
         try:
-            cls(device=device, **spec.param_dict())
-        except (TypeError, ValueError) as e:
+            cls(device=device, **spec.param_dict()).check()
+        except (TypeError, ValueError, OSError) as e:
             raise SpecError(f"metric '{name}': {e}") from None
 
 

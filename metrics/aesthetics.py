@@ -1,20 +1,24 @@
 """LAION aesthetic predictor: a head on the L2-normalised CLIP ViT-L/14 image embedding.
 
-Two head layouts are read from a state dict (`torch.load(weights_only=True)` or safetensors):
+Three published head layouts are read from a state dict (`torch.load(weights_only=True)` or
+safetensors), each rebuilt as its publisher's `nn.Sequential` so the keys load as they are:
 
-* linear (LAION-AI/aesthetic-predictor `sa_0_4_vit_l_14_linear.pth`): keys `weight` (1, 768) and
-  `bias` (1,);
-* MLP (christophschuhmann/improved-aesthetic-predictor `sac+logos+ava1-l14-linearMSE.pth`): keys
-  `layers.{0,2,4,6,7}.weight/bias`, Linear 768-1024-128-64-16-1 with dropout between and no
-  activation, so at inference it is the chain of its linear layers.
+* linear (LAION-AI/aesthetic-predictor `sa_0_4_vit_l_14_linear.pth`): `nn.Linear(768, 1)`, keys
+  `weight` (1, 768) and `bias` (1,);
+* MLP (christophschuhmann/improved-aesthetic-predictor `sac+logos+ava1-l14-linearMSE.pth`,
+  `ava+logos-l14-linearMSE.pth`): keys `layers.{0,2,4,6,7}`, Linear 768-1024, Dropout, Linear
+  1024-128, Dropout, Linear 128-64, Dropout, Linear 64-16, Linear 16-1, no activation;
+* ReLU MLP (same repository, `ava+logos-l14-reluMSE.pth`, trained with the ReLUs its current code
+  comments out): keys `layers.{0,3,6,9,11}`, the same Linears with a ReLU after each of the first
+  four (Linear, ReLU, Dropout, ..., Linear 64-16, ReLU, Linear 16-1).
 
-Weights come from `weights=PATH` (or env BENCH_AESTHETIC_WEIGHTS), else from the HF hub file
-`hub=REPO/FILE` (default below) when it is cached or the hub is reachable.
+Any other set of keys or shapes is refused, naming what the file holds. Weights come from
+`weights=PATH` (or env BENCH_AESTHETIC_WEIGHTS), else from the HF hub file `hub=REPO/FILE`
+(default below) when it is cached or the hub is reachable.
 """
 from __future__ import annotations
 
 import os
-import re
 from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar, Sequence
@@ -24,7 +28,7 @@ import torch
 from PIL import Image
 
 from metrics.base import MetricInfo, Scorer
-from metrics.clip_models import ClipScorerBase, encode_images
+from metrics.clip_models import ClipScorerBase, encode_images, model_embed_dim
 from metrics.faces import frame
 
 DEFAULT_HUB = "camenduru/improved-aesthetic-predictor/sac+logos+ava1-l14-linearMSE.pth"
@@ -38,49 +42,74 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, or one holding more than tensors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"{path}: not a torch state dict ({type(e).__name__}: {first[:200]})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    if not isinstance(state, dict):
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-class LinearChain(torch.nn.Module):
-    """y = W_k(...W_1 x + b_1...) + b_k: the LAION heads at inference (dropout off, no activation)."""
-
-    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        super().__init__()
-        self.linears = torch.nn.ModuleList()
-        for weight, bias in layers:
-            lin = torch.nn.Linear(weight.shape[1], weight.shape[0])
-            lin.load_state_dict({"weight": weight, "bias": bias})
-            self.linears.append(lin)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for lin in self.linears:
-            x = lin(x)
-        return x
+# Publisher's Sequential per layout: L = Linear, D = Dropout, R = ReLU; key indices are the L's.
+LAYOUTS = {"linear": "L", "mlp": "LDLDLDLL", "relu-mlp": "LRDLRDLRDLRL"}
+HIDDEN = (1024, 128, 64, 16)  # the MLPs' widths after the embedding; the score is 1-d
+DROPOUT = (0.2, 0.2, 0.1)  # the publisher's rates (inactive at inference)
 
 
-def load_head(path: str | Path, embed_dim: int) -> LinearChain:
-    state = load_state_dict(path)
+def layout_keys(pattern: str) -> set[str]:
+    return {f"layers.{i}.{p}" for i, c in enumerate(pattern) if c == "L" for p in ("weight", "bias")}
+
+
+def build_head(pattern: str, embed_dim: int) -> torch.nn.Sequential:
+    widths = iter((embed_dim, 1) if pattern == "L" else (embed_dim, *HIDDEN, 1))
+    dropouts = iter(DROPOUT)
+    width, layers = next(widths), []
+    for c in pattern:
+        if c == "L":
+            out = next(widths)
+            layers.append(torch.nn.Linear(width, out))
+            width = out
+        else:
+            layers.append(torch.nn.ReLU() if c == "R" else torch.nn.Dropout(next(dropouts)))
+    return torch.nn.Sequential(*layers)
+
+
+def match_layout(path: str | Path, state: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
+    """The layout name and the state keyed as in its Sequential (`N.weight`); ValueError naming
+    the keys otherwise."""
     if set(state) == {"weight", "bias"}:
-        layers = [(state["weight"], state["bias"])]
-    else:
-        idx = sorted({int(m.group(1)) for k in state if (m := re.fullmatch(r"layers\.(\d+)\.weight", k))})
-        if not idx:
-            raise ValueError(f"{path}: not a LAION aesthetic head (expected keys weight/bias or "
-                             f"layers.N.weight/bias), got {sorted(state)[:4]}")
-        layers = [(state[f"layers.{i}.weight"], state[f"layers.{i}.bias"]) for i in idx]
-    if layers[0][0].shape[1] != embed_dim or layers[-1][0].shape[0] != 1:
-        raise ValueError(f"{path}: head maps {layers[0][0].shape[1]} -> {layers[-1][0].shape[0]}, "
-                         f"the CLIP model gives {embed_dim}-d embeddings and the score is 1-d")
-    return LinearChain([(w.float(), b.float()) for w, b in layers]).eval()
+        return "linear", {f"0.{k}": v for k, v in state.items()}
+    for name, pattern in LAYOUTS.items():
+        if name != "linear" and set(state) == layout_keys(pattern):
+            return name, {k.removeprefix("layers."): v for k, v in state.items()}
+    keys = sorted(state, key=lambda k: [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in k.split(".")])
+    shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} keys)" if len(keys) > 12 else "")
+    raise ValueError(f"{path}: not a published LAION aesthetic head layout (weight/bias; "
+                     f"layers.{{0,2,4,6,7}}; layers.{{0,3,6,9,11}}); it holds {shown or 'no tensors'}")
+
+
+def load_head(path: str | Path, embed_dim: int | None) -> torch.nn.Sequential:
+    """The head as its publisher builds it, weights loaded; embed_dim None skips the input check."""
+    name, state = match_layout(path, load_state_dict(path))
+    width = int(state["0.weight"].shape[-1])
+    if embed_dim is not None and width != embed_dim:
+        raise ValueError(f"{path}: head maps {width} -> 1, the CLIP model gives {embed_dim}-d embeddings")
+    head = build_head(LAYOUTS[name], width)
+    expected = head.state_dict()
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(expected[key].shape) or not value.is_floating_point():
+            raise ValueError(f"{path}: {name} head tensor {key} is {value.dtype} {tuple(value.shape)}, "
+                             f"expected floating {tuple(expected[key].shape)}")
+    head.load_state_dict({k: v.float() for k, v in state.items()})
+    return head.eval()
 
 
 @lru_cache(maxsize=4)
-def _head(path: str, embed_dim: int, device: str) -> LinearChain:
+def _head(path: str, embed_dim: int, device: str) -> torch.nn.Sequential:
     return load_head(path, embed_dim).to(device)
 
 
@@ -95,7 +124,7 @@ class LAIONAesthetic(ClipScorerBase, Scorer):
         self.weights = weights or os.environ.get(ENV) or None
         self.hub = hub
 
-    def _resolve(self) -> str:
+    def _resolve(self, cached_only: bool = False) -> str:
         """The head file: the given path, else the hub file (cache only when offline)."""
         if self.weights:
             if not Path(self.weights).expanduser().is_file():
@@ -105,7 +134,7 @@ class LAIONAesthetic(ClipScorerBase, Scorer):
 
         repo, filename = self.hub.rsplit("/", 1)
         offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-        return hf_hub_download(repo, filename, local_files_only=offline)
+        return hf_hub_download(repo, filename, local_files_only=offline or cached_only)
 
     def available(self) -> str | None:
         try:
@@ -115,6 +144,16 @@ class LAIONAesthetic(ClipScorerBase, Scorer):
                     f"set {ENV} to {self.weights or 'sac+logos+ava1-l14-linearMSE.pth'}, or make hub "
                     f"file {self.hub} reachable")
         return self.clip_reason()
+
+    def check(self) -> None:
+        """Before generation: the head file, if present (given or cached), is a published layout of
+        the CLIP model's width."""
+        self.check_clip()
+        try:
+            path = self._resolve(cached_only=True)
+        except Exception:  # missing or not cached: available() gives the reason
+            return
+        load_head(path, model_embed_dim(self.model))
 
     def manifest(self) -> dict[str, str]:
         return {**self.clip_manifest(), "aesthetic_head": self.weights or f"hf://{self.hub}"}

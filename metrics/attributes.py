@@ -300,8 +300,9 @@ class CLIPAttributes(ClipScorerBase, SingleFaceClassifier):
 
     def __init__(self, template: str = "a photo of a {group} person", model: str = "ViT-L-14",
                  pretrained: str | None = "openai", device: str | None = None,
-                 batch_size: int | str = 32, **face_options: str) -> None:
-        ClipScorerBase.__init__(self, model=model, pretrained=pretrained, device=device, batch_size=batch_size)
+                 batch_size: int | str = 32, quickgelu: str | None = None, **face_options: str) -> None:
+        ClipScorerBase.__init__(self, model=model, pretrained=pretrained, device=device,
+                                batch_size=batch_size, quickgelu=quickgelu)
         SingleFaceClassifier.__init__(self, device=device, batch_size=batch_size, **face_options)
         if "{group}" not in template:
             raise ValueError(f"clip-attributes template '{template}' has no {{group}} placeholder")

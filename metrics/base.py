@@ -54,6 +54,12 @@ class Scorer:
     def available(self) -> str | None:
         return None
 
+    def check(self) -> None:
+        """Called before generation: raise ValueError (one line naming the file and what is wrong)
+        when a weight file that is present would fail at scoring; missing files are available()'s
+        to report. Cheap: the container reads, keys and shapes are as expected; no model is put
+        on the device."""
+
     def manifest(self) -> dict[str, str]:
         """What a reviewer needs to know to reproduce these scores: package versions, model
         names, weight files and their hashes. Written to RUN/report/scoring.json."""

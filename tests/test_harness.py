@@ -210,7 +210,7 @@ def test_bad_method_param_is_one_line(tmp_path, prompts, capsys):
 
 @pytest.mark.parametrize("metric, expected", [
     ("clipscor", "Did you mean: clipscore"),
-    ("clipscore:bogus=2", "options: ['batch_size', 'model', 'pretrained']"),
+    ("clipscore:bogus=2", "options: ['batch_size', 'model', 'pretrained', 'quickgelu']"),
     ("clip-attributes:template=x", "no {group} placeholder"),
     ("parity", "aggregator, not a per-image scorer"),
 ])
