@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from metrics.base import MetricInfo, Scorer
-from metrics.clip_models import ClipScorerBase, encode_images, model_embed_dim
+from metrics.clip_models import ClipScorerBase, encode_images, file_sha256, model_embed_dim
 from metrics.faces import frame
 
 DEFAULT_HUB = "camenduru/improved-aesthetic-predictor/sac+logos+ava1-l14-linearMSE.pth"
@@ -156,7 +156,8 @@ class LAIONAesthetic(ClipScorerBase, Scorer):
         load_head(path, model_embed_dim(self.model))
 
     def manifest(self) -> dict[str, str]:
-        return {**self.clip_manifest(), "aesthetic_head": self.weights or f"hf://{self.hub}"}
+        return {**self.clip_manifest(), "aesthetic_head": self.weights or f"hf://{self.hub}",
+                "aesthetic_head_sha256": file_sha256(Path(self._resolve()))[:16]}
 
     def score(self, images: Sequence[Image.Image], rows: pd.DataFrame) -> pd.DataFrame:
         clip = self.clip

@@ -237,7 +237,10 @@ def check_weights(name: str, pretrained: str | None, quickgelu: bool | str | Non
 
     with warnings.catch_warnings():  # copying into meta tensors warns per parameter
         warnings.simplefilter("ignore")
-        model = open_clip.create_model(name, pretrained=None, device="meta")
+        try:
+            model = open_clip.create_model(name, pretrained=None, device="meta")
+        except Exception:  # unknown name (available() says so) or a tower that needs the hub
+            return
         try:
             open_clip.load_checkpoint(model, str(path))
         except Exception as e:  # unreadable container, missing/unexpected keys, shapes
@@ -350,4 +353,7 @@ class ClipScorerBase:
         out = {"clip_model": self.model, "clip_pretrained": str(parse_pretrained(self.pretrained))}
         if self.quickgelu is not None:
             out["clip_quickgelu"] = str(self.quickgelu).lower()
+        tag = parse_pretrained(self.pretrained)
+        if tag and Path(tag).expanduser().is_file():  # a file: its fingerprint, which compare checks
+            out["clip_weights_sha256"] = file_sha256(Path(tag).expanduser())[:16]
         return out

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from metrics.base import Scorer
-from metrics.clip_models import ClipScorerBase, encode_images, model_embed_dim
+from metrics.clip_models import ClipScorerBase, encode_images, file_sha256, model_embed_dim
 from metrics.faces import frame
 
 ENV = "BENCH_Q16_WEIGHTS"
@@ -128,7 +128,8 @@ class Q16(ClipScorerBase, Scorer):
         return self.clip_reason()
 
     def manifest(self) -> dict[str, str]:
-        return {**self.clip_manifest(), "q16_prompts": str(self.weights), "logit_scale": str(LOGIT_SCALE)}
+        return {**self.clip_manifest(), "q16_prompts": str(self.weights), "logit_scale": str(LOGIT_SCALE),
+                "q16_prompts_sha256": file_sha256(Path(self.weights).expanduser())[:16]}
 
     def check(self) -> None:
         """Before generation: the prompts file, if present, reads and has the CLIP model's width."""

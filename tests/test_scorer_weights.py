@@ -393,3 +393,30 @@ def test_bench_run_refuses_a_malformed_scorer_file_before_loading_the_model(tmp_
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "prompts.p: not a pickled numpy array" in err, err
     assert not (tmp_path / "run" / "images.parquet").exists()
+
+
+def test_manifests_fingerprint_the_weight_files_so_compare_names_a_changed_one(clip_ref, tmp_path):
+    import hashlib
+
+    from bench.compare import scorer_differences
+    from metrics.aesthetics import LAIONAesthetic
+    from metrics.q16 import Q16
+
+    def sha(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+    q16, head = tmp_path / "prompts.p", tmp_path / "sa_0_4_vit_s_32_linear.pth"
+    options = {"model": SMALL_CLIP, "pretrained": clip_ref[2], "device": "cpu"}
+    setups = []
+    for value in (0.0, 1.0):
+        write_q16_pickle(q16, np.full((2, 384), value, np.float16))
+        torch.save({"weight": torch.full((1, 384), value), "bias": torch.zeros(1)}, head)
+        manifests = {"q16": Q16(weights=str(q16), **options).manifest(),
+                     "aesthetic": LAIONAesthetic(weights=str(head), **options).manifest()}
+        assert manifests["q16"]["q16_prompts_sha256"] == sha(q16)
+        assert manifests["aesthetic"]["aesthetic_head_sha256"] == sha(head)
+        assert manifests["q16"]["clip_weights_sha256"] == sha(Path(clip_ref[2]))
+        setups.append({"used": manifests, "skipped": {}})
+    diffs = scorer_differences(*setups)
+    assert sorted((d.kind, d.text.split(":")[0]) for d in diffs) == [
+        ("weights", "aesthetic aesthetic_head_sha256"), ("weights", "q16 q16_prompts_sha256")]
