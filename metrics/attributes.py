@@ -248,7 +248,10 @@ class FairFace(Scorer):
         return None
 
     def check(self) -> None:
-        """Before generation: the weights are FairFace's ResNet-34 and dlib reads both model files."""
+        """Before generation: the weights are FairFace's ResNet-34 and dlib reads both model files.
+        Missing files are available()'s to report (a skip), not an error."""
+        if self.available() is not None:
+            return
         check_fairface_state(str(Path(self.weights).expanduser()))
         load_dlib_models(self.detector, self.landmarks)
 

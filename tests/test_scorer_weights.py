@@ -159,6 +159,19 @@ def test_q16_npy_never_unpickles_and_wrong_width_fails_before_generation(clip_re
     check_scorers(["q16:weights=/nonexistent/prompts.p"], "cpu")  # missing: a skip, not an error
 
 
+def test_missing_weights_stay_a_skip_in_the_plan(monkeypatch):
+    from bench.registry import METRICS
+    from bench.scoring import check_scorers
+    from metrics.base import Scorer
+
+    for env in ("BENCH_FAIRFACE_WEIGHTS", "BENCH_Q16_WEIGHTS", "BENCH_AESTHETIC_WEIGHTS"):
+        monkeypatch.delenv(env, raising=False)
+    names = [n for n, c in METRICS.items() if isinstance(c, type) and issubclass(c, Scorer)]
+    check_scorers(names, "cpu")  # every registered scorer, none of the weights present here
+    check_scorers(["fairface:weights=/nonexistent.pt", "aesthetic:weights=/nonexistent.pth",
+                   "clipscore:pretrained=/nonexistent.pt"], "cpu")
+
+
 # ---- LAION aesthetic heads ----------------------------------------------------------------------
 
 def publisher_head(layout: str, dim: int = 768) -> torch.nn.Module:
