@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from bench.spec import RunSpec, SamplerSpec, read_config, split_method_list
+from bench.spec import RunSpec, SamplerSpec, SpecError, read_config, split_method_list
 
 RUN_EXAMPLES = """examples:
   bench run --methods all                                 # the synthetic world, every method
@@ -170,7 +170,7 @@ def spec_from_args(a: argparse.Namespace) -> RunSpec:
         sampler=sampler,
         batch_size=pick(a.batch_size, base.batch_size),
         device=pick(a.device, base.device),
-        metrics=tuple(split_method_list(a.metrics)) if a.metrics else base.metrics,
+        metrics=base.metrics if a.metrics is None else tuple(split_method_list(a.metrics)),
         limit=pick(a.limit, base.limit),
         out=pick(a.out, base.out),
         shard=pick(a.shard, base.shard),
@@ -208,6 +208,12 @@ def cmd_generate(a: argparse.Namespace) -> int:
     steps = 25 if a.steps is None else a.steps
     RunSpec(methods=(a.method,), seed=a.seed, guidance=(a.guidance,),  # bench run's checks
             sampler=SamplerSpec(steps=steps, height=a.resolution, width=a.resolution))
+    if Path(a.out).suffix.lower() != ".png":
+        raise SpecError(f"--out {a.out}: write a .png file path")
+    try:  # Python keeps argv bytes that are not UTF-8 as lone surrogates the tokenizer rejects
+        a.prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SpecError(f"--prompt {a.prompt!r}: not UTF-8 text; pass the prompt in UTF-8") from None
     debug.generate_one(model=a.model or "world", method=a.method, prompt=a.prompt, seed=a.seed,
                        guidance=a.guidance, steps=steps, resolution=a.resolution,
                        device=a.device, out=Path(a.out))

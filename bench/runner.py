@@ -304,10 +304,6 @@ def check_same_run(store: RunStore, spec: RunSpec) -> None:
 def execute(p: RunPlan, quiet: bool = False) -> Path:
     """Generate, store and report a planned run (`bench reproduce` plans first to check drift)."""
     spec = p.spec
-    if spec.executor not in ("local", "ray"):
-        raise SpecError(f"executor '{spec.executor}': use local or ray")
-    if spec.workers is not None and spec.executor != "ray":
-        raise SpecError(f"--workers {spec.workers}: only --executor ray has workers")
     if spec.executor == "ray":
         from bench import executor_ray
 

@@ -129,8 +129,15 @@ class RunSpec:
         if not any(split_method_list(m) for m in self.methods):  # e.g. --methods ',,'
             raise SpecError(f"methods={list(self.methods)!r}: no method named; give 'all' or "
                             f"a comma list such as baseline,sld-strong")
+        if not any(split_method_list(m) for m in self.metrics):
+            raise SpecError(f"metrics={list(self.metrics)!r}: no scorer named; give 'all', "
+                            f"'none' or a comma list such as clipscore,fairface")
         if self.executor not in ("local", "ray"):
             raise SpecError(f"executor={self.executor!r}: use local or ray")
+        if self.workers is not None and self.executor != "ray":
+            raise SpecError(f"--workers {self.workers}: only --executor ray has workers")
+        if not self.out.strip():  # Path("") is the current directory
+            raise SpecError("out='': give a run directory")
 
     def _check_types(self) -> None:
         """YAML can hold any type; a wrong one named here instead of a traceback later."""

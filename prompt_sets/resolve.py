@@ -35,6 +35,9 @@ def _option_names(loader: object) -> list[str] | None:
 def load_prompt_set(spec: str) -> PromptSet:
     """Load a prompt set. Its name is the canonical spec (`i2p:category=sexual,hard=1`) when
     options are given, so differently filtered sets stay apart in the run's tables."""
+    if not spec.strip():
+        raise PromptSetError("--prompt-set '': give a registered name (`bench list prompt-sets`) "
+                             "or a prompt file")
     if Path(spec).is_file():  # a path that itself contains ':' or ','
         return load_prompt_file(spec)
     parsed = MethodSpec.parse(spec)

@@ -109,6 +109,8 @@ CASES = [
     ("unknown method", [*P, "--methods", "sld-strnog"], "sld-strong", False),
     ("no method", [*P, "--methods", ",,"], "methods=[',,']", False),
     ("unknown metric", [*P, "--metrics", "clipscor"], "clipscore", False),
+    ("no metric", [*P, "--metrics", ",,"], "metrics=[]", False),
+    ("workers without ray", [*P, "--workers", "2"], "--workers 2: only --executor ray", False),
     # numbers on the command line
     ("steps 0", [*P, "--steps", "0"], "steps=0", False),
     ("resolution 0", [*P, "--resolution", "0"], "height=0", False),
@@ -148,10 +150,12 @@ CASES = [
     ("unsupported file type", ["--prompt-set", "{d}/prompts.xlsx"], "unsupported prompt file type", False),
     ("missing prompt file", ["--prompt-set", "{d}/missing.txt"], "missing.txt", False),
     ("unknown prompt set", ["--prompt-set", "occupatons"], "occupations", False),
+    ("empty prompt-set name", ["--prompt-set", ""], "--prompt-set ''", False),
     ("unknown prompt-set option", ["--prompt-set", "occupations:lmit=3"], "no option lmit", False),
     # the run directory
     ("--out is a file", [*P, "--out", "{d}/afile"], "afile is a file", False),
     ("--out under a file", [*P, "--out", "{d}/afile/run"], "afile is a file", False),
+    ("--out empty", [*P, "--out", ""], "out=''", False),  # would write into the current directory
     # method checkpoints: found in the plan, before any method generates
     ("checkpoint not safetensors", [*P, "--methods", "baseline,rs-corrector:checkpoint={d}/ckpt-garbage"],
      "ckpt-garbage/preference.safetensors: not a readable safetensors file", False),
@@ -184,6 +188,31 @@ def test_bad_input_is_one_line_exit_2(case, args, expected, needs_model, files, 
     assert len(err.splitlines()) == 1 and err.startswith("bench: error: "), err
     assert expected.replace("{d}", str(files)) in err, err
     assert snapshot(existing_run) == before
+
+
+GENERATE = [  # bench generate: one image, checked like bench run
+    ("steps 0", ["--steps", "0"], "steps=0", False),
+    ("resolution 7", ["--resolution", "7"], "resolution 7x7", True),
+    ("nan parameter", ["--method", "sld-max:guidance_scale=nan"], "sld-max:guidance_scale=nan", False),
+    ("argv not UTF-8", ["--prompt", "a caf\udce9"], "--prompt 'a caf\\udce9': not UTF-8", False),
+    ("out not a PNG", ["--out", "{d}"], "write a .png file path", False),
+]
+
+
+@pytest.mark.parametrize("case, args, expected, needs_model", GENERATE, ids=[c[0] for c in GENERATE])
+def test_bad_generate_input_is_one_line(case, args, expected, needs_model, files, capsys,
+                                        monkeypatch):
+    from bench import debug
+
+    if not needs_model:
+        monkeypatch.setattr(debug, "load_pipeline", _tripwire)
+    defaults = {"--prompt": "a photo of a doctor", "--out": str(files / "one.png"), "--steps": "2"}
+    given = dict(zip(args[::2], (a.replace("{d}", str(files)) for a in args[1::2])))
+    argv = ["generate", "--model", "tiny-random", *(x for kv in {**defaults, **given}.items() for x in kv)]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and expected in err, err
+    assert not (files / "one.png").exists()
 
 
 def test_read_only_out_is_refused_before_the_model_loads(files, existing_run, capsys, monkeypatch):
