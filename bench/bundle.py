@@ -43,7 +43,7 @@ def bundle(run_dir: Path, out: Path, images: int | None = DEFAULT_IMAGES) -> dic
     bundle.json contents."""
     store = RunStore(run_dir)
     manifest = store.manifest()
-    keys = sorted(store.images()["key"])  # consolidates a run whose table was never written
+    keys = sorted(set(store.images()["key"]))  # consolidates a run whose table was never written
     if not (store.root / "leaderboard.csv").exists():
         raise BundleError(f"{run_dir} has no leaderboard.csv; run `bench report {run_dir}` first")
     files: dict[str, Path] = {n: store.root / n for n in TABLES if (store.root / n).exists()}

@@ -54,7 +54,8 @@ def parser() -> argparse.ArgumentParser:
                           "(RAY_ADDRESS, else a private local instance); see docs/scaling.md")
     run.add_argument("--workers", type=int,
                      help="Ray workers (default: one per GPU in the cluster, else 1)")
-    run.add_argument("--out", help="run directory (default runs/latest)")
+    run.add_argument("--out", help="run directory (default runs/<spec id>, one per spec; "
+                                   "runs/latest points at the newest)")
     run.add_argument("--config", help="YAML run spec; flags override it")
     run.add_argument("--protocol", help="a paper's whole setup in one word (see `bench list "
                                         "protocols`); config keys and flags override it, each "

@@ -9,7 +9,9 @@ The verdict is about the tables: they disagree when a cell's 95% CIs do not over
 measured in one run only. Wall-clock timing cells are noise across runs and are left out unless
 asked for (`--include-latency`); `--strict` also requires every compared image within tolerance
 and the same scorer set-up. Scorer set-ups (`report/scoring.json`: weight hashes, model names,
-thresholds) are listed where both runs recorded a field and it differs.
+thresholds) are listed where both runs recorded a field and it differs. So are the keys of the
+two runs' specs that define a run (bench/rundir.py), methods and prompt sets as resolved (names and
+content hashes); `--strict` fails on either.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from bench import bundle
+from bench import bundle, rundir
 from bench.escape import csv_uncell, md_code, md_text
 from bench.spec import MethodSpec, SpecError
 
@@ -39,6 +41,7 @@ class RunFiles:
     """Read-only access to a run directory or a bundle."""
 
     def __init__(self, path: Path) -> None:
+        path = rundir.resolve(path)  # runs/latest as a pointer file
         self.path = path
         if path.suffix == ".zip":
             self._zip: zipfile.ZipFile | None = bundle.open_zip(path)
@@ -89,6 +92,7 @@ class Comparison:
     paired_methods: dict[str, str]  # method in A -> its counterpart in B
     timing_cells_skipped: int
     scorers: list[str] = field(default_factory=list)  # scorer set-up differences, one line each
+    specs: list[str] = field(default_factory=list)  # run-spec differences, one line each
 
     def disagreeing(self) -> list[dict[str, Any]]:
         return [c for c in self.cells if c["status"] in DISAGREE]
@@ -98,7 +102,8 @@ class Comparison:
         return im.within_tolerance == im.compared and not im.only_in_a and not im.only_in_b
 
     def agrees(self, strict: bool = False) -> bool:
-        return not self.disagreeing() and (not strict or (self.images_match() and not self.scorers))
+        return not self.disagreeing() and (not strict or (self.images_match() and not self.scorers
+                                                           and not self.specs))
 
     def verdict(self, strict: bool = False) -> str:
         bad = self.disagreeing()
@@ -115,6 +120,8 @@ class Comparison:
                      f"beyond the tolerance, {im.only_in_a + im.only_in_b} in one run only")
         if self.scorers:
             line += f"; scored differently: {'; '.join(self.scorers)}"
+        if self.specs:
+            line += f"; specs differ in {', '.join(d.split(':')[0] for d in self.specs)}"
         return line
 
 
@@ -141,6 +148,7 @@ def compare_images(a: RunFiles, b: RunFiles, tolerance: float, worst: int = 10) 
         out.within_tolerance = sum(d[0] <= tolerance * 255 + 1e-9 for d in diffs)
         out.max_diff = max(d[0] for d in diffs)
         out.mean_diff = float(np.mean([d[1] for d in diffs]))
+        rows = rows[~rows.index.duplicated()]  # positions sharing an image: name the first
         for mx, mean, key in sorted(diffs, reverse=True)[:worst]:
             if mx:
                 row = rows.loc[key]
@@ -279,6 +287,36 @@ def compare_scorers(a: RunFiles, b: RunFiles) -> list[str]:
     return [d.text for d in scorer_differences(scoring_summary(a), scoring_summary(b))]
 
 
+def compare_specs(a: RunFiles, b: RunFiles) -> list[str]:
+    """One line per run-defining spec key that differs, methods and prompt sets as each run
+    resolved them (so `all` against its expansion, or a bundled prompt file's new path against
+    the original, is no difference)."""
+    sa, sb = (_resolved_spec(f) for f in (a, b))
+    ia, ib = rundir.identity(sa), rundir.identity(sb)
+    return [f"{k}: {_brief(ia.get(k))} (A) vs {_brief(ib.get(k))} (B)"
+            for k in rundir.differing_keys(sa, sb)]
+
+
+def _resolved_spec(files: RunFiles) -> dict[str, Any]:
+    try:
+        manifest = json.loads(files.need("manifest.json"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{files.path}: manifest.json is damaged ({exc}); rerun the `bench run` "
+                        "command that made it") from None
+    spec = dict(manifest.get("spec") or {}) if isinstance(manifest, dict) else {}
+    if manifest.get("methods") is not None:
+        spec["methods"] = sorted([*manifest["methods"], *manifest.get("skipped_methods", {})])
+    if manifest.get("prompt_sets") is not None:
+        spec["prompt_sets"] = [f"{s['name']} (sha256 {s['sha256'][:12]})"
+                               for s in manifest["prompt_sets"]]
+    return spec
+
+
+def _brief(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _num(x: Any) -> float | None:
     return None if pd.isna(x) else float(x)
 
@@ -304,16 +342,17 @@ def compare(path_a: Path, path_b: Path, tolerance: float = 1 / 255,
         cells, paired, skipped = compare_cells(a, b, include_latency)
         images = compare_images(a, b, tolerance)
         scorers = compare_scorers(a, b)
+        specs = compare_specs(a, b)
     finally:
         a.close()
         b.close()
-    return Comparison(str(path_a), str(path_b), images, cells, paired, skipped, scorers)
+    return Comparison(str(path_a), str(path_b), images, cells, paired, skipped, scorers, specs)
 
 
 def to_json(c: Comparison, strict: bool = False) -> str:
     data = {"a": c.a, "b": c.b, "agree": c.agrees(strict), "verdict": c.verdict(strict),
             "images": asdict(c.images), "paired_methods": c.paired_methods,
-            "timing_cells_skipped": c.timing_cells_skipped, "scorers": c.scorers,
+            "timing_cells_skipped": c.timing_cells_skipped, "scorers": c.scorers, "specs": c.specs,
             "cells": c.cells}
     return json.dumps(data, indent=2, default=str) + "\n"
 
@@ -346,6 +385,8 @@ def markdown(c: Comparison, strict: bool = False) -> str:
         lines += ["", "| key | method | prompt | seed | max | mean |", "|---|---|---|---|---|---|"]
         lines += [f"| {w['key'][:12]} | {esc(w['method'])} | {esc(w['prompt_id'])} | {w['seed']} "
                   f"| {w['max_diff']} | {w['mean_diff']:.3g} |" for w in im.worst]
+    lines += ["", "## Specs\n", *([f"- {esc(d)}" for d in c.specs] or
+                                 ["- the same run spec (methods and prompt sets as resolved)"])]
     lines += ["", "## Scorers\n", *([f"- {esc(d)}" for d in c.scorers] or
                                    ["- same set-up wherever both runs recorded it"])]
     lines += ["", "## Leaderboard cells\n"]

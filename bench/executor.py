@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
 
-from bench.grid import WorkItem, batches
+from bench.grid import WorkItem, batches, prompt_sha256
 from bench.sampler import Adapter, Batch, sample, to_uint8
 from bench.spec import SamplerSpec
 from bench.store import RunStore
@@ -62,7 +62,9 @@ def to_batch(chunk: Sequence[WorkItem]) -> Batch:
 def pending(items: Sequence[WorkItem], store: RunStore, size: int) -> list[list[WorkItem]]:
     """The batches with an image missing. A batch is regenerated whole (its missing images
     written), never re-formed from the missing items alone: same company, same floats."""
-    return [c for c in batches(items, size) if not all(store.has(w.key) for w in c)]
+    todo = [c for c in batches(items, size) if not all([store.has(w.key) for w in c])]  # all checked
+    store.report_damaged("regenerated")
+    return todo
 
 
 def write_batch(pipe: Any, adapters: Sequence[Adapter], chunk: Sequence[WorkItem],
@@ -90,15 +92,14 @@ def swap(pipe: Any, old: Sequence[Adapter], new: Sequence[Adapter]) -> None:
 
 
 def record(item: WorkItem, settings: GenerationSettings, result: Any, batch_len: int) -> dict:
-    record = {
-        "key": item.key, "method": item.method, "prompt_set": item.prompt_set,
-        "prompt_id": item.prompt.id, "prompt": item.prompt.text, "seed": item.seed,
-        "sample": item.sample, "guidance": item.guidance, "steps": settings.sampler.steps,
+    """How one image was made. Its grid position, prompt text and metadata are not here: an
+    image may serve several positions, and images.parquet takes them from the current grid and
+    prompts at consolidation (so an edited metadata field shows without regenerating)."""
+    return {
+        "key": item.key, "method": item.method, "seed": item.seed, "guidance": item.guidance,
+        "prompt_sha256": prompt_sha256(item.prompt.text), "steps": settings.sampler.steps,
         "height": settings.height, "width": settings.width, "model": settings.model,
         "seconds": result.seconds / batch_len, "unet_evals": result.unet_evals,
         "step_seconds": result.step_seconds, "peak_memory_mb": result.peak_memory_mb,
         "batch_size": batch_len,
     }
-    for k, v in item.prompt.metadata.items():
-        record[f"meta.{k}"] = v
-    return record

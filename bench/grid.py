@@ -8,10 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from bench.spec import SamplerSpec
 from prompt_sets.base import Prompt, PromptSet
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,36 @@ def build_grid(model_fp: str, methods: Sequence[str], prompt_sets: Sequence[Prom
                                         height, width)
                         items.append(WorkItem(key, method, ps.name, prompt, s, seed, guidance))
     return items
+
+
+def unique_images(items: Sequence[WorkItem]) -> list[WorkItem]:
+    """One work item per image key, the first in grid order: grid positions that define the same
+    image (two prompt sets sharing a text and seed) share one generation and one PNG, and each
+    keeps its own row in images.parquet (`grid_tables`)."""
+    seen: set[str] = set()
+    return [w for w in items if not (w.key in seen or seen.add(w.key))]
+
+
+def prompt_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def grid_tables(items: Sequence[WorkItem], prompt_sets: Sequence[PromptSet]
+                ) -> tuple["pd.DataFrame", "pd.DataFrame"]:
+    """(grid, prompts) as the run store keeps them: every grid position with its seed and image
+    key, and every prompt once, its text and metadata (JSON) referenced by (set, id)."""
+    import pandas as pd
+
+    grid = pd.DataFrame({
+        "method": [w.method for w in items], "guidance": [w.guidance for w in items],
+        "prompt_set": [w.prompt_set for w in items], "prompt_id": [w.prompt.id for w in items],
+        "sample": [w.sample for w in items], "seed": [w.seed for w in items],
+        "key": [w.key for w in items]})
+    rows = [(ps.name, p.id, p.text, prompt_sha256(p.text), json.dumps(dict(p.metadata), default=str))
+            for ps in prompt_sets for p in ps.prompts]
+    prompts = pd.DataFrame(rows, columns=["prompt_set", "prompt_id", "prompt", "prompt_sha256",
+                                          "metadata"])
+    return grid, prompts
 
 
 def shard(items: Sequence[WorkItem], index: int, count: int,

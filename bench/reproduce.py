@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import bundle, runner
+from bench import bundle, rundir, runner
 from bench.registry import METRICS
 from bench.scoring import scorer_names
 from bench.spec import MethodSpec, RunSpec, SpecError
@@ -41,6 +41,7 @@ def read_source(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(manifest, bundle info or None) from a run directory, a manifest.json or a bundle."""
     if path.suffix == ".zip":
         return bundle.read_bundle(path)
+    path = rundir.resolve(path)  # runs/latest as a pointer file
     if path.is_dir():
         return RunStore(path).manifest(), None
     if not path.is_file():

@@ -6,24 +6,25 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import datetime as _dt
 import os
 import platform
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
+from bench import rundir
 from bench.executor import GenerationSettings, generate
-from bench.grid import WorkItem, build_grid, shard
+from bench.grid import WorkItem, build_grid, grid_tables, shard, unique_images
 from bench.models import ModelError, fingerprint, load_pipeline, native_size
 from bench.registry import METHODS
 from bench.sampler import Adapter, Batch
 from bench.scoring import check_scorers, scorer_names
 from bench.spec import MethodSpec, RunSpec, SpecError, split_method_list
-from bench.store import RunStore
+from bench.store import RunStore, sweep_temp
 from prompt_sets.base import PromptSet, check_metadata_types
 
 # With no --prompt-set, a model's own sets; the synthetic world ships its own.
@@ -81,7 +82,8 @@ class RunPlan:
     adapters: dict[str, list[Adapter]]
     skipped: dict[str, str] = field(default_factory=dict)
     warnings: dict[str, list[str]] = field(default_factory=dict)
-    items: list[WorkItem] = field(default_factory=list)
+    grid: list[WorkItem] = field(default_factory=list)  # every position of the whole run
+    items: list[WorkItem] = field(default_factory=list)  # the images this process generates
     cost: dict[str, int] = field(default_factory=dict)
     deviations: list[str] = field(default_factory=list)  # from spec.protocol's pinned values
     unloaded: str | None = None  # dry run only: why the model is not loaded (cost unknown)
@@ -93,7 +95,7 @@ def plan(spec: RunSpec, dry_run: bool = False) -> RunPlan:
     deviations = _protocol_deviations(spec)  # a refused prompt set fails before anything loads
     if spec.shard:
         parse_shard(spec.shard)  # these before the prompt sets and the model load
-    check_out_dir(Path(spec.out))
+    check_out_dir(rundir.out_dir(spec))
     sets = load_prompt_sets(spec)
     methods = expand_methods(spec.methods)
     adapters = {m: build_adapters(m) for m in methods}
@@ -117,8 +119,9 @@ def plan(spec: RunSpec, dry_run: bool = False) -> RunPlan:
     p.warnings = {m: found for m, ads in adapters.items()
                   if (found := [w for a in ads
                                 for w in a.warnings(pipe, p.model_fp, spec.guidance, spec.sampler.steps)])}
-    p.items = build_grid(p.model_fp, list(adapters), sets, spec.samples, spec.seed,
-                         spec.guidance, spec.sampler, height, width)
+    p.grid = build_grid(p.model_fp, list(adapters), sets, spec.samples, spec.seed,
+                        spec.guidance, spec.sampler, height, width)
+    p.items = unique_images(p.grid)
     p.cost = {m: unet_evals_per_image(pipe, a, spec.sampler.steps, max(spec.guidance))
               for m, a in adapters.items()}
     if spec.shard:
@@ -143,8 +146,9 @@ def _plan_unloaded(spec: RunSpec, sets: list[PromptSet], adapters: dict[str, lis
     height, width = spec.sampler.height or 0, spec.sampler.width or 0
     p = RunPlan(spec, None, "model-not-loaded", height, width, sets, adapters,
                 deviations=deviations, unloaded=reason)
-    p.items = build_grid(p.model_fp, list(adapters), sets, spec.samples, spec.seed,
-                         spec.guidance, spec.sampler, height, width)
+    p.grid = build_grid(p.model_fp, list(adapters), sets, spec.samples, spec.seed,
+                        spec.guidance, spec.sampler, height, width)
+    p.items = unique_images(p.grid)
     if spec.shard:
         i, n = parse_shard(spec.shard)
         p.items = shard(p.items, i, n, None, spec.batch_size)
@@ -236,7 +240,7 @@ def manifest(p: RunPlan) -> dict[str, Any]:
         "method_warnings": p.warnings,
         "prompt_sets": [{"name": s.name, "source": s.source, "prompts": len(s),
                          "sha256": s.content_hash()} for s in p.prompt_sets],
-        "grid": {"images": len(p.items), "shard": p.spec.shard},
+        "grid": {"images": len(p.grid), "shard": p.spec.shard},  # the whole run's, in any shard
         "device": str(p.pipe.device),
         "versions": versions(),
         "git_commit": git_commit(),
@@ -284,21 +288,14 @@ def run(spec: RunSpec, quiet: bool = False) -> Path:
     return execute(plan(spec), quiet)
 
 
-# Keys that may differ between the shards of one run.
-# Not batch_size: shards are whole batches of the full grid, so every shard must batch alike.
-_PER_SHARD = ("shard", "executor", "workers", "out", "device")
-
-
-def check_same_run(store: RunStore, spec: RunSpec) -> None:
-    """Shards writing into one directory must share one spec, or the grid has holes or overlaps."""
-    if not store.manifest_path.exists():
-        return
-    theirs = {k: v for k, v in store.manifest()["spec"].items() if k not in _PER_SHARD}
-    ours = {k: v for k, v in json.loads(json.dumps(spec.to_dict())).items() if k not in _PER_SHARD}
-    changed = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
-    if changed:
-        raise SpecError(f"{store.root} holds shards of a run with other settings ({', '.join(changed)}"
-                        f" differ); give every shard the same spec, or use another --out")
+def open_store(spec: RunSpec) -> RunStore:
+    """The spec's run directory, checked to hold this spec's run (or none), stale temporary
+    files of killed writers swept."""
+    store = RunStore(rundir.out_dir(spec))
+    theirs = store.manifest()["spec"] if store.manifest_path.exists() else None
+    rundir.check_same_run(store.root, spec, theirs)
+    sweep_temp(store.root)
+    return store
 
 
 def execute(p: RunPlan, quiet: bool = False) -> Path:
@@ -308,10 +305,13 @@ def execute(p: RunPlan, quiet: bool = False) -> Path:
         from bench import executor_ray
 
         executor_ray.import_ray()  # without Ray: the one-line install hint, before any output
-    store = RunStore(spec.out)
-    if spec.shard:
-        check_same_run(store, spec)
+    store = open_store(spec)
     store.write_manifest(manifest(p))
+    store.write_grid(*grid_tables(p.grid, p.prompt_sets))
+    if not spec.out:
+        note = rundir.point_latest(store.root)
+        if note and not quiet:
+            print(f"bench: note: {note}", file=sys.stderr)
     settings = GenerationSettings(spec.model, spec.sampler, p.height, p.width, spec.batch_size)
     if spec.executor == "ray":  # generation and scoring on Ray; report.build finds scores done
         executor_ray.generate_and_score(p, store, settings, quiet=quiet)

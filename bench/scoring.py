@@ -100,7 +100,8 @@ def plan_scoring(store: RunStore, names: Sequence[str], device: str | None) -> S
         mark = f"_scored.{name}"
         done = set(scores.loc[scores[mark].fillna(False).astype(bool), "key"]) \
             if mark in scores else set()
-        todo = images[~images["key"].isin(done)].reset_index(drop=True)
+        # Scores belong to images: grid positions sharing an image share its scores.
+        todo = images[~images["key"].isin(done)].drop_duplicates("key").reset_index(drop=True)
         if not todo.empty:
             plan.jobs.append(ScoringJob(name, cls, spec.param_dict(), todo))
     return plan

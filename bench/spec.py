@@ -90,7 +90,7 @@ def _yaml_error(path: str | Path, raw: bytes, exc: yaml.YAMLError) -> str:
     return f"config {where}: {problem}; {hint}"
 
 
-_OPTIONAL = ("device", "shard", "sampler.scheduler")  # string keys that may be None
+_OPTIONAL = ("device", "shard", "out", "sampler.scheduler")  # string keys that may be None
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class RunSpec:
     device: str | None = None  # None -> cuda if available else cpu
     metrics: tuple[str, ...] = ("all",)
     limit: int | None = None  # max prompts per prompt set (after filtering)
-    out: str = "runs/latest"
+    out: str | None = None  # None -> runs/<spec id> (bench/rundir.py)
     shard: str | None = None  # "i/n"
     executor: str = "local"  # "local" | "ray" (bench/executor_ray.py)
     workers: int | None = None  # Ray workers; None -> one per GPU in the cluster, else 1

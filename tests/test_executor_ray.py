@@ -22,6 +22,7 @@ from bench.cli import main  # noqa: E402
 from bench.executor import GenerationSettings, generate  # noqa: E402
 from bench.models import ModelError  # noqa: E402
 from bench.spec import RunSpec, SamplerSpec, SpecError  # noqa: E402
+from bench.grid import grid_tables  # noqa: E402
 from bench.store import RunStore  # noqa: E402
 from metrics.base import Scorer  # noqa: E402
 
@@ -148,6 +149,7 @@ def test_killed_worker_is_restarted_and_loses_nothing(ray_local, tmp_path, promp
     # The first worker to write its 3rd image (the first of its 2nd batch) SIGKILLs itself.
     monkeypatch.setenv(executor_ray.KILL_ENV, f"3:{marker}")
     store = RunStore(tmp_path / "ray")
+    store.write_grid(*grid_tables(p.grid, p.prompt_sets))  # what bench run writes first
     assert executor_ray.generate(p.pipe, p.items, p.adapters, store, settings, quiet=True,
                                  workers=2, model_fp=p.model_fp) == 8
     written_before_kill = json.loads(marker.read_text())
@@ -215,8 +217,9 @@ def test_concurrent_shards_equal_one_run(tmp_path, prompts):
     for proc in procs:
         _, err = proc.communicate(timeout=240)
         assert proc.returncode == 0, err.decode()[-2000:]
-    shard = json.loads((shared / "manifest.json").read_text())["spec"]["shard"]
-    assert shard in ("0/2", "1/2")
+    manifest = json.loads((shared / "manifest.json").read_text())
+    assert manifest["spec"]["shard"] is None  # the whole run once both shards are in
+    assert manifest["grid"]["images"] == manifest["grid"]["done"] == 12
     assert main(["report", str(shared), "--quiet"]) == 0
     assert_same_images(tmp_path / "whole", shared)
     pd.testing.assert_frame_equal(table(tmp_path / "whole"), table(shared))

@@ -1,5 +1,6 @@
 """`bench run` end to end on tiny-random: store layout, cache, resume after SIGKILL, sharding,
 errors, plugins and the HTML report."""
+import hashlib
 import json
 import os
 import signal
@@ -45,7 +46,9 @@ def test_run_writes_store_manifest_tables(tmp_path, prompts):
     assert table["key"].is_unique
     row = table.iloc[0]
     with Image.open(out / row["file"]) as im:
-        assert im.text["bench.prompt"] == row["prompt"]
+        # The prompt is stored once, in prompts.parquet; the PNG names it by its hash.
+        assert im.text["bench.prompt_sha256"] == hashlib.sha256(row["prompt"].encode()).hexdigest()
+        assert "bench.prompt" not in im.text
         assert im.text["bench.seed"] == str(row["seed"])
         assert im.text["bench.method"] == row["method"]
     manifest = json.loads((out / "manifest.json").read_text())

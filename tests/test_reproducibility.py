@@ -143,7 +143,11 @@ def test_reproduce_refuses_a_changed_prompt_file(tmp_path, prompt_file, capsys):
     assert code == 0 and cmp["images"]["only_in_a"] == cmp["images"]["only_in_b"] == 1
     code, cmp = compare_json(tmp_path, run, tmp_path / "r", "--strict")
     assert code == 1 and cmp["verdict"].endswith("images differ: 0 of 1 beyond the tolerance, "
-                                                 "2 in one run only")
+                                                 "2 in one run only; specs differ in prompt_sets")
+    from prompt_sets.resolve import load_prompt_set
+    now = load_prompt_set(str(prompts)).content_hash()[:12]
+    assert len(cmp["specs"]) == 1 and cmp["specs"][0].startswith("prompt_sets: [\"prompts (sha256 ")
+    assert cmp["specs"][0].endswith(f'(B)') and f"prompts (sha256 {now})" in cmp["specs"][0]
 
 
 def test_reproduce_lists_model_method_and_version_drift(runs, tmp_path, capsys):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from bench.report import boards as boards_mod
 from bench.report import page, plots, tables
 from bench.scoring import score_run, scorer_names
 from bench.spec import split_method_list
-from bench.store import RunStore, atomic_write
+from bench.store import RunStore, atomic_write, sweep_temp
 
 
 def build(run_dir: Path, metrics: str | None = None, device: str | None = None,
@@ -26,7 +27,11 @@ def build(run_dir: Path, metrics: str | None = None, device: str | None = None,
     rebuild every table, plot and the HTML page."""
     store = RunStore(run_dir)
     manifest = store.manifest()
-    store.consolidate()
+    sweep_temp(store.root)
+    done, planned = len(store.consolidate()), manifest.get("grid", {}).get("images")
+    if planned and done < planned:  # shards still running, or a run was killed
+        print(f"bench: warning: {planned - done} of the run's {planned} images are not generated "
+              f"yet (a shard still to run?); the tables cover the other {done}", file=sys.stderr)
     scoring_path = store.root / "report" / "scoring.json"
     if score:
         requested = split_method_list(metrics) if metrics else manifest["spec"].get("metrics", ["all"])

@@ -2,6 +2,7 @@
 parity against guidance, and image grids (prompt x method, same seeds) to look rather than read."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Sequence
 
@@ -15,13 +16,15 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from bench.escape import mpl_text as _t  # noqa: E402  labels hold user text: no mathtext
 from bench.report.tables import Leaderboard  # noqa: E402
+from bench.store import atomic_write  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
+    atomic_write(path, buf.getvalue())  # a killed report never leaves a half-written plot
     return path
 
 
@@ -129,6 +132,7 @@ def image_grid(table: pd.DataFrame, run_dir: Path, path: Path, max_prompts: int 
                 with Image.open(run_dir / hit["file"].iloc[0]) as im:
                     grid.paste(im.convert("RGB").resize((cell, cell), Image.NEAREST),
                                (c * cell, y + label_h))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    buf = io.BytesIO()
+    grid.save(buf, format="PNG")
+    atomic_write(path, buf.getvalue())
     return path
