@@ -204,12 +204,16 @@ def dry_run_summary(p: RunPlan) -> str:
     size = f"{p.height}x{p.width}" if p.height else "the model's native size"
     evals = "unknown UNet evaluations (model not loaded)" if p.unloaded else \
         f"{sum(p.cost[w.method] for w in p.items)} UNet evaluations"
-    lines = [f"{len(p.items)} images ({len(p.adapters)} methods x {len(p.prompt_sets)} prompt sets, "
+    positions = p.items if p.spec.shard else p.grid
+    lines = [f"{len(positions)} images ({len(p.adapters)} methods x {len(p.prompt_sets)} prompt sets, "
              f"{p.spec.samples} samples/prompt, guidance {list(p.spec.guidance)}), "
              f"{evals} at {size}, {p.spec.sampler.steps} steps"]
     for s in p.prompt_sets:
         lines.append(f"  {s.name}: {len(s):,} prompts x {p.spec.samples} images = "
                      f"{len(s) * p.spec.samples:,} images per method and guidance")
+    if len(p.items) < len(positions):
+        lines.append(f"  {len(positions) - len(p.items)} of them repeat another's text, seed and "
+                     f"settings (duplicate prompts): {len(p.items)} are generated, each row kept")
     if p.unloaded:
         lines.append(f"  model not loaded, so its UNet cost, skipped methods and warnings are not "
                      f"known: {p.unloaded}")

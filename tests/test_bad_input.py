@@ -234,8 +234,9 @@ def test_read_only_out_is_refused_before_the_model_loads(files, existing_run, ca
 
 def test_full_disk_stops_in_one_line_and_the_rerun_completes(files, existing_run, capsys,
                                                              monkeypatch, tmp_path):
-    """ENOSPC on the 5th file write: the run stops in one line; what was written is whole (every
-    record's PNG decodes, no temp file is left), and rerunning the command finishes the grid."""
+    """ENOSPC on the 7th file write (manifest, prompts, grid, then images): the run stops in one
+    line; what was written is whole (every record's PNG decodes, no temp file is left), and
+    rerunning the command finishes the grid."""
     before = snapshot(existing_run)
     out = tmp_path / "full"
     args = _argv([*P, "--methods", "baseline,sld-max", "--samples", "2", "--batch-size", "1"],
@@ -244,7 +245,7 @@ def test_full_disk_stops_in_one_line_and_the_rerun_completes(files, existing_run
 
     def fsync(fd):
         calls.append(fd)
-        if len(calls) >= 5:
+        if len(calls) >= 7:
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 

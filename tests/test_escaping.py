@@ -327,7 +327,7 @@ def test_compare_markdown_keeps_its_table_shape(hostile_run):
     doc = Tags(MarkdownIt("commonmark", {"html": True}).enable("table").render(md))
     assert {t for t, _ in doc.tags} <= {"h1", "h2", "p", "code", "br", "ul", "li", "table",
                                         "thead", "tbody", "tr", "th", "td", "strong"}
-    assert len(doc.text["h2"]) == 4  # Images, Scorers, Leaderboard cells, Verdict
+    assert len(doc.text["h2"]) == 5  # Images, Specs, Scorers, Leaderboard cells, Verdict
     n_cells = len(pd.concat([tables.long_frame(b) for b in boards])) - 2 * 2  # no timing cells
     assert len(doc.text["tr"]) == 1 + n_cells
     assert len(doc.text["td"]) == 8 * n_cells

@@ -29,6 +29,7 @@ def build(run_dir: Path, metrics: str | None = None, device: str | None = None,
     manifest = store.manifest()
     sweep_temp(store.root)
     done, planned = len(store.consolidate()), manifest.get("grid", {}).get("images")
+    manifest = store.manifest()  # consolidating the last shard's images completes it
     if planned and done < planned:  # shards still running, or a run was killed
         print(f"bench: warning: {planned - done} of the run's {planned} images are not generated "
               f"yet (a shard still to run?); the tables cover the other {done}", file=sys.stderr)
