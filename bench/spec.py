@@ -136,7 +136,7 @@ class RunSpec:
             raise SpecError(f"executor={self.executor!r}: use local or ray")
         if self.workers is not None and self.executor != "ray":
             raise SpecError(f"--workers {self.workers}: only --executor ray has workers")
-        if not self.out.strip():  # Path("") is the current directory
+        if self.out is not None and not self.out.strip():  # Path("") is the current directory
             raise SpecError("out='': give a run directory")
 
     def _check_types(self) -> None:
