@@ -57,6 +57,10 @@ def build_adapters(method: str) -> list[Adapter]:
             adapters.append(cls.from_strings(ms.param_dict()))
         except (TypeError, ValueError) as exc:
             raise SpecError(f"method '{part}': {exc}") from exc
+    negatives = [a.name for a in adapters if a.has_hook("negative")]
+    if len(negatives) > 1:
+        raise SpecError(f"method '{method}': {' and '.join(negatives)} both set the negative "
+                        f"prompt; compose at most one of them")
     return adapters
 
 
@@ -118,7 +122,8 @@ def plan(spec: RunSpec, dry_run: bool = False) -> RunPlan:
     p = RunPlan(spec, pipe, fingerprint(pipe), height, width, sets, adapters, skipped)
     p.warnings = {m: found for m, ads in adapters.items()
                   if (found := [w for a in ads
-                                for w in a.warnings(pipe, p.model_fp, spec.guidance, spec.sampler.steps)])}
+                                for w in a.warnings(pipe, p.model_fp, spec.guidance, spec.sampler.steps)]
+                                + _negative_override(ads, spec.sampler.negative_prompt))}
     p.grid = build_grid(p.model_fp, list(adapters), sets, spec.samples, spec.seed,
                         spec.guidance, spec.sampler, height, width)
     p.items = unique_images(p.grid)
@@ -129,6 +134,11 @@ def plan(spec: RunSpec, dry_run: bool = False) -> RunPlan:
         p.items = shard(p.items, i, n, p.cost, spec.batch_size)
     p.deviations = deviations
     return p
+
+
+def _negative_override(adapters: Sequence[Adapter], run_negative: str) -> list[str]:
+    return [f"{a.name} replaces the run's negative prompt {run_negative!r} with its own"
+            for a in adapters if run_negative and a.has_hook("negative")]
 
 
 def _protocol_deviations(spec: RunSpec) -> list[str]:

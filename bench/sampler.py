@@ -11,6 +11,9 @@ Hooks, all optional (the baseline implements none):
   prepare(pipe) / release(pipe)    load checkpoints, patch or swap weights before this method's
                                    batches, and undo it after (methods run one after another)
   encode(cond_embeds, batch)       transform the conditional prompt embeddings
+  negative(batch) -> list[str] | None   the unconditional branch's text per image (the
+                                   negative prompt); None keeps the run's `negative_prompt`.
+                                   At most one adapter of a composition may return texts
   extra_conditions(batch)          texts of extra branches, each a list of B strings
   init_state(batch)                per-batch, per-image state the adapter owns
   guide(eps_u, eps_c, extras, i, t, state) -> additive term to the guided prediction, or None
@@ -92,6 +95,9 @@ class Adapter:
 
     def encode(self, cond: torch.Tensor, batch: Batch) -> torch.Tensor:
         return cond
+
+    def negative(self, batch: Batch) -> list[str] | None:
+        return None
 
     def extra_conditions(self, batch: Batch) -> list[list[str]]:
         return []
@@ -175,6 +181,17 @@ def encode_text(pipe: Any, texts: Sequence[str]) -> torch.Tensor:
     return out.to(dtype=pipe.unet.dtype)
 
 
+def negative_texts(adapters: Sequence[Adapter], batch: Batch, negative_prompt: str) -> list[str]:
+    """The unconditional branch's texts: an adapter's `negative` overrides the run's."""
+    given = [n for a in adapters if (n := a.negative(batch)) is not None]
+    if len(given) > 1:
+        raise ValueError("two composed methods set the negative prompt; keep one")
+    texts = given[0] if given else [negative_prompt] * len(batch)
+    if len(texts) != len(batch):
+        raise ValueError(f"negative(): {len(texts)} texts for a batch of {len(batch)}")
+    return list(texts)
+
+
 def _fresh_scheduler(pipe: Any) -> Any:
     # Schedulers keep per-run state (PNDM's history, step index): one copy per batch. A deep
     # copy, because from_config() resets keys listed in `_use_default_values` (e.g. clip_sample
@@ -197,7 +214,7 @@ def sample(pipe: Any, adapters: Sequence[Adapter], batch: Batch, *, steps: int,
     use_cfg = guidance > 1.0
     parts = [cond]
     if use_cfg:
-        parts.insert(0, encode_text(pipe, [negative_prompt] * B))
+        parts.insert(0, encode_text(pipe, negative_texts(adapters, batch, negative_prompt)))
     n_extra: list[int] = []
     for a in adapters:
         branches = a.extra_conditions(batch)
