@@ -196,3 +196,23 @@ def test_4_race_labels_get_their_own_parity_groups():
     table = pd.DataFrame({"fairface.race4": ["Asian"], "fairface.race": ["White"]})
     assert label_columns(table) == [("fairface.race4", "race4"), ("fairface.race", "race")]
     assert GROUPS["race4"] == list(RACES4)
+
+
+def test_bench_run_refuses_a_bad_fairface_file_before_generating(tmp_path, capsys):
+    import torchvision
+
+    from bench.cli import main
+
+    net = torchvision.models.resnet34(weights=None)
+    net.fc = torch.nn.Linear(512, 7)
+    wrong = tmp_path / "res34_fair_align_multi_7_20190809.pt"
+    torch.save(net.state_dict(), wrong)
+    unnamed = fairface_file(tmp_path / "ff.pt", seed=0)
+    args = ["run", "--model", "world", "--methods", "baseline", "--samples", "1", "--steps", "2",
+            "--quiet", "--dry-run", "--out", str(tmp_path / "run")]
+    for metric, message in ((f"fairface:weights={wrong}", "fc.weight is (7, 512), expected (18, 512)"),
+                            (f"fairface:weights={unnamed}", "pass fairface:races=7 or fairface:races=4")):
+        assert main([*args, "--metrics", metric]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+    assert main([*args, "--metrics", f"fairface:weights={unnamed},races=7"]) == 0
