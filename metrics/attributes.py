@@ -261,11 +261,12 @@ class FairFace(Scorer):
         from metrics.faces import FAIRFACE_DETECTOR_SHA256
 
         detector_sha = fingerprint(self.detector)
-        return {
-            "weights": str(self.weights), "weights_sha256": fingerprint(str(Path(self.weights).expanduser())),
-            "races": str(self.races), "detector": self.detector, "detector_sha256": detector_sha,
+        return {  # first 16 hex digits of each SHA-256, as the other scorers record them
+            "weights": str(self.weights),
+            "weights_sha256": fingerprint(str(Path(self.weights).expanduser()))[:16],
+            "races": str(self.races), "detector": self.detector, "detector_sha256": detector_sha[:16],
             "detector_is_fairface_repo_file": str(detector_sha == FAIRFACE_DETECTOR_SHA256).lower(),
-            "landmarks": self.landmarks, "landmarks_sha256": fingerprint(self.landmarks),
+            "landmarks": self.landmarks, "landmarks_sha256": fingerprint(self.landmarks)[:16],
             "dlib": dlib.__version__,
         }
 

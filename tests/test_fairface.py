@@ -216,3 +216,15 @@ def test_bench_run_refuses_a_bad_fairface_file_before_generating(tmp_path, capsy
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1
     assert main([*args, "--metrics", f"fairface:weights={unnamed},races=7"]) == 0
+
+
+def test_manifest_fingerprints_weights_detector_and_landmarks(tmp_path):
+    import hashlib
+
+    good = fairface_file(tmp_path / "res34_fair_align_multi_4_20190809.pt", seed=0)
+    m = FairFace(weights=str(good)).manifest()
+    assert m["weights_sha256"] == hashlib.sha256(good.read_bytes()).hexdigest()[:16]
+    assert m["races"] == "4"
+    assert m["landmarks_sha256"] == "c4b1e9804792707d"  # dlib-models' 5-point predictor
+    # face-recognition-models' detector is not the file FairFace ships (be467b1a...): recorded.
+    assert (m["detector_sha256"], m["detector_is_fairface_repo_file"]) == ("4cb19393e2fbaf2b", "false")
