@@ -209,8 +209,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     steps = 25 if a.steps is None else a.steps
     RunSpec(methods=(a.method,), seed=a.seed, guidance=(a.guidance,),  # bench run's checks
             sampler=SamplerSpec(steps=steps, height=a.resolution, width=a.resolution))
-    if Path(a.out).suffix.lower() != ".png":
-        raise SpecError(f"--out {a.out}: write a .png file path")
+    output_file(a.out, ".png")
     try:  # Python keeps argv bytes that are not UTF-8 as lone surrogates the tokenizer rejects
         a.prompt.encode("utf-8")
     except UnicodeEncodeError:
@@ -220,6 +219,19 @@ def cmd_generate(a: argparse.Namespace) -> int:
                        device=a.device, out=Path(a.out))
     print(f"wrote {a.out}")
     return 0
+
+
+def output_file(text: str, suffix: str | None = None) -> Path:
+    """A file a command will write, refused before any work when it cannot be one."""
+    from bench.runner import check_out_dir
+
+    path = Path(text)
+    if suffix and path.suffix.lower() != suffix:
+        raise SpecError(f"--out {text}: write a {suffix} file path")
+    if path.is_dir():
+        raise SpecError(f"--out {text} is a directory; give a file path")
+    check_out_dir(path.parent)
+    return path
 
 
 def cmd_report(a: argparse.Namespace) -> int:
@@ -248,8 +260,10 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
 def cmd_compare(a: argparse.Namespace) -> int:
     from bench import compare
 
-    c = compare.compare(Path(a.run_a), Path(a.run_b), compare.parse_tolerance(a.tolerance),
-                        include_latency=a.include_latency)
+    tolerance = compare.parse_tolerance(a.tolerance)
+    if a.out:
+        output_file(a.out)
+    c = compare.compare(Path(a.run_a), Path(a.run_b), tolerance, include_latency=a.include_latency)
     text = (compare.to_json if a.format == "json" else compare.markdown)(c, strict=a.strict)
     if a.out:
         Path(a.out).write_text(text)
@@ -264,6 +278,7 @@ def cmd_bundle(a: argparse.Namespace) -> int:
 
     if a.images != "all" and not a.images.isdigit():
         raise bundle.BundleError(f"--images '{a.images}': write a number or 'all'")
+    output_file(a.out, ".zip")  # reproduce and compare know a bundle by its suffix
     info = bundle.bundle(Path(a.run_dir), Path(a.out), None if a.images == "all" else int(a.images))
     print(f"bundle: {a.out} ({info['images']['included']} of {info['images']['in_run']} images, "
           f"{len(info['prompt_files'])} prompt files)")

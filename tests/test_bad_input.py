@@ -215,6 +215,27 @@ def test_bad_generate_input_is_one_line(case, args, expected, needs_model, files
     assert not (files / "one.png").exists()
 
 
+OTHER = [  # the other commands' own inputs, against the existing run ({run})
+    ("report unknown metric", ["report", "{run}", "--metrics", "clipscor"], "clipscore"),
+    ("compare --out a directory", ["compare", "{run}", "{run}", "--out", "{d}"], "is a directory"),
+    ("compare tolerance nan", ["compare", "{run}", "{run}", "--tolerance", "nan"], "'nan'"),
+    ("bundle --out not .zip", ["bundle", "{run}", "--out", "{d}/b.tar"], "write a .zip file path"),
+    ("bundle --out under a file", ["bundle", "{run}", "--out", "{d}/afile/b.zip"], "afile is a file"),
+    ("bundle --images -1", ["bundle", "{run}", "--out", "{d}/b.zip", "--images", "-1"], "'-1'"),
+    ("reproduce missing source", ["reproduce", "{d}/nope"], "nope: no such run directory"),
+]
+
+
+@pytest.mark.parametrize("case, args, expected", OTHER, ids=[c[0] for c in OTHER])
+def test_bad_input_to_other_commands(case, args, expected, files, existing_run, capsys):
+    before = snapshot(existing_run)
+    code = main([a.replace("{d}", str(files)).replace("{run}", str(existing_run)) for a in args])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and expected in err, err
+    assert snapshot(existing_run) == before
+    assert not (files / "b.zip").exists() and not (files / "b.tar").exists()
+
+
 def test_read_only_out_is_refused_before_the_model_loads(files, existing_run, capsys, monkeypatch):
     locked = files / "locked"
     locked.mkdir(exist_ok=True)

@@ -16,7 +16,7 @@ import pandas as pd
 from bench.registry import METRICS
 from bench.report import boards as boards_mod
 from bench.report import page, plots, tables
-from bench.scoring import score_run, scorer_names
+from bench.scoring import check_scorers, score_run, scorer_names
 from bench.spec import split_method_list
 from bench.store import RunStore, atomic_write, sweep_temp
 
@@ -27,6 +27,10 @@ def build(run_dir: Path, metrics: str | None = None, device: str | None = None,
     rebuild every table, plot and the HTML page."""
     store = RunStore(run_dir)
     manifest = store.manifest()
+    if score:  # a misspelt scorer is refused before anything in the run directory is rewritten
+        requested = split_method_list(metrics) if metrics else manifest["spec"].get("metrics", ["all"])
+        names = scorer_names(manifest["model"]["name"], requested)
+        check_scorers(names, device)
     sweep_temp(store.root)
     done, planned = len(store.consolidate()), manifest.get("grid", {}).get("images")
     manifest = store.manifest()  # consolidating the last shard's images completes it
@@ -35,8 +39,6 @@ def build(run_dir: Path, metrics: str | None = None, device: str | None = None,
               f"yet (a shard still to run?); the tables cover the other {done}", file=sys.stderr)
     scoring_path = store.root / "report" / "scoring.json"
     if score:
-        requested = split_method_list(metrics) if metrics else manifest["spec"].get("metrics", ["all"])
-        names = scorer_names(manifest["model"]["name"], requested)
         scoring = score_run(store, names, device=device, quiet=quiet)
     else:
         scoring = json.loads(scoring_path.read_text()) if scoring_path.exists() else {}
