@@ -91,7 +91,7 @@ def parser() -> argparse.ArgumentParser:
                            epilog="examples:\n  bench train fair-mapping --model world --attribute "
                                   "skin --out ckpt/fm\n  bench train rs-corrector --help",
                            formatter_class=fmt)
-    train.add_argument("method", choices=["fair-mapping", "rs-corrector"])
+    train.add_argument("method", choices=["fair-mapping", "rs-corrector", "uce"])
     train.add_argument("args", nargs=argparse.REMAINDER, help="the trainer's own flags")
 
     world = sub.add_parser("world", help="build the synthetic-portrait world",
@@ -288,6 +288,8 @@ def cmd_bundle(a: argparse.Namespace) -> int:
 def cmd_train(a: argparse.Namespace) -> int:
     if a.method == "fair-mapping":
         from methods.fair_mapping_train import main as train_main
+    elif a.method == "uce":
+        from methods.uce_train import main as train_main
     else:
         from methods.rs_corrector_train import main as train_main
     return train_main(a.args) or 0
