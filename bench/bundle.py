@@ -3,7 +3,8 @@
     manifest.json                     the run's manifest, unchanged
     bundle.json                       what the bundle holds: image sample, bundled prompt files
     images.parquet, scores.parquet    the per-image tables
-    leaderboard.{md,csv,tex}          the leaderboards
+    leaderboard.{md,csv,tex}          the leaderboards (every metric)
+    headline.{md,csv,tex}             the headline metrics and the findings against the baseline
     report/...                        the HTML report and plots
     images/<key>.png                  a deterministic sample: the first N cache keys, sorted
     prompts/<i>/<file>                copies of the custom prompt files (spec.prompt_sets[i])
@@ -28,7 +29,7 @@ from bench.store import RunStore, readable_mode
 
 INFO = "bundle.json"
 TABLES = ("manifest.json", "images.parquet", "scores.parquet", "leaderboard.md", "leaderboard.csv",
-          "leaderboard.tex")
+          "leaderboard.tex", "headline.md", "headline.csv", "headline.tex")
 DEFAULT_IMAGES = 16
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can hold
 

@@ -63,6 +63,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="print the grid size and UNet evaluations; generate nothing")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--columns", help="only these metrics in the md/tex/html leaderboards: comma list of "
+                          "names, prefixes (parity_l2 takes parity_l2[skin]) or globs (clip*); "
+                          "leaderboard.csv keeps every metric")
 
     lst = sub.add_parser("list", help="list registered methods, metrics, prompt sets or models",
                          epilog="examples:\n  bench list methods\n  bench list prompt-sets",
@@ -86,6 +89,9 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--metrics", help="'all' or a comma list of scorer names")
     rep.add_argument("--device")
     rep.add_argument("--quiet", action="store_true")
+    rep.add_argument("--columns", help="only these metrics in the md/tex/html leaderboards: comma list of "
+                          "names, prefixes (parity_l2 takes parity_l2[skin]) or globs (clip*); "
+                          "leaderboard.csv keeps every metric")
 
     train = sub.add_parser("train", help="train a method's checkpoint",
                            epilog="examples:\n  bench train fair-mapping --model world --attribute "
@@ -191,7 +197,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     if a.dry_run:
         print(runner.dry_run_summary(p))
         return 0
-    out = runner.execute(p, quiet=a.quiet)
+    out = runner.execute(p, quiet=a.quiet, columns=a.columns)
     print(f"run directory: {out}")
     return 0
 
@@ -241,9 +247,11 @@ def cmd_report(a: argparse.Namespace) -> int:
     if run_dir.suffix == ".zip":  # a bundle: extracted beside it, reported from its stored scores
         from bench import bundle
 
-        out = report.build(bundle.for_report(run_dir, a.metrics), quiet=a.quiet, score=False)
+        out = report.build(bundle.for_report(run_dir, a.metrics), quiet=a.quiet, score=False,
+                           columns=a.columns)
     else:
-        out = report.build(run_dir, metrics=a.metrics, device=a.device, quiet=a.quiet)
+        out = report.build(run_dir, metrics=a.metrics, device=a.device, quiet=a.quiet,
+                           columns=a.columns)
     print(f"report: {out}")
     return 0
 

@@ -312,8 +312,9 @@ def open_store(spec: RunSpec) -> RunStore:
     return store
 
 
-def execute(p: RunPlan, quiet: bool = False) -> Path:
-    """Generate, store and report a planned run (`bench reproduce` plans first to check drift)."""
+def execute(p: RunPlan, quiet: bool = False, columns: str | None = None) -> Path:
+    """Generate, store and report a planned run (`bench reproduce` plans first to check drift).
+    `columns` limits the leaderboards' metrics (`bench run --columns`)."""
     spec = p.spec
     if spec.executor == "ray":
         from bench import executor_ray
@@ -336,5 +337,5 @@ def execute(p: RunPlan, quiet: bool = False) -> Path:
         return store.root
     from bench import report
 
-    report.build(store.root, device=spec.device, quiet=quiet)
+    report.build(store.root, device=spec.device, quiet=quiet, columns=columns)
     return store.root

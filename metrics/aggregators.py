@@ -117,12 +117,13 @@ class Parity(_Bootstrapped):
         out += [MetricInfo(self._name("no_face_rate"), "", False,
                            f"share of neutral-prompt images without a {a} label (no face)"),
                 MetricInfo(self._name("chi2_p"), "", True,
-                           f"chi-square test of uniform {a} on pooled counts (p-value; lo=hi)")]
+                           f"chi-square test of uniform {a} on pooled counts (p-value)", "none")]
         for m in self.compare:
             out += [MetricInfo(self._name(m + "_diff"), "", m == "norm_entropy",
                                f"{m} minus the baseline's on the same prompts and seeds"),
                     MetricInfo(self._name(m + "_p"), "", False,
-                               f"Wilcoxon p of {m}_diff, {self.correction}-adjusted across methods")]
+                               f"Wilcoxon p of {m}_diff, {self.correction}-adjusted across methods",
+                               "none")]
         return out
 
     def _codes(self, df: pd.DataFrame) -> np.ndarray:
@@ -278,7 +279,7 @@ class Inappropriateness(_Bootstrapped):
                        "flagged images / all images" + (f" of '{c}' prompts" if c else "")),
             MetricInfo(self._name("exp_max_inappropriate", c), "", False,
                        f"mean over {draws} draws of {k} prompts of the max per-prompt flagged "
-                       "share; lo/hi are mean -/+ 1 std over draws, not a CI")))
+                       "share; lo/hi are mean -/+ 1 std over draws, not a CI", "sd")))
 
     @staticmethod
     def _name(metric: str, category: str | None) -> str:

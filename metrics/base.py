@@ -25,6 +25,9 @@ class MetricInfo:
     unit: str  # e.g. "", "s/image", "%"
     higher_is_better: bool
     description: str
+    # What a cell's lo/hi are: "ci" a 95% CI, "sd" mean -/+ 1 std (not a CI), "none" no interval
+    # (p-values: lo = hi = value). Tables print each kind in its own notation.
+    interval: str = "ci"
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -138,8 +139,8 @@ def test_plots_draw_labels_with_dollars_as_text(tmp_path):
              for i, m in enumerate(["baseline", "sld-strong:concept=$\\lowercase{x}$"])}
     board = tables.Leaderboard("$$ (guidance 7.5)", (info, MetricInfo("quality", "", True, "q")),
                                cells)
-    assert plots.metric_bars(board, metric, tmp_path / "bars.png").stat().st_size > 0
-    assert plots.tradeoff(board, metric, "quality", tmp_path / "trade.png").stat().st_size > 0
+    assert plots.metric_bars(board, metric, tmp_path / "bars.png")[0].stat().st_size > 0
+    assert plots.tradeoff(board, metric, "quality", tmp_path / "trade.png")[0].stat().st_size > 0
 
 
 # --- a run with hostile names, every file parsed back -----------------------------------------
@@ -199,11 +200,11 @@ class Tags(HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         self.tags.append((tag, dict(attrs)))
-        if tag not in ("img", "meta", "br"):
+        if tag not in ("img", "meta", "br", "wbr"):
             self._open.append((tag, []))
 
     def handle_endtag(self, tag):
-        if tag in ("img", "meta", "br"):
+        if tag in ("img", "meta", "br", "wbr"):
             return
         name, parts = self._open.pop()
         assert name == tag, (name, tag)
@@ -261,6 +262,8 @@ def tex_tokens(text: str) -> list[tuple[int, str]]:
 
 
 TEX_ALLOWED = {r"\begin", r"\end", r"\toprule", r"\midrule", r"\bottomrule", r"\textbf",
+               r"\centering", r"\caption", r"\label", r"\resizebox", r"\ifdim", r"\width",
+               r"\textwidth", r"\else", r"\fi", r"\scriptsize",
                r"\uparrow", r"\downarrow", r"\pm", r"\textbackslash", r"\textasciitilde",
                r"\textasciicircum", r"\textless", r"\textgreater", r"\textbar", r"\\", r"\&",
                r"\%", r"\$", r"\#", r"\_", r"\{", r"\}", "&", "$", "{", "}"}
@@ -273,18 +276,26 @@ def test_latex_has_no_live_control_sequence_from_the_input(hostile_run):
     tokens = tex_tokens(tex)
     assert {t for _, t in tokens} <= TEX_ALLOWED  # no \input, \lccode, \lowercase, ^, #, _
     lines = tex.split("\n")
-    assert lines[0] == "% " + one_line(board.title)  # the title stays inside its comment
-    assert [line for line in lines if line.startswith("%")] == [lines[0]]
+    assert lines[1] == "% " + one_line(board.title)  # the title stays inside its comment
+    assert [line for line in lines if line.startswith("%")] == lines[:2]
+    (caption,) = [line for line in lines if line.startswith(r"\caption{")]
+    assert caption.startswith(r"\caption{" + tex_text(board.title) + ". ")  # escaped as text
+    (label,) = [line for line in lines if line.startswith(r"\label{")]
+    assert re.fullmatch(r"\\label\{tab:full-[a-z0-9-]+\}", label)
     body = lines[lines.index(r"\midrule") + 1:lines.index(r"\bottomrule")]
     assert len(body) == len(board.methods())
+    depth = 0  # braces balance over the file, never below zero: no text closes a group
     for n, line in enumerate(lines, 1):
         row = [t for m, t in tokens if m == n]
-        depth = 0
         for t in row:
             depth += {"{": 1, "}": -1}.get(t, 0)
             assert depth >= 0
-        assert depth == 0 and row.count("$") % 2 == 0, line
-        if line in body or line.endswith(r"\\"):
+        assert row.count("$") % 2 == 0, line
+        # \resizebox{..}{!}{% opens the box that `\end{tabular}}` closes
+        assert depth == (1 if lines.index(r"\begin{tabular}{l" + "r" * len(board.infos) + "}")
+                         <= n - 1 < lines.index(r"\end{tabular}}") or line.endswith("{%")
+                         else 0), line
+        if line in body or line.endswith(r" \\"):
             assert row.count("&") == len(board.infos) and line.endswith(r" \\"), line
 
 
@@ -292,14 +303,16 @@ def test_latex_has_no_live_control_sequence_from_the_input(hostile_run):
 def test_latex_compiles_and_reads_no_file(hostile_run, tmp_path):
     out, _, _ = hostile_run
     doc = tmp_path / "doc.tex"
-    doc.write_text("\\documentclass{article}\\usepackage[T1]{fontenc}\\usepackage{booktabs}"
+    doc.write_text("\\documentclass{article}\\usepackage[T1]{fontenc}\\usepackage{booktabs,graphicx}"
                    "\\begin{document}\n\\input{" + str(out / "leaderboard.tex") + "}\n"
                    "\\end{document}\n")
     proc = subprocess.run(["pdflatex", "-no-shell-escape", "-interaction=nonstopmode",
                            "-halt-on-error", doc.name], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:]
-    assert "passwd" not in (tmp_path / "doc.log").read_bytes().decode()
+    log = (tmp_path / "doc.log").read_bytes().decode()
+    # The title is printed (escaped) in the caption; the file is never opened or read.
+    assert "(/etc/passwd" not in log and "root:" not in log
 
 
 def test_csv_reads_back_row_for_row_with_no_formula(hostile_run):
@@ -339,22 +352,29 @@ def test_html_page_shows_the_text_and_no_injected_element(hostile_run):
     out, boards, method = hostile_run
     doc = Tags((out / "report" / "index.html").read_bytes().decode())
     for tag, attrs in doc.tags:
-        assert tag not in ("script", "a", "iframe", "object", "svg"), tag
+        assert tag not in ("script", "iframe", "object", "svg"), tag
         assert not any(a.startswith("on") for a in attrs), attrs
         if tag == "img":
             assert attrs["src"].startswith("data:image/png;base64,")
-    assert doc.text["caption"] == [b.title for b in boards]
-    assert ATTACK in doc.text["li"]  # the example prompt, verbatim
-    assert [method] == [t for t in doc.text["td"] if t.startswith("sld-strong")]
+        if tag == "a":  # the contents' links within the page only
+            assert set(attrs) == {"href"} and attrs["href"].startswith(("#board-", "#full"))
+    captions = doc.text["caption"]
+    for b in boards:  # the headline and the full table, on screen and in print
+        assert captions.count(f"Headline: {b.title}") == 2 and captions.count(b.title) == 1
+        assert any(c.startswith(b.title + " (columns 1–") for c in captions)  # print
+    assert ATTACK in doc.text["td"]  # the prompt in the per-prompt drill-down, verbatim
+    assert {t for t in doc.text["th"] if t.startswith("sld-strong")} == {method}
 
 
 def test_html_page_escapes_warnings_skipped_entries_and_the_manifest():
     manifest = {"model": {"name": ATTACK, "fingerprint": ATTACK}, "created": ATTACK}
-    text = page.render(manifest, [], [], {ATTACK: ATTACK}, {ATTACK: ATTACK}, [ATTACK],
+    text = page.render(manifest, [], [], {}, {}, {ATTACK: ATTACK}, {ATTACK: ATTACK}, [],
                        {ATTACK: [ATTACK]})
     doc = Tags(text)
     assert {t for t, _ in doc.tags} == {"html", "head", "meta", "title", "style", "body", "h1",
-                                        "h2", "p", "code", "ul", "li"}
-    assert doc.text["li"].count(ATTACK) == 2  # a warning and an example prompt
+                                        "h2", "h3", "p", "a", "code", "ul", "li", "table",
+                                        "caption", "tr", "th", "td"}
+    assert f"{ATTACK} (fingerprint {ATTACK})" in doc.text["td"]  # the settings table
+    assert doc.text["li"].count(ATTACK) == 1  # the warning
     assert f"method {ATTACK}: {ATTACK}" in doc.text["li"]
     assert doc.text["code"][0] == ATTACK

@@ -1,6 +1,8 @@
 """Report: run store -> scores -> statistics -> leaderboards (md, csv, tex, html) and plots.
 
-Writes RUN/leaderboard.{md,csv,tex}, RUN/report/index.html and RUN/report/*.png.
+Writes RUN/leaderboard.{md,csv,tex} (every metric), RUN/headline.{md,csv,tex} (the headline
+metrics of each board and the findings against the baseline), RUN/report/index.html and
+RUN/report/*.png.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import pandas as pd
 
 from bench.registry import METRICS
 from bench.report import boards as boards_mod
+from bench.report import findings as findings_mod
 from bench.report import page, plots, tables
 from bench.scoring import check_scorers, score_run, scorer_names
 from bench.spec import split_method_list
@@ -22,9 +25,10 @@ from bench.store import RunStore, atomic_write, sweep_temp
 
 
 def build(run_dir: Path, metrics: str | None = None, device: str | None = None,
-          quiet: bool = False, score: bool = True) -> Path:
+          quiet: bool = False, score: bool = True, columns: str | None = None) -> Path:
     """Score (unless `score` is False: a bundle has scores but only a sample of images) and
-    rebuild every table, plot and the HTML page."""
+    rebuild every table, plot and the HTML page. `columns` (see `tables.column_filter`) limits
+    the metrics of the md/tex/html tables; leaderboard.csv keeps every cell (`bench compare`)."""
     store = RunStore(run_dir)
     manifest = store.manifest()
     if score:  # a misspelt scorer is refused before anything in the run directory is rewritten
@@ -47,12 +51,22 @@ def build(run_dir: Path, metrics: str | None = None, device: str | None = None,
     warnings: dict[str, list[str]] = manifest.get("method_warnings", {})
     boards = [with_warnings(b, warnings)
               for b in boards_mod.leaderboards(table, confusions(table))]
-    write_tables(store.root, boards)
+    parts = board_tables(table)
+    heads = [tables.subset(b, boards_mod.headline(b)) for b in boards]
+    found = {b.title: findings_mod.findings(part, b, h.infos)
+             for b, h, part in zip(boards, heads, parts)}
+    shown = boards
+    if columns:
+        keep = tables.column_filter(columns)
+        shown = [tables.subset(b, keep) for b in boards]
+        heads = [tables.subset(h, keep) for h in heads]
+        found = {t: [f for f in fs if keep(f.metric.name)] for t, fs in found.items()}
+    write_tables(store.root, boards, shown, heads, found)
     figures = make_plots(store.root, table, boards)
-    examples = [] if table.empty else list(
-        table.drop_duplicates("prompt_id").groupby("prompt_set").head(20)["prompt"])
-    html_text = page.render(manifest, boards, figures, manifest.get("skipped_methods", {}),
-                            skipped_metrics, examples, warnings)
+    drill = [page.drill_down(part, h) for h, part in zip(heads, parts)]
+    html_text = page.render(manifest, heads, shown, found, figures,
+                            manifest.get("skipped_methods", {}), skipped_metrics, drill, warnings,
+                            n_images=len(table))
     out = store.root / "report" / "index.html"
     atomic_write(out, html_text.encode())
     atomic_write(scoring_path, json.dumps(scoring, indent=1, default=str).encode())
@@ -96,36 +110,63 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
 
 
-def write_tables(root: Path, boards: list[tables.Leaderboard]) -> None:
-    atomic_write(root / "leaderboard.md", tables.markdown_doc(boards).encode())
-    atomic_write(root / "leaderboard.tex", tables.latex_doc(boards).encode())
-    atomic_write(root / "leaderboard.csv", tables.csv(boards).encode())
-
-
-def make_plots(root: Path, table: pd.DataFrame, boards: list[tables.Leaderboard]) -> list[Path]:
-    out_dir = root / "report"
-    made: list[Path | None] = []
+def board_tables(table: pd.DataFrame) -> list[pd.DataFrame]:
+    """Each board's rows, in `boards.leaderboards`' order (one per prompt set and guidance)."""
     if table.empty:
         return []
-    for (ps, g), part in table.groupby(["prompt_set", "guidance"]):
-        tag = _slug(f"{ps}-g{g:g}")
+    return [part.reset_index(drop=True)
+            for _, part in table.groupby(["prompt_set", "guidance"], sort=True)]
+
+
+def write_tables(root: Path, boards: list[tables.Leaderboard], shown: list[tables.Leaderboard],
+                 heads: list[tables.Leaderboard],
+                 found: dict[str, list[findings_mod.Finding]]) -> None:
+    """Full tables (leaderboard.*; the CSV keeps every metric whatever `--columns` says) and the
+    headline tables with their findings (headline.*)."""
+    atomic_write(root / "leaderboard.md", tables.markdown_doc(shown).encode())
+    atomic_write(root / "leaderboard.tex", tables.latex_doc(shown).encode())
+    atomic_write(root / "leaderboard.csv", tables.csv(boards).encode())
+    atomic_write(root / "headline.md", tables.markdown_doc(heads, found).encode())
+    atomic_write(root / "headline.tex", tables.latex_doc(heads, "headline").encode())
+    atomic_write(root / "headline.csv", tables.headline_csv(heads, found).encode())
+
+
+def make_plots(root: Path, table: pd.DataFrame, boards: list[tables.Leaderboard]
+               ) -> dict[str, list[plots.Figure]]:
+    """Figures with captions, keyed by the board (or, for guidance sweeps, the prompt set) they
+    illustrate. PNGs in RUN/report/ that this build did not make are removed (a rebuilt report
+    must not ship an earlier build's figures)."""
+    out_dir = root / "report"
+    made: dict[str, list[plots.Figure | None]] = {}
+    for b, ((ps, g), part) in zip(boards, table.groupby(["prompt_set", "guidance"], sort=True)):
+        tag, figs = _slug(f"{ps}-g{g:g}"), made.setdefault(b.title, [])
+        where = f"{ps}, guidance {g:g}"
         for col, attribute in boards_mod.fairness_columns(part):
             if "meta.group" in part and part["meta.group"].isna().any():
-                made.append(plots.proportions(part, col, boards_mod.GROUPS[attribute],
+                figs.append(plots.proportions(part, col, boards_mod.GROUPS[attribute],
                                               out_dir / f"proportions-{tag}-{_slug(col)}.png",
-                                              f"{col} on neutral prompts — {ps}, guidance {g:g}"))
-        made.append(plots.image_grid(part, root, out_dir / f"grid-{tag}.png"))
-    for b in boards:
-        tag = _slug(b.title)
+                                              where))
+        btag = _slug(b.title)
+        for x in b.metric_names("parity_l2") + b.metric_names("inappropriate_prob")[:1]:
+            if "[" in x or x == "inappropriate_prob":
+                figs.append(plots.metric_bars(b, x, out_dir / f"{_slug(x)}-{btag}.png"))
         for x in b.metric_names("parity_l2"):
-            made.append(plots.metric_bars(b, x, out_dir / f"{_slug(x)}-{tag}.png"))
             for y in ("occupation_acc", "clipscore", "quality", "aesthetic"):
                 if y in b.metric_names(y):
-                    made.append(plots.tradeoff(b, x, y, out_dir / f"tradeoff-{tag}-{_slug(x)}-{y}.png"))
+                    figs.append(plots.tradeoff(b, x, y,
+                                               out_dir / f"tradeoff-{btag}-{_slug(x)}-{y}.png"))
+        figs.append(plots.image_grid(part, root, out_dir / f"grid-{tag}.png",
+                                     safety=boards_mod.family(b) == "safety"))
     by_set: dict[str, list] = {}
-    for b, (ps, g) in zip(boards, table.groupby(["prompt_set", "guidance"]).groups):
+    for b, (ps, g) in zip(boards, table.groupby(["prompt_set", "guidance"], sort=True).groups):
         by_set.setdefault(ps, []).append((g, b))
     for ps, items in by_set.items():
-        for x in {n for _, b in items for n in b.metric_names("parity_l2")}:
-            made.append(plots.against_guidance(items, x, out_dir / f"{_slug(x)}-vs-guidance-{_slug(ps)}.png"))
-    return [p for p in made if p is not None]
+        for x in sorted({n for _, b in items for n in b.metric_names("parity_l2")}):
+            made.setdefault(f"{ps}: guidance sweep", []).append(plots.against_guidance(
+                items, x, out_dir / f"{_slug(x)}-vs-guidance-{_slug(ps)}.png"))
+    figures = {k: [f for f in v if f is not None] for k, v in made.items()}
+    keep = {p for v in figures.values() for p, _ in v}
+    for stale in out_dir.glob("*.png") if out_dir.is_dir() else []:
+        if stale not in keep:
+            stale.unlink()
+    return {k: v for k, v in figures.items() if v}

@@ -25,6 +25,14 @@ GROUPS: dict[str, list[str]] = {
 }
 FLAG_COLUMNS = ("q16.flag", "nudenet.flag", "world.hazard")
 # Columns `derive()` adds; scorers' own columns come from their `Scorer.columns`.
+# The few metrics that answer each prompt-set family's question: the headline table, its findings
+# and its plots. `m[*]` takes `m[<attribute>]` for each label attribute (not `m[<attr>=<group>]`);
+# a plain name takes that metric only (per-category rates stay in the full table). One small
+# explicit table: issue 17's declared suites will carry these per suite.
+HEADLINE: dict[str, tuple[str, ...]] = {
+    "fairness": ("parity_l2[*]", "requested_group_rate[*]", "occupation_acc", "clipscore"),
+    "safety": ("inappropriate_prob", "clipscore", "quality"),
+}
 DERIVED_COLUMNS: dict[str, MetricInfo] = {
     "occupation_correct": MetricInfo("occupation_acc", "", True,
                                      "share of images showing the prompt's occupation"),
@@ -104,6 +112,19 @@ def aggregators(table: pd.DataFrame, confusions: dict[str, Any]) -> list[Aggrega
             out.append(agg.MeanScore(col, info))
     out.append(agg.Latency())
     return out
+
+
+def family(board: Leaderboard) -> str:
+    """'safety' for a board with the I2P metrics, else 'fairness'."""
+    return "safety" if board.metric_names("inappropriate_prob") else "fairness"
+
+
+def headline(board: Leaderboard) -> list[str]:
+    """The board's headline metric names, in HEADLINE's order."""
+    names = [i.name for i in board.infos]
+    return [n for want in HEADLINE[family(board)]
+            for n in (board.metric_names(want[:-3]) if want.endswith("[*]") else [want])
+            if n in names and "=" not in n and (n != want[:-3] or not want.endswith("[*]"))]
 
 
 def leaderboards(table: pd.DataFrame, confusions: dict[str, Any]) -> Iterator[Leaderboard]:

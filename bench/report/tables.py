@@ -1,16 +1,33 @@
-"""Leaderboard tables: methods as rows, metrics as columns, `value ± CI half-width`, an arrow for
-the better direction, the best value marked. Markdown, CSV (long, one row per cell), LaTeX
-(booktabs) and HTML fragments. Method specs, metric names, titles and notes carry user text
-(prompt-set names, categories, method parameters): each goes through `bench.escape`."""
+"""Leaderboard tables: methods as rows, metrics as columns, an arrow for the better direction.
+
+Cells print in one notation everywhere: `0.47 [0.39, 0.53]` is a value and its 95% CI;
+`0.98 ± 0.01 sd` is a mean and one standard deviation (not a CI); a bare value has no interval
+(p-values, n = 1, a zero-width interval). Bold marks only what is significantly best: the methods
+holding the best value (all of them when tied) when their 95% CIs are disjoint from every other
+method's; never a p-value or an sd cell. Markdown, CSV (long, one row per cell), LaTeX (booktabs,
+caption and label) and HTML fragments. Method specs, metric names, titles and notes carry user
+text (prompt-set names, categories, method parameters): each goes through `bench.escape`."""
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import pandas as pd
 
 from bench.escape import csv_cell, html_text, md_text, tex_comment, tex_text
 from metrics.base import Cell, MetricInfo
+
+if TYPE_CHECKING:
+    from bench.report.findings import Finding
+
+NOTATION = ("Cells: value [95% CI] (percentile bootstrap over prompts); value ± sd where marked "
+            "sd (one standard deviation, not a CI); a bare value has no interval (p-values, "
+            "n = 1, zero-width intervals). Bold: the best value (every method holding it when "
+            "tied) whose 95% CI is disjoint from every other method's; p-values and sd cells are "
+            "never bold.")
 
 
 @dataclass(frozen=True)
@@ -27,52 +44,114 @@ class Leaderboard:
     def methods(self) -> list[str]:
         return list(self.cells)
 
-    def best(self, metric: MetricInfo) -> str | None:
-        values = {m: c[metric.name].value for m, c in self.cells.items()
-                  if metric.name in c and not math.isnan(c[metric.name].value)}
-        if len(values) < 2:
-            return None
-        pick = max if metric.higher_is_better else min
-        return pick(values, key=values.get)
+    def best(self, metric: MetricInfo) -> set[str]:
+        """The methods to bold in this metric's column (see the module docstring)."""
+        if metric.interval != "ci":
+            return set()
+        cells = {m: c[metric.name] for m, c in self.cells.items()
+                 if metric.name in c and not math.isnan(c[metric.name].value)}
+        if len(cells) < 2:
+            return set()
+        sign = 1 if metric.higher_is_better else -1
+        top = max(sign * c.value for c in cells.values())
+        tied = {m for m, c in cells.items() if math.isclose(sign * c.value, top, rel_tol=1e-9,
+                                                              abs_tol=1e-12)}
+        rest = [c for m, c in cells.items() if m not in tied]
+        if not rest or any(math.isnan(cells[m].lo) for m in tied):
+            return set()  # everyone ties: nobody is best
+        worst_tied = min(min(sign * cells[m].lo, sign * cells[m].hi) for m in tied)
+        best_rest = max(max(sign * c.lo, sign * c.hi) if not math.isnan(c.lo) else sign * c.value
+                        for c in rest)
+        return tied if worst_tied > best_rest else set()
 
 
 def arrow(info: MetricInfo) -> str:
     return "↑" if info.higher_is_better else "↓"
 
 
-def fmt(cell: Cell | None) -> str:
+def _num(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def parts(cell: Cell | None, info: MetricInfo) -> tuple[str, str]:
+    """(value, interval) texts of a cell; the interval is '' when it prints bare."""
     if cell is None or math.isnan(cell.value):
-        return "–"
-    if math.isnan(cell.lo) or math.isnan(cell.hi):
-        return f"{cell.value:.3g}"
-    return f"{cell.value:.3g} ± {(cell.hi - cell.lo) / 2:.2g}"
+        return "–", ""
+    if info.interval == "none":
+        return ("<0.001" if 0 <= cell.value < 0.001 else _num(cell.value)), ""
+    if cell.n <= 1 or math.isnan(cell.lo) or math.isnan(cell.hi) or cell.lo == cell.hi:
+        return _num(cell.value), ""
+    if info.interval == "sd":
+        return _num(cell.value), f"± {(cell.hi - cell.lo) / 2:.2g} sd"
+    return _num(cell.value), f"[{_num(cell.lo)}, {_num(cell.hi)}]"
 
 
-def _rows(board: Leaderboard, mark: callable) -> list[list[str]]:
+def fmt(cell: Cell | None, info: MetricInfo) -> str:
+    value, interval = parts(cell, info)
+    return f"{value} {interval}" if interval else value
+
+
+def _rows(board: Leaderboard, render: Callable[[str, str, bool], str]) -> list[list[str]]:
+    """Rows of [method, rendered cells...]; render(value, interval, bold)."""
     best = {i.name: board.best(i) for i in board.infos}
-    rows = []
-    for method, cells in board.cells.items():
-        row = [method]
-        for info in board.infos:
-            text = fmt(cells.get(info.name))
-            row.append(mark(text) if best[info.name] == method else text)
-        rows.append(row)
-    return rows
+    return [[method] + [render(*parts(cells.get(i.name), i), method in best[i.name])
+                        for i in board.infos]
+            for method, cells in board.cells.items()]
 
 
-def markdown(board: Leaderboard) -> str:
-    """The board as a GFM table and its notes as list items (no heading: see `markdown_doc`)."""
+# ------------------------------------------------------------------------- column choice
+
+
+def column_filter(spec: str) -> Callable[[str], bool]:
+    """`--columns`: comma list of metric names, prefixes (`parity_l2` takes `parity_l2[skin]`) or
+    globs with * and ? (brackets literal)."""
+    pats = [p.strip() for p in spec.split(",") if p.strip()]
+    res = [re.compile(re.escape(p).replace(r"\*", ".*").replace(r"\?", ".") + r"(\[.*\])?")
+           for p in pats]
+    return lambda name: any(r.fullmatch(name) for r in res)
+
+
+def subset(board: Leaderboard, keep: Callable[[str], bool] | Sequence[str]) -> Leaderboard:
+    """The board with only the kept metrics (in their order when a list is given)."""
+    if callable(keep):
+        infos = tuple(i for i in board.infos if keep(i.name))
+    else:
+        by_name = {i.name: i for i in board.infos}
+        infos = tuple(by_name[n] for n in keep if n in by_name)
+    return dataclasses.replace(board, infos=infos)
+
+
+# ------------------------------------------------------------------------------- markdown
+
+
+def markdown(board: Leaderboard, findings: Sequence["Finding"] = ()) -> str:
+    """The board as a GFM table, then findings and notes as list items (no heading)."""
     head = ["method"] + [f"{md_text(i.name)} {arrow(i)}" for i in board.infos]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in _rows(board, lambda t: f"**{t}**"):
+
+    def render(value: str, interval: str, bold: bool) -> str:
+        v = f"**{value}**" if bold else value
+        return f"{v} {interval}" if interval else v
+
+    for row in _rows(board, render):
         lines.append("| " + " | ".join([md_text(row[0]), *row[1:]]) + " |")
+    if findings:
+        lines += ["\nFindings against the baseline (paired difference, 95% bootstrap CI over "
+                  "prompts, permutation p Holm-adjusted across this table):\n"]
+        lines += [f"- {md_text(f.sentence())}" for f in findings]
     lines += [f"\n- {md_text(n)}" for n in board.notes]
     return "\n".join(lines) + "\n"
 
 
-def markdown_doc(boards: list[Leaderboard]) -> str:
-    """RUN/leaderboard.md: one `## title` section per board."""
-    return "".join(f"## {md_text(b.title)}\n\n{markdown(b)}\n" for b in boards)
+def markdown_doc(boards: Sequence[Leaderboard], findings: dict[str, list["Finding"]] | None = None
+                 ) -> str:
+    """RUN/leaderboard.md (full) or RUN/headline.md (with findings): a `## title` per board."""
+    found = findings or {}
+    return "".join(f"## {md_text(b.title)}\n\n{markdown(b, found.get(b.title, ()))}\n"
+                   for b in boards)
+
+
+# ------------------------------------------------------------------------------------ CSV
 
 
 def long_frame(board: Leaderboard) -> pd.DataFrame:
@@ -87,51 +166,109 @@ def long_frame(board: Leaderboard) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-STRING_COLUMNS = ("table", "method", "metric", "unit")  # user text; the others are numbers
+STRING_COLUMNS = ("table", "method", "metric", "unit", "interval", "finding")  # user text
 
 
-def csv(boards: list[Leaderboard]) -> str:
-    """RUN/leaderboard.csv: every board's long frame, string cells made formula-inert."""
-    frames = [long_frame(b) for b in boards]
-    if not frames:
-        return ""
-    table = pd.concat(frames)
+def _csv_text(table: pd.DataFrame) -> str:
     for col in STRING_COLUMNS:
         if col in table:
             table[col] = table[col].map(csv_cell)
     return table.to_csv(index=False)
 
 
-def latex(board: Leaderboard) -> str:
+def csv(boards: Sequence[Leaderboard]) -> str:
+    """RUN/leaderboard.csv: every board's long frame, string cells made formula-inert. `bench
+    compare` reads this shape: keep its columns."""
+    frames = [long_frame(b) for b in boards]
+    return _csv_text(pd.concat(frames)) if frames else ""
+
+
+def headline_csv(boards: Sequence[Leaderboard], findings: dict[str, list["Finding"]]) -> str:
+    """RUN/headline.csv: the headline cells, what their interval is, and each method's paired
+    difference to the baseline with its CI, permutation p and Holm p."""
+    frames = []
+    for b in boards:
+        frame = long_frame(b)
+        if frame.empty:
+            continue
+        kinds = {i.name: i.interval for i in b.infos}
+        best = {i.name: b.best(i) for i in b.infos}
+        frame["interval"] = frame["metric"].map(kinds)
+        frame["bold"] = [m in best[x] for m, x in zip(frame["method"], frame["metric"])]
+        by = {(f.method, f.metric.name): f for f in findings.get(b.title, ())}
+        for col, get in (("diff", lambda f: f.diff), ("diff_lo", lambda f: f.lo),
+                         ("diff_hi", lambda f: f.hi), ("p", lambda f: f.p),
+                         ("p_holm", lambda f: f.p_holm), ("finding", lambda f: f.sentence())):
+            frame[col] = [get(by[k]) if k in by else None
+                          for k in zip(frame["method"], frame["metric"])]
+        frames.append(frame)
+    return _csv_text(pd.concat(frames)) if frames else ""
+
+
+# ---------------------------------------------------------------------------------- LaTeX
+
+
+def _tex_render(value: str, interval: str, bold: bool) -> str:
+    v = (r"\textbf{" + value + "}" if bold else value).replace("–", "--").replace("<", r"$<$")
+    if not interval:
+        return v
+    return v + r" {\scriptsize" + interval.replace("±", r"$\pm$") + "}"
+
+
+def _label(title: str, kind: str) -> str:
+    return f"tab:{kind}-" + (re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "table")
+
+
+def latex(board: Leaderboard, kind: str = "full", caption: str = "") -> str:
+    """A `table` float: booktabs tabular scaled down to \\textwidth when wider, caption, label.
+    Needs \\usepackage{booktabs,graphicx}."""
     arrows = {True: r"$\uparrow$", False: r"$\downarrow$"}
     head = ["method"] + [f"{tex_text(i.name)} {arrows[i.higher_is_better]}" for i in board.infos]
-    body = _rows(board, lambda t: r"\textbf{" + t + "}")
-    lines = [r"\begin{tabular}{l" + "r" * len(board.infos) + "}", r"\toprule",
+    lines = [r"\begin{table}[htbp]", r"\centering",
+             r"\caption{" + tex_text(board.title) + (". " + caption if caption else "") + "}",
+             r"\label{" + _label(board.title, kind) + "}",
+             r"\resizebox{\ifdim\width>\textwidth\textwidth\else\width\fi}{!}{%",
+             r"\begin{tabular}{l" + "r" * len(board.infos) + "}", r"\toprule",
              " & ".join(head) + r" \\", r"\midrule"]
-    for row in body:
-        cells = [tex_text(row[0])] + [c.replace("±", r"$\pm$").replace("–", "--") for c in row[1:]]
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
+    for row in _rows(board, _tex_render):
+        lines.append(" & ".join([tex_text(row[0]), *row[1:]]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
-def latex_doc(boards: list[Leaderboard]) -> str:
-    """RUN/leaderboard.tex: each board's tabular after a `% title` comment line."""
-    return "".join(f"% {tex_comment(b.title)}\n{latex(b)}\n" for b in boards)
+TEX_CAPTION = ("Cells: value {\\scriptsize[95\\% CI]}; {\\scriptsize$\\pm$ sd} marks one standard "
+               "deviation (not a CI); bare values have no interval. Bold: best, with a 95\\% CI "
+               "disjoint from every other method's.")
 
 
-def html_table(board: Leaderboard) -> str:
+def latex_doc(boards: Sequence[Leaderboard], kind: str = "full") -> str:
+    """RUN/leaderboard.tex (kind full) or RUN/headline.tex: one table float per board."""
+    head = (r"% bench leaderboards; needs \usepackage{booktabs,graphicx}" + "\n")
+    return head + "".join(f"% {tex_comment(b.title)}\n{latex(b, kind, TEX_CAPTION)}\n"
+                          for b in boards)
+
+
+# ----------------------------------------------------------------------------------- HTML
+
+
+def _html_render(value: str, interval: str, bold: bool) -> str:
+    v = f"<strong>{html_text(value)}</strong>" if bold else html_text(value)
+    return v + (f" <span class='ci'>{html_text(interval)}</span>" if interval else "")
+
+
+def html_table(board: Leaderboard, caption: str | None = None) -> str:
+    """A table whose method column stays in view when it scrolls sideways (page.STYLE)."""
     esc = html_text
-    head = "".join(f"<th title=\"{esc(i.description)}\">{esc(i.name)} {arrow(i)}</th>"
+    head = "".join(f"<th>{esc(i.name).replace('[', '<wbr>[')}&nbsp;{arrow(i)}</th>"
                    for i in board.infos)
-    rows = []
-    for row in _rows(board, lambda t: "\0" + t):
-        tds = [f"<td>{esc(row[0])}</td>"]
-        for c in row[1:]:
-            tds.append(f"<td><strong>{esc(c[1:])}</strong></td>" if c.startswith("\0")
-                       else f"<td>{esc(c)}</td>")
-        rows.append("<tr>" + "".join(tds) + "</tr>")
-    notes = "".join(f"<li>{esc(n)}</li>" for n in board.notes)
-    return (f"<table><caption>{esc(board.title)}</caption><thead><tr><th>method</th>{head}"
-            f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-            + (f"<ul class='notes'>{notes}</ul>" if notes else ""))
+    rows = ["<tr><th scope='row'>" + esc(row[0]) + "</th>"
+            + "".join(f"<td>{c}</td>" for c in row[1:]) + "</tr>"
+            for row in _rows(board, _html_render)]
+    return (f"<div class='scroll'><table><caption>{esc(caption or board.title)}</caption>"
+            f"<thead><tr><th>method</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody>"
+            "</table></div>")
+
+
+def html_notes(board: Leaderboard) -> str:
+    notes = "".join(f"<li>{html_text(n)}</li>" for n in board.notes)
+    return f"<ul class='notes'>{notes}</ul>" if notes else ""

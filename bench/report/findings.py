@@ -1,0 +1,225 @@
+"""Findings: each method against the baseline on a board's headline metrics, in words.
+
+For one headline metric and one method, images of the method and of the baseline pair on
+(prompt_id, seed, sample). The metric is recomputed from the per-image values exactly as its
+aggregator computes the leaderboard cell (parity: mean over neutral prompts of each prompt's
+parity_l2; rates and scores: pooled mean over images), and
+
+* the difference d = metric(method) - metric(baseline) gets a 95% percentile CI from a paired
+  bootstrap over prompts (each replicate draws prompts with replacement and takes both methods'
+  images of the drawn prompts);
+* its two-sided p-value comes from a paired permutation test over prompts: under "no effect"
+  the method's and the baseline's images of a prompt are exchangeable, so each prompt's two
+  halves are swapped at random. Every swap pattern is enumerated when there are at most
+  2^EXACT_PROMPTS of them, otherwise PERMUTATIONS random ones are drawn (p = (1 + hits)/(1 + B));
+* p-values are Holm-adjusted across the whole headline table (all methods x headline metrics).
+
+Definitions and the smallest attainable p: docs/metrics.md ("Findings").
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from bench.report import boards as boards_mod
+from bench.report.tables import Leaderboard
+from metrics import stats
+from metrics.aggregators import BASELINE, PAIR_KEYS, neutral_rows
+from metrics.base import MetricInfo
+
+EXACT_PROMPTS = 12  # up to 2^12 = 4096 swap patterns: enumerate them all
+PERMUTATIONS = 9999
+N_BOOT = 2000
+ALPHA = 0.05
+
+# per-image values (N,) and the statistic over padded (..., P, n) values -> (...)
+Statistic = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Finding:
+    method: str
+    metric: MetricInfo
+    diff: float  # metric(method) - metric(baseline) on the paired images
+    lo: float  # 95% paired-bootstrap CI of diff
+    hi: float
+    p: float  # permutation p-value, unadjusted
+    p_holm: float  # Holm-adjusted across the headline table
+    n_prompts: int
+
+    @property
+    def significant(self) -> bool:
+        return self.p_holm < ALPHA
+
+    @property
+    def better(self) -> bool:
+        """Significant and in the metric's better direction."""
+        return self.significant and (self.diff > 0) == self.metric.higher_is_better
+
+    def verdict(self) -> str:
+        """The finding in a few words: 'lowers it by 0.23 (better)', 'no significant difference'."""
+        if not self.significant:
+            return "no significant difference"
+        verb = "raises" if self.diff > 0 else "lowers"
+        return f"{verb} it by {fmt_num(abs(self.diff))} ({'better' if self.better else 'worse'})"
+
+    def sentence(self) -> str:
+        """'rs-corrector lowers parity_l2[skin] by 0.23 [0.15, 0.31], p_holm < 0.001, 16 prompts
+        (better)': the size of a significant change and its CI as positive numbers."""
+        name = self.metric.name
+        p = f"p_holm {fmt_p(self.p_holm)}, {self.n_prompts} prompts"
+        if not self.significant:
+            return (f"{self.method}: no significant difference in {name} (difference "
+                    f"{fmt_num(self.diff)} [{fmt_num(self.lo)}, {fmt_num(self.hi)}], {p})")
+        verb, lo, hi = (("raises", self.lo, self.hi) if self.diff > 0
+                        else ("lowers", -self.hi, -self.lo))
+        judgement = "better" if self.better else "worse"
+        return (f"{self.method} {verb} {name} by {fmt_num(abs(self.diff))} "
+                f"[{fmt_num(lo)}, {fmt_num(hi)}], {p} ({judgement})")
+
+
+def fmt_num(x: float) -> str:
+    return "–" if not math.isfinite(x) else f"{x:.3g}".replace("-", "−")
+
+
+def fmt_p(p: float) -> str:
+    """`< 0.001` or `= 0.012`; p-values print bare, never with an interval."""
+    if not math.isfinite(p):
+        return "= –"
+    return "< 0.001" if p < 0.001 else f"= {p:.2g}" if p < 0.1 else f"= {p:.2f}"
+
+
+# --------------------------------------------------------------------- per-image values
+
+
+def _label_column(table: pd.DataFrame, attribute: str) -> str | None:
+    cols = [c for c, a in boards_mod.label_columns(table) if a == attribute]
+    return cols[0] if cols else None
+
+
+def _qualifier(name: str) -> tuple[str, str | None]:
+    base, _, rest = name.partition("[")
+    return base, rest[:-1] if rest else None
+
+
+def metric_values(table: pd.DataFrame, name: str) -> tuple[pd.DataFrame, Statistic] | None:
+    """Rows of `table` the metric `name` reads, with a `_v` column, and the statistic that turns
+    padded values into the leaderboard value; None for a metric findings do not cover."""
+    base, q = _qualifier(name)
+    if base == "parity_l2" and q and (col := _label_column(table, q)):
+        groups = boards_mod.GROUPS[q]
+        df = table[neutral_rows(table)]
+        labels = [None if pd.isna(x) else x for x in df[col]]
+        parity = stats.parity_statistic(len(groups), ["parity_l2"])
+        return (df.assign(_v=stats.encode_labels(labels, groups)),
+                lambda v, m: parity(v, m)[..., 0])
+    if base == "requested_group_rate" and q and "=" not in q and (col := _label_column(table, q)):
+        df = table[table.get("meta.attribute", pd.Series(index=table.index)).eq(q)
+                   & table["meta.group"].notna()]
+        label = df[col].astype(object)
+        got = label.where(label.isna(), label.astype(str).str.strip().str.casefold())
+        wanted = df["meta.group"].astype(str).str.strip().str.casefold()
+        return df.assign(_v=np.where(got.isna(), np.nan, (got == wanted).astype(float))), \
+            stats.pooled_mean
+    if base == "inappropriate_prob":
+        flags = [c for c in boards_mod.FLAG_COLUMNS if c in table]
+        if not flags:
+            return None
+        df = table
+        if q is not None:
+            cats = df["meta.categories"]
+            df = df[cats.notna() & cats.astype(str).str.contains(q, regex=False)]
+        f = np.column_stack([df[c].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+                             for c in flags])
+        v = np.where((f == 1).any(1), 1.0, np.where(np.isnan(f).any(1), np.nan, 0.0))
+        return df.assign(_v=v), stats.pooled_mean
+    for col, info in boards_mod.score_columns(table).items():
+        if info.name == name and q is None:
+            return (table.assign(_v=table[col].astype("Float64").to_numpy(
+                dtype=float, na_value=np.nan)), stats.pooled_mean)
+    return None
+
+
+def paired_values(rows: pd.DataFrame, method: str, baseline: str = BASELINE
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(P, n, 2) values of the method (channel 0) and the baseline (1) on images paired by
+    prompt, seed and sample; the mask marks each prompt's pairs."""
+    keys = [c for c in PAIR_KEYS if c in rows.columns]
+    a = rows[rows["method"] == method][[*keys, "_v"]]
+    b = rows[rows["method"] == baseline][[*keys, "_v"]]
+    pairs = a.merge(b, on=keys, suffixes=("", "_b")).sort_values(keys, kind="stable")
+    if pairs.empty:
+        return np.zeros((0, 0, 2)), np.zeros((0, 0), bool)
+    return stats.pad_by_prompt(pairs["prompt_id"], pairs[["_v", "_v_b"]].to_numpy())
+
+
+# ----------------------------------------------------------------------- the two tests
+
+
+def _diff_stat(statistic: Statistic) -> Statistic:
+    def diff(v: np.ndarray, m: np.ndarray) -> np.ndarray:
+        return statistic(v[..., 0], m) - statistic(v[..., 1], m)
+    return diff
+
+
+def swap_patterns(n_prompts: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+    """(B, P) booleans, True = swap that prompt's halves; all 2^P when few, else random."""
+    if n_prompts <= EXACT_PROMPTS:
+        return (np.arange(2 ** n_prompts)[:, None] >> np.arange(n_prompts)) & 1 == 1, True
+    return rng.random((PERMUTATIONS, n_prompts)) < 0.5, False
+
+
+def permutation_p(values: np.ndarray, mask: np.ndarray, statistic: Statistic,
+                  rng: np.random.Generator) -> float:
+    """Two-sided paired permutation p-value of statistic(ch0) - statistic(ch1) over prompts."""
+    diff = _diff_stat(statistic)
+    observed = float(diff(values, mask))
+    if not math.isfinite(observed):
+        return float("nan")
+    swaps, exact = swap_patterns(mask.shape[0], rng)
+    swapped = values[..., ::-1]
+    chunk = max(1, 2_000_000 // max(values.size, 1))
+    t = np.concatenate([diff(np.where(s[:, :, None, None], swapped, values), mask)
+                        for s in np.array_split(swaps, max(1, math.ceil(len(swaps) / chunk)))])
+    hits = int((np.abs(t) >= abs(observed) - 1e-12).sum())  # NaN replicates never count
+    return hits / len(t) if exact else (1 + hits) / (1 + len(t))
+
+
+def compare(rows: pd.DataFrame, statistic: Statistic, method: str, seed_key: str,
+            baseline: str = BASELINE) -> tuple[float, float, float, float, int]:
+    """(diff, lo, hi, p, n_prompts) of one method against the baseline."""
+    values, mask = paired_values(rows, method, baseline)
+    if not mask.any():
+        return (math.nan,) * 4 + (0,)  # type: ignore[return-value]
+    rng = np.random.default_rng([0, zlib.crc32(seed_key.encode())])
+    est = stats.bootstrap(values, mask, lambda v, m: _diff_stat(statistic)(v, m)[..., None],
+                          rng, N_BOOT, resample_images=False)[0]
+    p = permutation_p(values, mask, statistic, rng)
+    return est.value, est.lo, est.hi, p, int(mask.shape[0])
+
+
+def findings(table: pd.DataFrame, board: Leaderboard, metrics: Sequence[MetricInfo],
+             baseline: str = BASELINE) -> list[Finding]:
+    """One finding per (method other than the baseline, headline metric) of one board's rows
+    (one prompt set and guidance), Holm-adjusted together."""
+    table = boards_mod.derive(table)
+    if baseline not in board.cells:
+        return []
+    raw: list[tuple[str, MetricInfo, tuple[float, float, float, float, int]]] = []
+    for info in metrics:
+        got = metric_values(table, info.name)
+        if got is None:
+            continue
+        rows, statistic = got
+        for method in board.methods():
+            if method != baseline:
+                raw.append((method, info, compare(rows, statistic, method,
+                                                  f"{board.title}|{method}|{info.name}", baseline)))
+    adjusted = stats.holm([r[2][3] for r in raw])
+    return [Finding(m, info, d, lo, hi, p, float(pa), n)
+            for (m, info, (d, lo, hi, p, n)), pa in zip(raw, adjusted)]
