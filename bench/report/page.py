@@ -40,8 +40,7 @@ table{border-collapse:collapse;margin:.5em 0;font-size:13px}
 caption{text-align:left;font-weight:600;padding:2px 0}
 td,th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:right;white-space:nowrap;
  vertical-align:top}
-thead th{white-space:normal;min-width:6em;max-width:11em;text-align:right;
- overflow-wrap:anywhere}
+thead th{white-space:normal;min-width:6em;max-width:11em;text-align:right}
 table.findings td.prompt{min-width:10em;max-width:40em}
 th[scope=row],thead th:first-child{text-align:left;position:sticky;left:0;background:#fff;
  z-index:1;white-space:nowrap;border-right:1px solid #ccc;min-width:0;max-width:none}

@@ -256,11 +256,15 @@ def _html_render(value: str, interval: str, bold: bool) -> str:
     return v + (f" <span class='ci'>{html_text(interval)}</span>" if interval else "")
 
 
+def _breakable(name: str) -> str:
+    """Line-break opportunities after '_' and before '[' so headers wrap at word parts."""
+    return name.replace("_", "_<wbr>").replace("[", "<wbr>[")
+
+
 def html_table(board: Leaderboard, caption: str | None = None) -> str:
     """A table whose method column stays in view when it scrolls sideways (page.STYLE)."""
     esc = html_text
-    head = "".join(f"<th>{esc(i.name).replace('[', '<wbr>[')}&nbsp;{arrow(i)}</th>"
-                   for i in board.infos)
+    head = "".join(f"<th>{_breakable(esc(i.name))}&nbsp;{arrow(i)}</th>" for i in board.infos)
     rows = ["<tr><th scope='row'>" + esc(row[0]) + "</th>"
             + "".join(f"<td>{c}</td>" for c in row[1:]) + "</tr>"
             for row in _rows(board, _html_render)]
