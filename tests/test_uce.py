@@ -107,3 +107,17 @@ def test_bad_checkpoint_fails_at_planning(tiny_pipe, tmp_path):
         UCE(UCEParams(checkpoint=str(tmp_path))).skip_reason(tiny_pipe)
     with pytest.raises(ValueError, match="uce:scale"):
         UCE.from_strings({"scale": "-1"})
+
+
+def test_world_ships_its_hazard_checkpoint_for_this_world():
+    """`--methods all` on the world runs uce: the shipped uce-hazard/ edits this world's UNet
+    (rebuilding the world without retraining it would be a fingerprint warning, caught here)."""
+    from bench.models import fingerprint, load_pipeline
+
+    pipe = load_pipeline("world", "cpu")
+    ad = UCE()
+    assert ad.skip_reason(pipe) is None
+    path, card = ad.load_card(pipe)
+    assert path.name == "uce-hazard" and card["model_fingerprint"] == fingerprint(pipe)
+    assert (path / "delta.safetensors").stat().st_size < 200_000  # deltas of 14 projections only
+    assert ad.warnings(pipe, fingerprint(pipe), [7.5], 25) == []
