@@ -358,6 +358,8 @@ def test_html_page_shows_the_text_and_no_injected_element(hostile_run):
             assert attrs["src"].startswith("data:image/png;base64,")
         if tag == "a":  # the contents' links within the page only
             assert set(attrs) == {"href"} and attrs["href"].startswith(("#board-", "#full"))
+    n_img = sum(t == "img" for t, _ in doc.tags)
+    assert n_img > 0 and len(doc.text["figcaption"]) == len(doc.text["figure"]) == n_img
     captions = doc.text["caption"]
     for b in boards:  # the headline and the full table, on screen and in print
         assert captions.count(f"Headline: {b.title}") == 2 and captions.count(b.title) == 1

@@ -212,3 +212,21 @@ def test_headline_latex_compiles_and_fits_the_text_width(tmp_path):
                    cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert "Overfull \\hbox" in (tmp_path / "doc.log").read_text(errors="replace")
     assert proc.returncode == 0
+
+
+def test_skin_tones_are_drawn_light_to_dark_and_methods_get_distinct_styles():
+    from PIL import ImageColor
+
+    from bench.report import plots
+
+    def lightness(hex_colour: str) -> float:  # Rec. 709 luma
+        r, g, b = ImageColor.getrgb(hex_colour)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    luma = [lightness(c) for c in plots.group_colours(["light", "medium", "dark"])]
+    assert luma == sorted(luma, reverse=True) and luma[0] - luma[-1] > 100
+    methods = ["baseline", *(f"m{i}" for i in range(8))]
+    styles = [plots._style(m, methods) for m in methods]
+    assert styles[0] == ("#000000", "o") and len(set(styles)) == len(methods)
+    assert len({c for c, _ in styles}) == len(methods)  # nine methods, nine colours
+    assert plots.attribute_heading("world.skin") == "skin tone (scorer world)"

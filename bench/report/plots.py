@@ -26,9 +26,9 @@ from bench.store import atomic_write  # noqa: E402
 
 DPI = 200
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with every common colour-vision
-# deficiency. Black last: it is the baseline's colour in the scatter plots.
-OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7",
-             "#000000")
+# deficiency; yellow (hard on white) late, grey added as an eighth. Black is the baseline's.
+OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442",
+             "#999999")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h")
 # Skin tones light -> dark in colours ordered by lightness (readable in greyscale too).
 SKIN = {"light": "#F3D3B8", "medium": "#C08A5B", "dark": "#5A3825"}
@@ -57,7 +57,7 @@ def _style(m: str, methods: Sequence[str]) -> tuple[str, str]:
     if m == "baseline" or m not in others:
         return "#000000", "o"
     k = others.index(m)
-    return OKABE_ITO[k % 7], MARKERS[(k + 1) % len(MARKERS)]
+    return OKABE_ITO[k % len(OKABE_ITO)], MARKERS[(k + 1) % len(MARKERS)]
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -113,7 +113,7 @@ def metric_bars(board: Leaderboard, metric: str, path: Path) -> Figure | None:
     fig, ax = plt.subplots(figsize=(6.5, 3.2))
     values = np.array([c.value for _, c in rows])
     err = np.array([[c.value - c.lo, c.hi - c.value] for _, c in rows]).T
-    colours = ["#000000" if m == "baseline" else OKABE_ITO[4] for m, _ in rows]
+    colours = ["#000000" if m == "baseline" else OKABE_ITO[3] for m, _ in rows]
     ax.bar([_t(m) for m, _ in rows], values, yerr=np.nan_to_num(err), capsize=3, color=colours,
            ecolor="#555555")
     ax.set_ylabel(_t(metric))
