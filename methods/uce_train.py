@@ -99,7 +99,8 @@ def _size(pipe: Any) -> int:
 
 def debias(pipe: Any, occupations: list[str], attribute: str, classify: Callable, *,
            iterations: int, images: int, steps: int, guidance: float, max_diff: float,
-           lam: float, seed: int, preserve: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+           lam: float, seed: int, preserve: list[str],
+           step_size: float = 1.0) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     from methods.fair_mapping import get_spec
     from prompt_sets.occupations import with_article
 
@@ -122,11 +123,13 @@ def debias(pipe: Any, occupations: list[str], attribute: str, classify: Callable
         print(f"uce debias iteration {it}: max gap {history[-1]['max_gap']:.3f}")
         if not gap.any():
             break
-        alpha = alpha + gap  # the official script accumulates the gaps into v* the same way
+        alpha = alpha + step_size * gap  # the official script accumulates the whole gap (its
+        # --step_size is parsed but unused): step_size 1 is its behaviour
         deltas = debias_edit(pipe, concepts, groups, alpha, preserve, lam)
     info = {"concepts": concepts, "group_concepts": groups, "groups": list(spec.groups),
             "alpha": alpha.round(6).tolist(), "history": history, "images_per_prompt": images,
-            "sample_steps": steps, "guidance": guidance, "max_diff": max_diff}
+            "sample_steps": steps, "guidance": guidance, "max_diff": max_diff,
+            "step_size": step_size}
     return deltas, info
 
 
@@ -163,6 +166,8 @@ def parser() -> argparse.ArgumentParser:
                     "and iteration (official 10)")
     ap.add_argument("--sample-steps", type=positive_int, default=20, help="debias (official 20)")
     ap.add_argument("--guidance", type=nonnegative_float, default=7.5)
+    ap.add_argument("--step-size", type=nonnegative_float, default=1.0, help="debias: fraction of "
+                    "the share gap added to alpha per iteration (1 = the official code)")
     ap.add_argument("--max-diff", type=nonnegative_float, default=0.05, help="debias (official 0.05)")
     ap.add_argument("--name", default="", help="the card's attribute, naming a shipped "
                     "uce-<name>/ checkpoint (default: hazard-free concept label or the attribute)")
@@ -217,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SpecError(f"--attribute {a.attribute}: give --classifier module:callable")
         deltas, info = debias(pipe, occupations, a.attribute, classify, iterations=a.iterations,
                               images=a.images, steps=a.sample_steps, guidance=a.guidance,
-                              max_diff=a.max_diff, lam=a.lam, seed=a.seed, preserve=preserve)
+                              max_diff=a.max_diff, lam=a.lam, seed=a.seed, preserve=preserve,
+                              step_size=a.step_size)
         card.update(attribute=a.name or a.attribute, occupations=occupations, **info)
     card.update(seconds=round(time.perf_counter() - start, 3),
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"))

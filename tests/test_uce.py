@@ -121,3 +121,18 @@ def test_world_ships_its_hazard_checkpoint_for_this_world():
     assert path.name == "uce-hazard" and card["model_fingerprint"] == fingerprint(pipe)
     assert (path / "delta.safetensors").stat().st_size < 200_000  # deltas of 14 projections only
     assert ad.warnings(pipe, fingerprint(pipe), [7.5], 25) == []
+
+
+def test_debias_loop_accumulates_the_share_gaps(tiny_pipe, monkeypatch):
+    """alpha += step * (desired - generated) per occupation, an occupation within max_diff
+    keeping its alpha, stopping once all are balanced (the official loop)."""
+    import methods.uce_train as ut
+
+    draws = iter([np.array([[0.9, 0.1], [0.52, 0.48]]), np.array([[0.7, 0.3], [0.5, 0.5]]),
+                  np.array([[0.5, 0.5], [0.5, 0.5]])])
+    monkeypatch.setattr(ut, "generated_shares", lambda *a, **k: next(draws))
+    _, info = ut.debias(tiny_pipe, ["doctor", "nurse"], "gender", lambda x: [], iterations=10,
+                        images=2, steps=2, guidance=7.5, max_diff=0.05, lam=0.5, seed=0,
+                        preserve=[], step_size=0.5)
+    assert len(info["history"]) == 3
+    np.testing.assert_allclose(info["alpha"], [[-0.2 - 0.1, 0.2 + 0.1], [0.0, 0.0]])
