@@ -230,3 +230,34 @@ def test_skin_tones_are_drawn_light_to_dark_and_methods_get_distinct_styles():
     assert styles[0] == ("#000000", "o") and len(set(styles)) == len(methods)
     assert len({c for c, _ in styles}) == len(methods)  # nine methods, nine colours
     assert plots.attribute_heading("world.skin") == "skin tone (scorer world)"
+
+
+def test_report_of_the_reference_bundle_keeps_compare_working_and_filters_columns(tmp_path):
+    """CI runs `bench compare` of results/world/bundle.zip against a reproduction: the re-reported
+    leaderboard.csv keeps its shape (every cell), while --columns trims the md/tex tables."""
+    import io
+    import zipfile
+    from pathlib import Path
+
+    from bench import compare
+    from bench.cli import main
+
+    bundle = Path(__file__).resolve().parents[1] / "results" / "world" / "bundle.zip"
+    if not bundle.exists():
+        pytest.skip("results/world/bundle.zip absent")
+    shutil.copy(bundle, tmp_path / "b.zip")
+    assert main(["report", str(tmp_path / "b.zip"), "--quiet", "--columns", "parity_l2,clip*"]) == 0
+    out = tmp_path / "b"
+    with zipfile.ZipFile(bundle) as z:
+        old = pd.read_csv(io.BytesIO(z.read("leaderboard.csv")))
+    new = pd.read_csv(out / "leaderboard.csv")
+    assert list(new.columns) == list(old.columns) and len(new) == len(old)
+    assert compare.compare(bundle, out).agrees()
+    heads = [line for line in (out / "leaderboard.md").read_text().splitlines()
+             if line.startswith("| method")]
+    assert heads == ["| method | clipscore ↑ |", "| method | parity_l2[skin] ↓ | clipscore ↑ |"]
+    headline = pd.read_csv(out / "headline.csv")
+    assert set(headline["metric"]) == {"parity_l2[skin]", "clipscore"}
+    # every non-baseline headline cell carries its finding, Holm never below the raw p
+    rows = headline[headline["method"] != "baseline"]
+    assert rows["p_holm"].notna().all() and (rows["p_holm"] >= rows["p"]).all()
