@@ -33,6 +33,8 @@ ALIASES: dict[str, str] = {
 
 # Models built in code rather than loaded by id; registered lazily like every other entry.
 MODELS.register("tiny-random", "bench.models:tiny_random_pipeline")
+# GPU-speed stand-in for measuring the harness (bench/simulated.py); simulated-gpu:seconds_per_image=0.1
+MODELS.register("simulated-gpu", "bench.simulated:simulated_gpu_pipeline")
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -54,13 +56,36 @@ def load_pipeline(name: str, device: str | None = None) -> Any:
     """Load `name`: a registered model, an alias, a local diffusers directory or a hub id."""
     dev = resolve_device(device)
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    base, _, options = name.partition(":")
     if name in MODELS:
         pipe = MODELS.get(name)()
+    elif options and "=" in options and base in MODELS:  # NAME:key=value,key=value
+        pipe = MODELS.get(base)(**model_options(base, options))
     else:
         pipe = _from_pretrained(ALIASES.get(name, name), dtype)
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(dev)
     return pipe if pipe.unet.dtype == dtype else pipe.to(dtype=dtype)
+
+
+def model_options(name: str, text: str) -> dict[str, Any]:
+    """`key=value,...` of a registered model, converted by its loader's keyword defaults."""
+    import inspect
+
+    params = inspect.signature(MODELS.get(name)).parameters
+    options: dict[str, Any] = {}
+    for part in text.split(","):
+        key, _, raw = part.partition("=")
+        if key not in params or params[key].default is inspect.Parameter.empty:
+            known = [k for k, p in params.items() if p.default is not inspect.Parameter.empty]
+            raise ModelError(f"--model {name}:{text}: '{key}' is not an option of {name}; "
+                             f"options: {', '.join(known) or 'none'}")
+        try:
+            options[key] = type(params[key].default)(raw)
+        except ValueError:
+            raise ModelError(f"--model {name}:{text}: cannot read {key}={raw!r} as "
+                             f"{type(params[key].default).__name__}") from None
+    return options
 
 
 def _from_pretrained(source: str, dtype: torch.dtype) -> Any:

@@ -50,6 +50,11 @@ def group_of(mst: int) -> int:
 
 def render(labels: Labels, rng: np.random.Generator) -> Image.Image:
     """Draw one 32x32 RGB image with the given labels; nuisances come from `rng`."""
+    return canvas(labels, rng).resize((SIZE, SIZE), Image.BOX)
+
+
+def canvas(labels: Labels, rng: np.random.Generator) -> Image.Image:
+    """The CANVAS x CANVAS drawing `render` downsamples (bench/simulated.py upsamples it)."""
     img = Image.new("RGB", (CANVAS, CANVAS), _background(rng))
     draw = ImageDraw.Draw(img)
     _background_pattern(draw, rng)
@@ -59,7 +64,7 @@ def render(labels: Labels, rng: np.random.Generator) -> Image.Image:
         _distractors(draw, rng)
     if labels.hazard:
         _hazard(draw, rng)
-    return img.resize((SIZE, SIZE), Image.BOX)
+    return img
 
 
 def _jitter(colour: tuple[int, int, int], rng: np.random.Generator, amount: int) -> tuple[int, ...]:
