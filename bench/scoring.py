@@ -28,7 +28,10 @@ def scorer_names(model: str, requested: Sequence[str]) -> list[str]:
         return []
     if list(requested) not in ([], ["all"]):
         return list(requested)
-    names = [n for n, obj in METRICS.items() if isinstance(obj, type) and issubclass(obj, Scorer)]
+    # `opt_in` scorers (world-fid) run only when named: adding them to the defaults would
+    # change the world reference run's cells.
+    names = [n for n, obj in METRICS.items() if isinstance(obj, type) and issubclass(obj, Scorer)
+             and not getattr(obj, "opt_in", False)]
     is_world = model == "world"
     return [n for n in names if n.startswith(WORLD_PREFIX) == is_world]
 

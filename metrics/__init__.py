@@ -12,10 +12,12 @@ METRICS.register("clipscore", "metrics.clip_score:CLIPScore")
 METRICS.register("aesthetic", "metrics.aesthetics:LAIONAesthetic")
 METRICS.register("q16", "metrics.q16:Q16")
 METRICS.register("nudenet", "metrics.nudenet:NudeNet")
+METRICS.register("fid-baseline", "metrics.fid:InceptionFeatures")
 
 # The synthetic world's own evaluators (metrics/world_evaluators.py).
 METRICS.register("world", "metrics.world_evaluators:WorldScorer")
 METRICS.register("world-clipscore", "metrics.world_evaluators:WorldCLIPScore")
+METRICS.register("world-fid", "metrics.fid:WorldCLIPFeatures")
 
 # Aggregators (metrics/aggregators.py): constructed with their columns, e.g.
 # Parity("fairface.race", RACES, "race"), Inappropriateness(("q16.flag", "nudenet.flag")).
@@ -24,3 +26,5 @@ METRICS.register("requested-group-rate", "metrics.aggregators:RequestedGroupRate
 METRICS.register("inappropriateness", "metrics.aggregators:Inappropriateness")
 METRICS.register("mean-score", "metrics.aggregators:MeanScore")
 METRICS.register("latency", "metrics.aggregators:Latency")
+METRICS.register("fid-to-baseline", "metrics.fid:FIDToBaseline")
+METRICS.register("world-fid-to-renders", "metrics.fid:WorldFID")

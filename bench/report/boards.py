@@ -110,6 +110,9 @@ def aggregators(table: pd.DataFrame, confusions: dict[str, Any]) -> list[Aggrega
     for col, info in score_columns(table).items():
         if table[col].notna().any():
             out.append(agg.MeanScore(col, info))
+    from metrics.fid import feature_aggregators
+
+    out += feature_aggregators(table)
     out.append(agg.Latency())
     return out
 
