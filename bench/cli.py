@@ -25,6 +25,10 @@ def _add_sampler_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="denoising steps (default 25)")
     p.add_argument("--resolution", type=int, help="image size in pixels (default: the model's)")
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--dtype", help="float32, float16 or bfloat16 (default: float16 on cuda, "
+                                   "float32 elsewhere)")
+    p.add_argument("--scheduler", help="ddim, pndm, euler, euler-a, dpm++, heun, lms or a "
+                                       "diffusers class name (default: the model's own)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -120,6 +124,7 @@ def _add_reproducibility_commands(sub: argparse._SubParsersAction, fmt: type) ->
     rep.add_argument("--allow-drift", action="store_true",
                      help="run even if prompt sets, the model or method parameters differ")
     rep.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
+    rep.add_argument("--dtype", help="float32, float16 or bfloat16 (default: the manifest's)")
     rep.add_argument("--quiet", action="store_true", help="no progress bars")
 
     cmp = sub.add_parser("compare", help="compare two runs or bundles image by image and cell by "
@@ -165,7 +170,7 @@ def spec_from_args(a: argparse.Namespace) -> RunSpec:
         guidance=sampler.guidance,
         height=pick(a.resolution, sampler.height),
         width=pick(a.resolution, sampler.width),
-        scheduler=sampler.scheduler,
+        scheduler=pick(a.scheduler, sampler.scheduler),
         negative_prompt=sampler.negative_prompt)
     return RunSpec(
         model=pick(a.model, base.model),
@@ -184,6 +189,7 @@ def spec_from_args(a: argparse.Namespace) -> RunSpec:
         executor=pick(a.executor, base.executor),
         workers=pick(a.workers, base.workers),
         protocol=base.protocol,
+        dtype=pick(a.dtype, base.dtype),
     )
 
 
@@ -214,7 +220,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
     steps = 25 if a.steps is None else a.steps
     RunSpec(methods=(a.method,), seed=a.seed, guidance=(a.guidance,),  # bench run's checks
-            sampler=SamplerSpec(steps=steps, height=a.resolution, width=a.resolution))
+            sampler=SamplerSpec(steps=steps, height=a.resolution, width=a.resolution,
+                                scheduler=a.scheduler), dtype=a.dtype)
     output_file(a.out, ".png")
     try:  # Python keeps argv bytes that are not UTF-8 as lone surrogates the tokenizer rejects
         a.prompt.encode("utf-8")
@@ -222,7 +229,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         raise SpecError(f"--prompt {a.prompt!r}: not UTF-8 text; pass the prompt in UTF-8") from None
     debug.generate_one(model=a.model or "world", method=a.method, prompt=a.prompt, seed=a.seed,
                        guidance=a.guidance, steps=steps, resolution=a.resolution,
-                       device=a.device, out=Path(a.out))
+                       device=a.device, out=Path(a.out), dtype=a.dtype, scheduler=a.scheduler)
     print(f"wrote {a.out}")
     return 0
 
@@ -260,7 +267,8 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
     from bench import reproduce
 
     out = reproduce.reproduce(Path(a.source), Path(a.out) if a.out else None,
-                              allow_drift=a.allow_drift, device=a.device, quiet=a.quiet)
+                              allow_drift=a.allow_drift, device=a.device, quiet=a.quiet,
+                              dtype=a.dtype)
     print(f"run directory: {out}")
     return 0
 

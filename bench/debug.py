@@ -5,16 +5,17 @@ from pathlib import Path
 
 from PIL import Image
 
-from bench.models import load_pipeline, native_size
+from bench.models import dtype_name, load_pipeline, native_size
 from bench.runner import build_adapters, canonical_method, check_size
-from bench.sampler import Batch, sample, to_uint8
+from bench.sampler import Batch, NonFiniteError, sample, to_uint8
 from bench.spec import SpecError
 
 
 def generate_one(model: str, method: str, prompt: str, seed: int, guidance: float, steps: int,
-                 resolution: int | None, device: str | None, out: Path) -> None:
+                 resolution: int | None, device: str | None, out: Path, dtype: str | None = None,
+                 scheduler: str | None = None) -> None:
     adapters = build_adapters(canonical_method(method))
-    pipe = load_pipeline(model, device)
+    pipe = load_pipeline(model, device, dtype, scheduler)
     for a in adapters:
         reason = a.skip_reason(pipe)
         if reason:
@@ -22,7 +23,11 @@ def generate_one(model: str, method: str, prompt: str, seed: int, guidance: floa
         a.prepare(pipe)
     size = resolution or native_size(pipe)
     check_size(pipe, size, size)
-    result = sample(pipe, adapters, Batch([prompt], [seed], [{}], guidance), steps=steps,
-                    height=size, width=size)
+    try:
+        result = sample(pipe, adapters, Batch([prompt], [seed], [{}], guidance), steps=steps,
+                        height=size, width=size)
+        pixels = to_uint8(result.images)[0]
+    except NonFiniteError as exc:
+        raise exc.naming(canonical_method(method), [(repr(prompt), seed)], dtype_name(pipe)) from None
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(to_uint8(result.images)[0]).save(out)
+    Image.fromarray(pixels).save(out)

@@ -2,8 +2,9 @@
 as opposed to bugs (traceback)."""
 from bench.models import ModelError
 from bench.registry import UnknownNameError
+from bench.sampler import NonFiniteError
 from bench.spec import SpecError
 from prompt_sets.base import PromptSetError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ModelError, UnknownNameError, SpecError, PromptSetError, FileNotFoundError)
+    ModelError, UnknownNameError, SpecError, PromptSetError, FileNotFoundError, NonFiniteError)

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 from tqdm import tqdm
 
 from bench.grid import WorkItem, batches, prompt_sha256
-from bench.sampler import Adapter, Batch, sample, to_uint8
+from bench.sampler import Adapter, Batch, NonFiniteError, sample, to_uint8
 from bench.spec import SamplerSpec
 from bench.store import RunStore
 
@@ -23,6 +23,7 @@ class GenerationSettings:
     height: int
     width: int
     batch_size: int
+    dtype: str = "float32"  # resolved on the driver: workers on other devices use the same
 
 
 def generate(pipe: Any, items: Sequence[WorkItem], adapters: dict[str, list[Adapter]],
@@ -50,8 +51,12 @@ def warm_up(pipe: Any, chunk: Sequence[WorkItem], settings: GenerationSettings) 
     """Two plain steps on the first batch's shape, stored nowhere: first calls pay for kernel
     selection and lazy initialisation, which would otherwise be billed to the first method's
     latency (and make every other method look faster than the baseline)."""
-    sample(pipe, [], to_batch(chunk), steps=2, height=settings.height, width=settings.width,
-           negative_prompt=settings.sampler.negative_prompt)
+    try:
+        sample(pipe, [], to_batch(chunk), steps=2, height=settings.height, width=settings.width,
+               negative_prompt=settings.sampler.negative_prompt)
+    except NonFiniteError as exc:
+        raise exc.naming("baseline (warm-up)", [(w.prompt.id, w.seed) for w in chunk],
+                         settings.dtype) from None
 
 
 def to_batch(chunk: Sequence[WorkItem]) -> Batch:
@@ -71,9 +76,14 @@ def write_batch(pipe: Any, adapters: Sequence[Adapter], chunk: Sequence[WorkItem
                 store: RunStore, settings: GenerationSettings,
                 on_write: Callable[[], None] | None = None) -> int:
     """Sample one batch and store the images not stored yet. Returns how many were written."""
-    result = sample(pipe, adapters, to_batch(chunk), steps=settings.sampler.steps, height=settings.height,
-                    width=settings.width, negative_prompt=settings.sampler.negative_prompt)
-    pixels = to_uint8(result.images)
+    try:  # a non-finite image stops the run before anything of its batch is stored
+        result = sample(pipe, adapters, to_batch(chunk), steps=settings.sampler.steps,
+                        height=settings.height, width=settings.width,
+                        negative_prompt=settings.sampler.negative_prompt)
+        pixels = to_uint8(result.images)
+    except NonFiniteError as exc:
+        raise exc.naming(chunk[0].method, [(w.prompt.id, w.seed) for w in chunk],
+                         settings.dtype) from None
     written = 0
     for n, item in enumerate(chunk):
         if not store.has(item.key):  # at-least-once executors: never write an image twice

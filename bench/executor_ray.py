@@ -102,7 +102,8 @@ class GenerationWorker:
         self.error: Exception | None = None  # raised by every call, so it reaches the driver whole
         self.pipe: Any = None
         try:
-            self.pipe = load_pipeline(settings.model, device)
+            self.pipe = load_pipeline(settings.model, device, settings.dtype,
+                                      settings.sampler.scheduler)
             if fingerprint(self.pipe) != model_fp:  # cache keys would name other weights' images
                 raise ModelError(
                     f"Ray worker on {socket.gethostname()}: model '{settings.model}' has "

@@ -41,14 +41,16 @@ def image_seed(run_seed: int, prompt_set: str, prompt: Prompt, sample: int) -> i
 
 
 def cache_key(model_fp: str, method: str, prompt_text: str, seed: int, guidance: float,
-              sampler: SamplerSpec, height: int, width: int) -> str:
+              sampler: SamplerSpec, height: int, width: int, dtype: str = "float32") -> str:
     settings = [sampler.steps, guidance, height, width, sampler.scheduler, sampler.negative_prompt]
+    if dtype != "float32":  # keys made before dtypes were chosen are float32's and stay valid
+        settings.append(dtype)
     return _sha([model_fp, method, prompt_text, seed, settings])[:24]
 
 
 def build_grid(model_fp: str, methods: Sequence[str], prompt_sets: Sequence[PromptSet],
                samples: int, run_seed: int, guidances: Sequence[float], sampler: SamplerSpec,
-               height: int, width: int) -> list[WorkItem]:
+               height: int, width: int, dtype: str = "float32") -> list[WorkItem]:
     items: list[WorkItem] = []
     for method in methods:
         for guidance in guidances:
@@ -57,7 +59,7 @@ def build_grid(model_fp: str, methods: Sequence[str], prompt_sets: Sequence[Prom
                     for s in range(samples):
                         seed = image_seed(run_seed, ps.name, prompt, s)
                         key = cache_key(model_fp, method, prompt.text, seed, guidance, sampler,
-                                        height, width)
+                                        height, width, dtype)
                         items.append(WorkItem(key, method, ps.name, prompt, s, seed, guidance))
     return items
 

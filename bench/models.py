@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from bench.registry import MODELS
+from bench.spec import canonical_scheduler, check_dtype
 
 
 class ModelError(RuntimeError):
@@ -52,20 +53,67 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
-def load_pipeline(name: str, device: str | None = None) -> Any:
-    """Load `name`: a registered model, an alias, a local diffusers directory or a hub id."""
+def resolve_dtype(dtype: str | None, dev: torch.device) -> torch.dtype:
+    """A dtype name (bench.spec.DTYPES) or None: float16 on cuda, float32 elsewhere."""
+    if dtype is None:
+        return torch.float16 if dev.type == "cuda" else torch.float32
+    return getattr(torch, check_dtype(dtype) or "float32")
+
+
+def dtype_name(pipe: Any) -> str:
+    """The dtype the pipeline's UNet computes in, as written on the command line."""
+    return str(pipe.unet.dtype).removeprefix("torch.")
+
+
+def load_pipeline(name: str, device: str | None = None, dtype: str | None = None,
+                  scheduler: str | None = None) -> Any:
+    """Load `name` (a registered model, an alias, a local diffusers directory or a hub id) in
+    `dtype` (None: float16 on cuda, else float32), with `scheduler` (a short or diffusers class
+    name; None: the model's own). Fingerprints are taken on the weights as loaded, before the
+    cast, so a model has one fingerprint in every dtype."""
     dev = resolve_device(device)
-    dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    target = resolve_dtype(dtype, dev)
+    if scheduler is not None:
+        scheduler = canonical_scheduler(scheduler)  # a typo fails before the weights load
     base, _, options = name.partition(":")
     if name in MODELS:
         pipe = MODELS.get(name)()
     elif options and "=" in options and base in MODELS:  # NAME:key=value,key=value
         pipe = MODELS.get(base)(**model_options(base, options))
     else:
-        pipe = _from_pretrained(ALIASES.get(name, name), dtype)
+        pipe = _from_pretrained(ALIASES.get(name, name), torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    pipe = pipe.to(dev)
-    return pipe if pipe.unet.dtype == dtype else pipe.to(dtype=dtype)
+    record_fingerprints(pipe)
+    # What diffusers does for VAEs that overflow in float16 (SD 2.x, SDXL): decode in float32
+    # (`pipe.vae.to(torch.float32)`, the replacement of the deprecated upcast_vae). Here the VAE
+    # is never cast, so it keeps its float32 weights rather than float16-rounded ones.
+    keep_vae = target == torch.float16 and getattr(pipe.vae.config, "force_upcast", False)
+    _cast(pipe, target, skip=("vae",) if keep_vae else ())
+    pipe = pipe.to(dev, silence_dtype_warnings=True)  # cast first: half the bytes to move
+    if scheduler is not None:
+        use_scheduler(pipe, scheduler)
+    return pipe
+
+
+def _cast(pipe: Any, dtype: torch.dtype, skip: tuple[str, ...] = ()) -> None:
+    """Cast the components (but `skip`) as from_pretrained(torch_dtype=...) does: submodules a
+    model lists in `_keep_in_fp32_modules` stay float32. (Casting through diffusers' `.to(dtype)`
+    warns about that list even when it is empty.)"""
+    for part, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module) and part not in skip:
+            torch.nn.Module.to(module, dtype=dtype)
+            keep = getattr(module, "_keep_in_fp32_modules", None) or []
+            for name, sub in module.named_modules():
+                if any(k in name.split(".") for k in keep):
+                    sub.to(dtype=torch.float32)
+
+
+def use_scheduler(pipe: Any, name: str) -> None:
+    """Replace the pipeline's scheduler as diffusers users do: `Cls.from_config(old.config)`."""
+    import diffusers
+
+    cls = getattr(diffusers, canonical_scheduler(name))
+    pipe.scheduler = cls.from_config(pipe.scheduler.config)
 
 
 def model_options(name: str, text: str) -> dict[str, Any]:
@@ -276,23 +324,66 @@ def _cached_configs(repo: str) -> Path | None:
     return path if (path / "model_index.json").is_file() else None
 
 
+def record_fingerprints(pipe: Any) -> None:
+    """Hash the weights now (as loaded, before any dtype cast or scheduler swap) and keep the
+    hashes on the pipeline: `fingerprint` and `text_encoder_fingerprint` return these."""
+    pipe.bench_fingerprint = _hash_pipeline(pipe)
+    pipe.text_encoder.bench_fingerprint = _hash_text_encoder(pipe.text_encoder)
+
+
 def fingerprint(pipe: Any) -> str:
     """A short stable hash of the pipeline's weights and configs: two runs share cached images
-    only when this matches. Hashes every tensor's bytes for small models, and shapes plus a
-    strided sample of values for large ones (hashing 1 GB of SD weights takes seconds)."""
+    only when this matches. The hash recorded by `load_pipeline` (the weights as loaded, so
+    the same in every dtype), else computed on the float32 weights in hand."""
+    if getattr(pipe, "bench_fingerprint", None):
+        return pipe.bench_fingerprint
+    _require_float32(pipe.unet, pipe.vae, pipe.text_encoder)
+    return _hash_pipeline(pipe)
+
+
+def text_encoder_fingerprint(text_encoder: Any) -> str:
+    """Hash of the text encoder alone: what Fair Mapping checkpoints are trained against."""
+    if getattr(text_encoder, "bench_fingerprint", None):
+        return text_encoder.bench_fingerprint
+    _require_float32(text_encoder)
+    return _hash_text_encoder(text_encoder)
+
+
+def _require_float32(*modules: Any) -> None:
+    # A half-precision copy has lost the float32 values the recorded fingerprints hash.
+    if any(t.dtype != torch.float32 for m in modules for t in m.parameters()):
+        raise ModelError("fingerprint of a model cast from float32 after loading: load it with "
+                         "bench.models.load_pipeline(name, device, dtype), which hashes it first")
+
+
+def _hash_pipeline(pipe: Any) -> str:
+    """Hashes every tensor's bytes (as float32) for small models, and shapes plus a strided
+    sample of values for large ones (hashing 1 GB of SD weights takes seconds)."""
     h = hashlib.sha256()
     for part in ("unet", "vae", "text_encoder"):
         module = getattr(pipe, part)
         h.update(json.dumps(_config_dict(module), sort_keys=True, default=str).encode())
         for key, tensor in sorted(module.state_dict().items()):
-            flat = tensor.detach().float().flatten().cpu()
-            if flat.numel() > 4096:
-                flat = flat[:: max(1, flat.numel() // 4096)]
             h.update(key.encode())
             h.update(str(tuple(tensor.shape)).encode())
-            h.update(flat.numpy().tobytes())
+            h.update(_sampled(tensor))
     h.update(json.dumps(_config_dict(pipe.scheduler), sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
+
+
+def _hash_text_encoder(text_encoder: Any) -> str:
+    h = hashlib.sha256()
+    for key, tensor in sorted(text_encoder.state_dict().items()):
+        h.update(key.encode())
+        h.update(_sampled(tensor))
+    return h.hexdigest()[:16]
+
+
+def _sampled(tensor: torch.Tensor) -> bytes:
+    flat = tensor.detach().float().flatten().cpu()
+    if flat.numel() > 4096:
+        flat = flat[:: max(1, flat.numel() // 4096)]
+    return flat.numpy().tobytes()
 
 
 def _config_dict(obj: Any) -> dict[str, Any]:
@@ -305,18 +396,6 @@ def _config_dict(obj: Any) -> dict[str, Any]:
 
 _VOLATILE_KEYS = frozenset({"architectures", "dtype", "torch_dtype", "transformers_version",
                             "name_or_path"})
-
-
-def text_encoder_fingerprint(text_encoder: Any) -> str:
-    """Hash of the text encoder alone: what Fair Mapping checkpoints are trained against."""
-    h = hashlib.sha256()
-    for key, tensor in sorted(text_encoder.state_dict().items()):
-        flat = tensor.detach().float().flatten().cpu()
-        if flat.numel() > 4096:
-            flat = flat[:: max(1, flat.numel() // 4096)]
-        h.update(key.encode())
-        h.update(flat.numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 @lru_cache(maxsize=1)

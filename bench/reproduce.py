@@ -6,7 +6,7 @@ experiment): a prompt set whose content hash differs, a different model fingerpr
 resolves to other parameters (changed defaults) or is skipped here; and, because the tables would
 not measure the same way, a scorer whose recorded weight fingerprint differs or that is skipped
 here (from `report/scoring.json`). Warnings: other scorer fields, library versions,
-the git commit and the device type, which change pixels but not the experiment; `bench compare`
+the git commit, the device type and the dtype, which change pixels but not the experiment; `bench compare`
 then says whether the tables still agree.
 """
 from __future__ import annotations
@@ -58,18 +58,27 @@ def default_out(source: Path) -> Path:
     return base.with_name(base.name + "-reproduced")
 
 
+def recorded_dtype(manifest: dict[str, Any]) -> str:
+    """The dtype the run computed in; manifests from before dtypes were recorded ran float16 on
+    cuda and float32 elsewhere."""
+    cuda = str(manifest.get("device", "")).startswith("cuda")
+    return manifest["model"].get("dtype") or ("float16" if cuda else "float32")
+
+
 def reproduce_spec(manifest: dict[str, Any], out: Path, device: str | None,
-                   prompt_files: dict[str, str]) -> RunSpec:
+                   prompt_files: dict[str, str], dtype: str | None = None) -> RunSpec:
     """The manifest's spec with the method list and prompt sets pinned to what the run resolved
     (so `all` or a model's default sets mean the same here), bundled prompt files substituted,
-    the whole grid (no shard) and this machine's output directory and device."""
+    the whole grid (no shard), the run's dtype unless `dtype` is given, and this machine's
+    output directory and device."""
     spec = RunSpec.from_dict(manifest["spec"])
     methods = tuple(manifest.get("methods", {})) + tuple(manifest.get("skipped_methods", {}))
     sets = tuple(prompt_files.get(e, e) for e in spec.prompt_sets) or tuple(
         s["name"] for s in manifest.get("prompt_sets", []))
     return dataclasses.replace(spec, methods=methods or spec.methods, prompt_sets=sets,
                                out=str(out), device=device, shard=None,
-                               executor="local", workers=None)
+                               executor="local", workers=None,
+                               dtype=dtype or recorded_dtype(manifest))
 
 
 def differences(manifest: dict[str, Any], p: runner.RunPlan) -> list[Difference]:
@@ -92,6 +101,10 @@ def differences(manifest: dict[str, Any], p: runner.RunPlan) -> list[Difference]
                               f"manifest, {p.model_fp} here (other weights, config or scheduler)",
                               True))
     out += _method_differences(manifest, p)
+    was_dtype, now_dtype = recorded_dtype(manifest), runner.dtype_name(p.pipe)
+    if was_dtype != now_dtype:  # the same weights and experiment, computed at another precision
+        out.append(Difference(f"dtype {was_dtype} in the manifest, {now_dtype} here: pixels and "
+                              "cache keys differ, figures may move within their CIs", False))
     was, now = str(manifest.get("device", "?")).split(":")[0], str(p.pipe.device).split(":")[0]
     if was != now:
         out.append(Difference(f"device type {was} in the manifest, {now} here: pixels may differ",
@@ -176,7 +189,7 @@ def _method_differences(manifest: dict[str, Any], p: runner.RunPlan) -> list[Dif
 
 
 def reproduce(source: Path, out: Path | None = None, allow_drift: bool = False,
-              device: str | None = None, quiet: bool = False) -> Path:
+              device: str | None = None, quiet: bool = False, dtype: str | None = None) -> Path:
     manifest, info = read_source(source)
     out = out or default_out(source)
     origin = source.parent if source.name == "manifest.json" else source
@@ -188,7 +201,7 @@ def reproduce(source: Path, out: Path | None = None, allow_drift: bool = False,
         bundle.extract(source, out, prefix="prompts/")
         prompt_files = {f["entry"]: str((out / f["file"]).resolve()) + f["options"]
                         for f in info["prompt_files"]}
-    p = runner.plan(reproduce_spec(manifest, out, device, prompt_files))
+    p = runner.plan(reproduce_spec(manifest, out, device, prompt_files, dtype))
     found = differences(manifest, p) + scorer_drift(source, p)
     blocking = [d for d in found if d.blocking]
     for d in found:

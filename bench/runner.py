@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from bench import rundir
 from bench.executor import GenerationSettings, generate
 from bench.grid import WorkItem, build_grid, grid_tables, shard, unique_images
-from bench.models import ModelError, fingerprint, load_pipeline, native_size
+from bench.models import ModelError, dtype_name, fingerprint, load_pipeline, native_size
 from bench.registry import METHODS
 from bench.sampler import Adapter, Batch
 from bench.scoring import check_scorers, scorer_names
@@ -105,7 +105,7 @@ def plan(spec: RunSpec, dry_run: bool = False) -> RunPlan:
     adapters = {m: build_adapters(m) for m in methods}
     check_scorers(scorer_names(spec.model, spec.metrics), spec.device)
     try:
-        pipe = load_pipeline(spec.model, spec.device)
+        pipe = load_pipeline(spec.model, spec.device, spec.dtype, spec.sampler.scheduler)
     except ModelError as exc:
         if not dry_run:
             raise
@@ -125,7 +125,7 @@ def plan(spec: RunSpec, dry_run: bool = False) -> RunPlan:
                                 for w in a.warnings(pipe, p.model_fp, spec.guidance, spec.sampler.steps)]
                                 + _negative_override(ads, spec.sampler.negative_prompt))}
     p.grid = build_grid(p.model_fp, list(adapters), sets, spec.samples, spec.seed,
-                        spec.guidance, spec.sampler, height, width)
+                        spec.guidance, spec.sampler, height, width, dtype_name(pipe))
     p.items = unique_images(p.grid)
     p.cost = {m: unet_evals_per_image(pipe, a, spec.sampler.steps, max(spec.guidance))
               for m, a in adapters.items()}
@@ -217,7 +217,8 @@ def dry_run_summary(p: RunPlan) -> str:
     positions = p.items if p.spec.shard else p.grid
     lines = [f"{len(positions)} images ({len(p.adapters)} methods x {len(p.prompt_sets)} prompt sets, "
              f"{p.spec.samples} samples/prompt, guidance {list(p.spec.guidance)}), "
-             f"{evals} at {size}, {p.spec.sampler.steps} steps"]
+             f"{evals} at {size}, {p.spec.sampler.steps} steps"
+             + (f" ({type(p.pipe.scheduler).__name__}, {dtype_name(p.pipe)})" if p.pipe else "")]
     for s in p.prompt_sets:
         lines.append(f"  {s.name}: {len(s):,} prompts x {p.spec.samples} images = "
                      f"{len(s) * p.spec.samples:,} images per method and guidance")
@@ -244,7 +245,7 @@ def manifest(p: RunPlan) -> dict[str, Any]:
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "spec": p.spec.to_dict(),
         "model": {"name": p.spec.model, "fingerprint": p.model_fp,
-                  "scheduler": type(p.pipe.scheduler).__name__},
+                  "scheduler": type(p.pipe.scheduler).__name__, "dtype": dtype_name(p.pipe)},
         "size": {"height": p.height, "width": p.width},
         "methods": {m: [{"name": a.name, "params": dataclasses.asdict(a.params)} for a in ads]
                     for m, ads in p.adapters.items()},
@@ -327,7 +328,8 @@ def execute(p: RunPlan, quiet: bool = False, columns: str | None = None) -> Path
         note = rundir.point_latest(store.root)
         if note and not quiet:
             print(f"bench: note: {note}", file=sys.stderr)
-    settings = GenerationSettings(spec.model, spec.sampler, p.height, p.width, spec.batch_size)
+    settings = GenerationSettings(spec.model, spec.sampler, p.height, p.width, spec.batch_size,
+                                  dtype_name(p.pipe))
     if spec.executor == "ray":  # generation and scoring on Ray; report.build finds scores done
         executor_ray.generate_and_score(p, store, settings, quiet=quiet)
     else:

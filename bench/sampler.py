@@ -18,6 +18,11 @@ Hooks, all optional (the baseline implements none):
   init_state(batch)                per-batch, per-image state the adapter owns
   guide(eps_u, eps_c, extras, i, t, state) -> additive term to the guided prediction, or None
   on_step(latents, i, t, state)    update latents before step i's UNet call; autograd is enabled
+                                   and the latents are float32 whatever the model's dtype (cast
+                                   back after), so gradient steps do not underflow in float16
+
+Latents are checked for NaN/inf after every hook and step and the decoded images before they
+are returned: a non-finite image raises NonFiniteError (never a black PNG).
 
 `i` is the index into `scheduler.timesteps`, as in diffusers: with order-2 schedulers (Heun,
 DPM2) each model step appears twice in the timesteps, so `i` counts UNet evaluations, not model
@@ -147,6 +152,33 @@ def check_finite(method: str, params: Any) -> None:
                              f"(default {f.default})")
 
 
+class NonFiniteError(RuntimeError):
+    """NaN or inf in some images' latents or pixels. `images` are indices into the batch; the
+    executor re-raises it naming method, prompt ids and seeds (one line, exit 2)."""
+
+    def __init__(self, where: str, images: Sequence[int], message: str | None = None) -> None:
+        self.where, self.images = where, list(images)
+        super().__init__(message or f"non-finite values in {where} of batch image(s) {self.images}")
+
+    def naming(self, method: str, items: Sequence[tuple[str, int]], dtype: str) -> "NonFiniteError":
+        """The same error with the images named: items[n] = (prompt id, seed) of batch image n."""
+        named = ", ".join(f"prompt {items[n][0]} seed {items[n][1]}" for n in self.images)
+        return NonFiniteError(self.where, self.images, (
+            f"method {method}: non-finite values (NaN/inf) in {self.where} for {named} "
+            f"({dtype}); nothing of this batch was written. Try --dtype float32, or fix the "
+            "method's numerics"))
+
+
+def require_finite(x: torch.Tensor | np.ndarray, where: str) -> None:
+    """Raise NonFiniteError naming the batch images of `x` [B, ...] holding NaN or inf."""
+    if isinstance(x, np.ndarray):
+        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    else:
+        bad = (~torch.isfinite(x.detach().flatten(1)).all(dim=1)).cpu().numpy()
+    if bad.any():
+        raise NonFiniteError(where, [int(n) for n in np.flatnonzero(bad)])
+
+
 @dataclass
 class BatchResult:
     images: np.ndarray  # (B, H, W, 3) float in [0, 1]
@@ -156,15 +188,22 @@ class BatchResult:
     peak_memory_mb: float | None
 
 
+def image_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per image, seeded as diffusers' `generator=` is for a single image."""
+    return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+
+
 def initial_latents(pipe: Any, seeds: Sequence[int], height: int, width: int,
-                    dtype: torch.dtype) -> torch.Tensor:
-    """One CPU generator per image, drawn exactly as diffusers draws a single image's latents,
-    so an image never depends on its batch, its neighbours or its shard."""
+                    dtype: torch.dtype, generators: Sequence[torch.Generator] | None = None
+                    ) -> torch.Tensor:
+    """Drawn from each image's own generator exactly as diffusers draws a single image's
+    latents, so an image never depends on its batch, its neighbours or its shard. Stochastic
+    schedulers (euler-a, DDPM) then draw their step noise from the same generators."""
     channels = pipe.unet.config.in_channels
     scale = pipe.vae_scale_factor
     shape = (1, channels, height // scale, width // scale)
-    parts = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s)), dtype=dtype)
-             for s in seeds]
+    gens = generators if generators is not None else image_generators(seeds)
+    parts = [torch.randn(shape, generator=g, dtype=dtype) for g in gens]
     return torch.cat(parts).to(pipe.device)
 
 
@@ -226,18 +265,21 @@ def sample(pipe: Any, adapters: Sequence[Adapter], batch: Batch, *, steps: int,
 
     scheduler = _fresh_scheduler(pipe)
     scheduler.set_timesteps(steps, device=device)
-    latents = initial_latents(pipe, batch.seeds, height, width, embeds.dtype)
+    generators = image_generators(batch.seeds)
+    latents = initial_latents(pipe, batch.seeds, height, width, embeds.dtype, generators)
     latents = latents * scheduler.init_noise_sigma
-    step_kwargs = {}
-    if "eta" in inspect.signature(scheduler.step).parameters:
+    step_kwargs: dict[str, Any] = {}
+    accepted = inspect.signature(scheduler.step).parameters
+    if "eta" in accepted:
         step_kwargs["eta"] = 0.0
+    if "generator" in accepted:  # as diffusers' prepare_extra_step_kwargs, one per image
+        step_kwargs["generator"] = generators
     stepping = [a for a in adapters if a.has_hook("on_step")]
     step_start = time.perf_counter()
     for i, t in enumerate(scheduler.timesteps):
         for a, st in zip(adapters, states):
             if a in stepping:
-                with torch.enable_grad():
-                    latents = a.on_step(latents.detach(), i, t, st).detach()
+                latents = _on_step(a, latents, i, t, st)
         with torch.no_grad():
             model_in = torch.cat([latents] * n_branches)
             model_in = scheduler.scale_model_input(model_in, t)
@@ -258,6 +300,7 @@ def sample(pipe: Any, adapters: Sequence[Adapter], batch: Batch, *, steps: int,
                 if term is not None:
                     eps = eps + term
             latents = scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
+        require_finite(latents, f"the latents after step {i}")
     n_steps = len(scheduler.timesteps)
     step_seconds = (time.perf_counter() - step_start) / max(n_steps, 1)
     images = decode(pipe, latents)
@@ -265,13 +308,31 @@ def sample(pipe: Any, adapters: Sequence[Adapter], batch: Batch, *, steps: int,
     return BatchResult(images, time.perf_counter() - start, n_branches * n_steps, step_seconds, peak)
 
 
+def _on_step(adapter: Adapter, latents: torch.Tensor, i: int, t: torch.Tensor,
+             state: Any) -> torch.Tensor:
+    """A gradient hook in float32 (in float16 a squared gradient underflows to 0 and a step
+    divided by its RMS becomes inf), cast back to the sampler's dtype."""
+    with torch.enable_grad():
+        stepped = adapter.on_step(latents.detach().float(), i, t, state).detach()
+    stepped = stepped.to(latents.dtype)  # beyond float16's range is inf: checked here too
+    require_finite(stepped, f"the latents after {adapter.name}'s on_step at step {i}")
+    return stepped
+
+
 @torch.no_grad()
 def decode(pipe: Any, latents: torch.Tensor) -> np.ndarray:
-    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
-    image = (image / 2 + 0.5).clamp(0, 1)
-    return image.cpu().permute(0, 2, 3, 1).float().numpy()
+    """Pixels in [0, 1]. The VAE may compute in float32 while the UNet is float16 (load_pipeline
+    keeps VAEs with `force_upcast` in float32, as diffusers decodes them)."""
+    z = latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor
+    image = pipe.vae.decode(z, return_dict=False)[0]
+    image = (image / 2 + 0.5).clamp(0, 1)  # clamp keeps NaN: checked below
+    images = image.cpu().permute(0, 2, 3, 1).float().numpy()
+    require_finite(images, "the decoded images")
+    return images
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
-    """diffusers' numpy_to_pil rounding, so PNGs match the pipeline's PIL output."""
+    """diffusers' numpy_to_pil rounding, so PNGs match the pipeline's PIL output. NaN would
+    become 0 (black): refused."""
+    require_finite(images, "the images to write")
     return (images * 255).round().astype("uint8")

@@ -7,6 +7,7 @@ canonical string (sorted keys) is part of every cache key, so equal specs share 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,14 +65,60 @@ class MethodSpec:
         return dict(self.params)
 
 
+# The weights' dtypes a run can use (torch dtype names). None in a spec -> float16 on cuda,
+# float32 elsewhere (bench.models.resolve_dtype).
+DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
+
+# Short scheduler names -> diffusers classes, as the samplers are usually called.
+SCHEDULER_ALIASES: dict[str, str] = {
+    "ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "euler": "EulerDiscreteScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler", "dpm++": "DPMSolverMultistepScheduler",
+    "heun": "HeunDiscreteScheduler", "lms": "LMSDiscreteScheduler",
+}
+# diffusers' KarrasDiffusionSchedulers: the classes StableDiffusionPipeline accepts (a test
+# keeps this list equal to the installed diffusers'; listed here so a typo fails without
+# importing diffusers).
+SCHEDULER_CLASSES: tuple[str, ...] = (
+    "DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
+    "EulerDiscreteScheduler", "HeunDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler", "DEISMultistepScheduler", "UniPCMultistepScheduler",
+    "DPMSolverSDEScheduler", "EDMEulerScheduler")
+
+
+def check_dtype(name: str | None) -> str | None:
+    if name is not None and name not in DTYPES:
+        raise SpecError(f"dtype {name!r}: use one of {', '.join(DTYPES)} (default: float16 on "
+                        "cuda, float32 elsewhere)")
+    return name
+
+
+def canonical_scheduler(name: str) -> str:
+    """A short name or a diffusers class name (any case) -> the diffusers class name."""
+    by_lower = {k.lower(): v for k, v in SCHEDULER_ALIASES.items()}
+    by_lower.update({c.lower(): c for c in SCHEDULER_CLASSES})
+    found = by_lower.get(str(name).strip().lower())
+    if found is None:
+        close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1)
+        hint = f" (did you mean {by_lower[close[0]]}?)" if close else ""
+        raise SpecError(f"scheduler {name!r}{hint}: use one of {', '.join(SCHEDULER_ALIASES)} or a "
+                        f"diffusers class name ({', '.join(SCHEDULER_CLASSES)})")
+    return found
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     steps: int = 25
     guidance: float = 7.5
     height: int | None = None  # None -> the model's native size
     width: int | None = None
-    scheduler: str | None = None  # None -> the pipeline's own scheduler; else a diffusers class name
+    scheduler: str | None = None  # None -> the pipeline's own; else a short or diffusers class name
     negative_prompt: str = ""
+
+    def __post_init__(self) -> None:
+        # Stored as the class name, so `euler` and `EulerDiscreteScheduler` share cached images.
+        if self.scheduler is not None:
+            object.__setattr__(self, "scheduler", canonical_scheduler(self.scheduler))
 
 
 NEWLINE = b"\n"
@@ -111,6 +158,7 @@ class RunSpec:
     executor: str = "local"  # "local" | "ray" (bench/executor_ray.py)
     workers: int | None = None  # Ray workers; None -> one per GPU in the cluster, else 1
     protocol: str | None = None  # a paper's setup (bench/protocols.py) under the given values
+    dtype: str | None = None  # float32 | float16 | bfloat16; None -> float16 on cuda, else float32
 
     def __post_init__(self) -> None:
         # Checked here so a config file and the flags fail alike, before anything is loaded.
@@ -138,6 +186,7 @@ class RunSpec:
             raise SpecError(f"--workers {self.workers}: only --executor ray has workers")
         if self.out is not None and not self.out.strip():  # Path("") is the current directory
             raise SpecError("out='': give a run directory")
+        check_dtype(self.dtype)
 
     def _check_types(self) -> None:
         """YAML can hold any type; a wrong one named here instead of a traceback later."""

@@ -1,4 +1,6 @@
 """The harness loop against diffusers' own pipeline, and image independence from batching."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -105,3 +107,126 @@ def test_hooks_called_and_neutral_hooks_leave_image_unchanged(tiny_pipe):
     assert a.calls == {"encode": 1, "on_step": 5, "guide": 5}
     assert hooked.unet_evals == 3 * 5
     assert np.abs(hooked.images - base.images).max() <= 1e-5
+
+
+def diffusers_images(pipe, prompt, seed, steps=6, guidance=7.5, size=32):
+    """StableDiffusionPipeline's images in the pipeline's dtype. A float16 pipeline from
+    load_pipeline keeps its VAE (force_upcast) in float32: decoded as diffusers' SDXL pipeline
+    does, latents cast to the VAE's dtype."""
+    gen = torch.Generator().manual_seed(seed)
+    latents = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, height=size,
+                   width=size, generator=gen, output_type="latent").images
+    with torch.no_grad():
+        image = pipe.vae.decode(latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor,
+                                return_dict=False)[0]
+    return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().numpy()
+
+
+def plan_from_cli(args, tmp_path, prompt_file):
+    from bench import runner
+    from bench.cli import parser, spec_from_args
+
+    argv = ["run", "--model", "tiny-random", "--metrics", "none", "--steps", "6",
+            "--prompt-set", str(prompt_file(["a nurse"])), "--out", str(tmp_path / "run"), *args]
+    return runner.plan(spec_from_args(parser().parse_args(argv)))
+
+
+SCHEDULERS = {"ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "euler": "EulerDiscreteScheduler",
+              "euler-a": "EulerAncestralDiscreteScheduler", "dpm++": "DPMSolverMultistepScheduler",
+              "heun": "HeunDiscreteScheduler", "lms": "LMSDiscreteScheduler"}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_scheduler_flag_runs_that_scheduler_as_diffusers_does(name, dtype, tmp_path, prompt_file):
+    import diffusers
+
+    from bench.models import load_pipeline
+
+    p = plan_from_cli(["--scheduler", name, "--dtype", dtype], tmp_path, prompt_file)
+    assert type(p.pipe.scheduler).__name__ == SCHEDULERS[name]
+    assert str(p.pipe.unet.dtype) == f"torch.{dtype}"
+    ref = load_pipeline("tiny-random", "cpu", dtype)  # the scheduler swap a diffusers user writes
+    ref.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(ref.scheduler.config)
+    expected = diffusers_images(ref, "a nurse", 11)
+    ours = sample(p.pipe, [], Batch(["a nurse"], [11]), steps=6, height=32, width=32).images
+    assert expected.std() > 0.01
+    assert np.abs(ours - expected).max() <= 1e-4
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_config_scheduler_gives_eulers_images_not_pndms(dtype, tmp_path, prompt_file):
+    import diffusers
+
+    from bench.models import load_pipeline
+
+    config = tmp_path / "run.yaml"
+    config.write_text(f"dtype: {dtype}\nsampler:\n  scheduler: EulerDiscreteScheduler\n")
+    p = plan_from_cli(["--config", str(config)], tmp_path, prompt_file)
+    assert type(p.pipe.scheduler).__name__ == "EulerDiscreteScheduler"
+    ours = sample(p.pipe, [], Batch(["a nurse"], [11]), steps=6, height=32, width=32).images
+    ref = load_pipeline("tiny-random", "cpu", dtype)
+    pndm = diffusers_images(ref, "a nurse", 11)  # the model's own scheduler
+    ref.scheduler = diffusers.EulerDiscreteScheduler.from_config(ref.scheduler.config)
+    assert np.abs(ours - diffusers_images(ref, "a nurse", 11)).max() <= 1e-4
+    assert np.abs(ours - pndm).max() > 0.05
+
+
+def test_run_with_scheduler_config_stores_diffusers_euler_images(tmp_path, prompt_file):
+    import diffusers
+    import pandas as pd
+    from PIL import Image
+
+    from bench.cli import main
+    from bench.models import load_pipeline
+
+    config = tmp_path / "run.yaml"
+    config.write_text("sampler:\n  scheduler: EulerDiscreteScheduler\n  steps: 6\n")
+    out = tmp_path / "run"
+    assert main(["run", "--model", "tiny-random", "--config", str(config), "--metrics", "none",
+                 "--quiet", "--samples", "1", "--prompt-set", str(prompt_file(["a nurse"])),
+                 "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["scheduler"] == "EulerDiscreteScheduler"
+    assert manifest["spec"]["sampler"]["scheduler"] == "EulerDiscreteScheduler"
+    row = pd.read_parquet(out / "images.parquet").iloc[0]
+    stored = np.asarray(Image.open(out / row["file"]), dtype=float)
+    ref = load_pipeline("tiny-random", "cpu")
+    ref.scheduler = diffusers.EulerDiscreteScheduler.from_config(ref.scheduler.config)
+    gen = torch.Generator().manual_seed(int(row["seed"]))
+    expected = np.asarray(ref("a nurse", num_inference_steps=6, height=32, width=32,
+                              generator=gen).images[0], dtype=float)
+    assert np.abs(stored - expected).max() <= 1  # PNG rounding of floats equal to 1e-4
+
+
+@pytest.mark.parametrize("where", [["--scheduler", "eulr"], ["--config", "sched.yaml"]])
+def test_unknown_scheduler_fails_in_one_line_before_the_model_loads(where, tmp_path, prompt_file,
+                                                                     monkeypatch, capsys):
+    from bench import models
+    from bench.cli import main
+
+    (tmp_path / "sched.yaml").write_text("sampler:\n  scheduler: FancyScheduler\n")
+    where = [w.replace("sched.yaml", str(tmp_path / "sched.yaml")) for w in where]
+    monkeypatch.setattr(models, "_from_pretrained", lambda *a: pytest.fail("model loaded"))
+    monkeypatch.setattr(models.MODELS, "get", lambda *a: pytest.fail("model loaded"))
+    code = main(["run", "--model", "tiny-random", "--metrics", "none", "--quiet", *where,
+                 "--prompt-set", str(prompt_file(["a cat"])), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "scheduler" in err and "euler-a" in err  # names the choices
+    if "eulr" in where:
+        assert "did you mean EulerDiscreteScheduler" in err
+    code = main(["generate", "--model", "tiny-random", "--scheduler", "eulr", "--prompt", "a cat",
+                 "--out", str(tmp_path / "x.png")])
+    assert code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_scheduler_classes_are_diffusers_karras_schedulers():
+    from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
+
+    from bench.spec import SCHEDULER_ALIASES, SCHEDULER_CLASSES, canonical_scheduler
+
+    assert set(SCHEDULER_CLASSES) == {s.name for s in KarrasDiffusionSchedulers}
+    assert set(SCHEDULER_ALIASES.values()) <= set(SCHEDULER_CLASSES)
+    assert canonical_scheduler("Euler-A") == canonical_scheduler("eulerancestraldiscretescheduler") \
+        == "EulerAncestralDiscreteScheduler"
