@@ -65,6 +65,17 @@ def recorded_dtype(manifest: dict[str, Any]) -> str:
     return manifest["model"].get("dtype") or ("float16" if cuda else "float32")
 
 
+def reproduced_dtype(manifest: dict[str, Any], spec_dtype: str | None,
+                     device: str | None) -> str | None:
+    """The spec's dtype as written, unless it was the device default (None) and this device's
+    default differs from what the run computed in: then that dtype, pinned."""
+    from bench.models import resolve_device, resolve_dtype
+
+    recorded = recorded_dtype(manifest)
+    here = str(resolve_dtype(None, resolve_device(device))).removeprefix("torch.")
+    return spec_dtype or (None if recorded == here else recorded)
+
+
 def reproduce_spec(manifest: dict[str, Any], out: Path, device: str | None,
                    prompt_files: dict[str, str], dtype: str | None = None) -> RunSpec:
     """The manifest's spec with the method list and prompt sets pinned to what the run resolved
@@ -78,7 +89,7 @@ def reproduce_spec(manifest: dict[str, Any], out: Path, device: str | None,
     return dataclasses.replace(spec, methods=methods or spec.methods, prompt_sets=sets,
                                out=str(out), device=device, shard=None,
                                executor="local", workers=None,
-                               dtype=dtype or recorded_dtype(manifest))
+                               dtype=dtype or reproduced_dtype(manifest, spec.dtype, device))
 
 
 def differences(manifest: dict[str, Any], p: runner.RunPlan) -> list[Difference]:

@@ -177,8 +177,8 @@ def test_non_finite_batch_is_one_line_and_nothing_is_stored(dtype, nan_method, t
             f"({dtype}); nothing of this batch was written") in err
     # nan-step's first batch (cat, dog) failed: neither image nor record of it exists.
     records = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
-    assert sorted(r["prompt"] for r in records) == ["a bird", "a cat", "a dog"]
-    assert {r["method"] for r in records} == {"baseline"}
+    assert sorted((r["method"], r["seed"]) for r in records) == sorted(
+        ("baseline", image_seed(0, ps.name, p, 0)) for p in ps.prompts)
     assert len(list((out / "images").glob("*.png"))) == 3
 
 
@@ -235,3 +235,13 @@ def test_manifests_without_dtype_ran_half_on_cuda():
     assert recorded_dtype({"model": {}, "device": "cuda:0"}) == "float16"
     assert recorded_dtype({"model": {}, "device": "cpu"}) == "float32"
     assert recorded_dtype({"model": {"dtype": "bfloat16"}, "device": "cuda"}) == "bfloat16"
+
+
+def test_reproduce_pins_the_recorded_dtype_only_where_this_device_defaults_otherwise():
+    from bench.reproduce import reproduced_dtype
+
+    cpu_run = {"model": {"dtype": "float32"}, "device": "cpu"}
+    assert reproduced_dtype(cpu_run, None, "cpu") is None  # the spec stays as it was written
+    gpu_run = {"model": {"dtype": "float16"}, "device": "cuda:0"}
+    assert reproduced_dtype(gpu_run, None, "cpu") == "float16"  # on the CPU, pinned
+    assert reproduced_dtype(gpu_run, "bfloat16", "cpu") == "bfloat16"  # the spec's own
