@@ -87,25 +87,32 @@ def load_pipeline(name: str, device: str | None = None, dtype: str | None = None
     # What diffusers does for VAEs that overflow in float16 (SD 2.x, SDXL): decode in float32
     # (`pipe.vae.to(torch.float32)`, the replacement of the deprecated upcast_vae). Here the VAE
     # is never cast, so it keeps its float32 weights rather than float16-rounded ones.
-    keep_vae = target == torch.float16 and getattr(pipe.vae.config, "force_upcast", False)
-    _cast(pipe, target, skip=("vae",) if keep_vae else ())
-    pipe = pipe.to(dev, silence_dtype_warnings=True)  # cast first: half the bytes to move
+    keep_vae = target == torch.float16 and getattr(getattr(pipe.vae, "config", None),
+                                                   "force_upcast", False)
+    for part, module in _modules(pipe).items():  # cast first: half the bytes to move
+        if part != "vae" or not keep_vae:
+            _cast(module, target)
+        torch.nn.Module.to(module, dev)
     if scheduler is not None:
         use_scheduler(pipe, scheduler)
     return pipe
 
 
-def _cast(pipe: Any, dtype: torch.dtype, skip: tuple[str, ...] = ()) -> None:
-    """Cast the components (but `skip`) as from_pretrained(torch_dtype=...) does: submodules a
-    model lists in `_keep_in_fp32_modules` stay float32. (Casting through diffusers' `.to(dtype)`
-    warns about that list even when it is empty.)"""
-    for part, module in pipe.components.items():
-        if isinstance(module, torch.nn.Module) and part not in skip:
-            torch.nn.Module.to(module, dtype=dtype)
-            keep = getattr(module, "_keep_in_fp32_modules", None) or []
-            for name, sub in module.named_modules():
-                if any(k in name.split(".") for k in keep):
-                    sub.to(dtype=torch.float32)
+def _modules(pipe: Any) -> dict[str, torch.nn.Module]:
+    """The pipeline's torch modules (diffusers' `components`, or a stand-in's three parts)."""
+    parts = getattr(pipe, "components", None) or {p: getattr(pipe, p) for p in COMPONENTS}
+    return {k: v for k, v in parts.items() if isinstance(v, torch.nn.Module)}
+
+
+def _cast(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast as from_pretrained(torch_dtype=...) does: submodules a model lists in
+    `_keep_in_fp32_modules` stay float32. (diffusers' `.to(dtype)` warns about that list even
+    when it is empty.)"""
+    torch.nn.Module.to(module, dtype=dtype)
+    keep = getattr(module, "_keep_in_fp32_modules", None) or []
+    for name, sub in module.named_modules():
+        if any(k in name.split(".") for k in keep):
+            sub.to(dtype=torch.float32)
 
 
 def use_scheduler(pipe: Any, name: str) -> None:
