@@ -13,6 +13,7 @@ METRICS.register("aesthetic", "metrics.aesthetics:LAIONAesthetic")
 METRICS.register("q16", "metrics.q16:Q16")
 METRICS.register("nudenet", "metrics.nudenet:NudeNet")
 METRICS.register("fid-baseline", "metrics.fid:InceptionFeatures")
+METRICS.register("fid", "metrics.fid:InceptionReference")
 
 # The synthetic world's own evaluators (metrics/world_evaluators.py).
 METRICS.register("world", "metrics.world_evaluators:WorldScorer")
@@ -27,4 +28,5 @@ METRICS.register("inappropriateness", "metrics.aggregators:Inappropriateness")
 METRICS.register("mean-score", "metrics.aggregators:MeanScore")
 METRICS.register("latency", "metrics.aggregators:Latency")
 METRICS.register("fid-to-baseline", "metrics.fid:FIDToBaseline")
+METRICS.register("fid-to-reference", "metrics.fid:FIDToReference")
 METRICS.register("world-fid-to-renders", "metrics.fid:WorldFID")

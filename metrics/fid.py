@@ -239,6 +239,8 @@ def feature_aggregators(table: pd.DataFrame) -> list[_Bootstrapped]:
     out: list[_Bootstrapped] = []
     if present("fid-baseline.feature"):
         out.append(FIDToBaseline("fid-baseline.feature"))
+    if present("fid.feature"):
+        out.append(FIDToReference("fid.feature"))
     if present("world-fid.feature"):
         out.append(WorldFID("world-fid.feature"))
     return out
@@ -372,11 +374,150 @@ class WorldFID(_Bootstrapped):
 
 def world_cells(x: np.ndarray, ref: np.ndarray, rng: np.random.Generator,
                 n_boot: int) -> dict[str, Cell]:
-    """FID (bootstrap over both sets, unpaired) and KID (blocks of min(n, ref) pairs)."""
+    return unpaired_cells(x, ref, rng, n_boot, "world")
+
+
+def unpaired_cells(x: np.ndarray, ref: np.ndarray, rng: np.random.Generator, n_boot: int,
+                   suffix: str) -> dict[str, Cell]:
+    """FID (bootstrap over both sets, unpaired) and KID (on seeded equal-size subsets of
+    min(n, reference) images); n is the method's images."""
     reps = [fid_fast(x[rng.integers(0, len(x), len(x))], ref[rng.integers(0, len(ref), len(ref))])
             for _ in range(n_boot)]
     value = fid_fast(x, ref)
     fid_value = Cell(value, *shifted_interval(reps, value), len(x))
     m = min(len(x), len(ref))  # KID pairs equal-size sets: a seeded subset of the larger
     kid = kid_cell(x[rng.permutation(len(x))[:m]], ref[rng.permutation(len(ref))[:m]], rng, n_boot)
-    return {"fid_world": fid_value, "kid_world": Cell(kid.value, kid.lo, kid.hi, len(x))}
+    return {f"fid_{suffix}": fid_value, f"kid_{suffix}": Cell(kid.value, kid.lo, kid.hi, len(x))}
+
+
+# --- against a folder of real images (fid:reference=DIR) -----------------------------------------
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def reference_files(folder: Path) -> list[Path]:
+    """The folder's images (recursively, sorted), or ValueError naming the folder."""
+    if not folder.is_dir():
+        raise ValueError(f"fid: reference={folder} is not a directory; pass a folder of real images "
+                         "(e.g. COCO 2014 val for the COCO-30k protocol)")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if len(files) < MIN_N:
+        raise ValueError(f"fid: reference={folder} holds {len(files)} images (.png/.jpg/.webp/.bmp); "
+                         f"FID needs at least {MIN_N}")
+    return files
+
+
+def reference_cache(folder: Path, files: Sequence[Path], weights: Path) -> Path:
+    """Cache file of the folder's features, keyed by its files (names, sizes, mtimes) and weights."""
+    import hashlib
+    import json
+
+    from metrics.clip_models import file_sha256
+
+    listing = [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    key = hashlib.sha256(json.dumps([listing, file_sha256(weights), "clean-299-uint8"]).encode())
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "bench" / "fid-reference" / f"{key.hexdigest()[:24]}.npy"
+
+
+class InceptionReference(InceptionFeatures):
+    """Inception features of the run's images, and of a folder of real images once (cached)."""
+
+    name: ClassVar[str] = "fid"
+    description: ClassVar[str] = ("Inception-v3 features for FID/KID against a folder of real images "
+                                  "(fid:reference=DIR, e.g. COCO 2014 val)")
+
+    def __init__(self, reference: str | None = None, weights: str | None = None,
+                 device: str | None = None, batch_size: str = "32") -> None:
+        super().__init__(weights=weights, device=device)
+        self.reference = Path(reference).expanduser() if reference else None
+        self.batch_size = int(batch_size)
+
+    opt_in: ClassVar[bool] = True  # needs the user's folder: not in `--metrics all`
+
+    def available(self) -> str | None:
+        if self.reference is None:
+            return ("fid needs reference=DIR, a folder of real images (fid:reference=DIR); for "
+                    "the cost relative to the baseline use fid-baseline")
+        return super().available()
+
+    def check(self) -> None:
+        """A given reference folder must hold enough readable-looking images: a typo found at
+        scoring would cost the whole generation."""
+        if self.reference is not None:
+            reference_files(self.reference)
+        super().check()
+
+    def manifest(self) -> dict[str, str]:
+        return {**super().manifest(), "reference": str(self.reference)}
+
+    def reference_features(self) -> Path:
+        """The cache file of the reference folder's features, computed when missing."""
+        assert self.reference is not None  # check() ran before generation
+        files = reference_files(self.reference)
+        path = reference_cache(self.reference, files, self.weights)
+        if not path.is_file():
+            parts = []
+            for i in range(0, len(files), self.batch_size):
+                parts.append(self.features([_open(p) for p in files[i:i + self.batch_size]]))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".part.npy")
+            np.save(tmp, np.concatenate(parts).astype(np.float32), allow_pickle=False)
+            tmp.replace(path)
+        return path
+
+    def score(self, images: Sequence[Image.Image], rows: pd.DataFrame) -> pd.DataFrame:
+        ref = str(self.reference_features())
+        return pd.DataFrame({f"{self.name}.feature": to_bytes(self.features(images)),
+                             f"{self.name}.reference": [ref] * len(images)})
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable image ({e}); remove it from the reference folder") from None
+
+
+class FIDToReference(_Bootstrapped):
+    """FID and KID of each method's images to the reference folder's (unpaired)."""
+
+    def __init__(self, column: str = "fid.feature", n_boot: int = 100, seed: int = 0,
+                 min_n: int = MIN_N) -> None:
+        super().__init__(n_boot=n_boot, seed=seed)
+        self.column, self.min_n = column, min_n
+        self.ref_column = column.rsplit(".", 1)[0] + ".reference"
+        self.requires = (column.split(".")[0],)
+        self.infos = (
+            MetricInfo("fid_reference", "", False,
+                       "FID to the reference folder's real images; 95% bias-shifted percentile "
+                       "bootstrap CI over both sets' images"),
+            MetricInfo("kid_reference", "", False,
+                       "KID to the reference folder's images; lo/hi = +-1.96 SE"))
+
+    def compute(self, table: pd.DataFrame) -> dict[str, dict[str, Cell]]:
+        df = self._prepare(table, [self.column, self.ref_column])
+        result: dict[str, dict[str, Cell]] = {}
+        for method, g in df.groupby("method", sort=False):
+            g = g[g[self.column].notna()]
+            refs = g[self.ref_column].dropna().unique()
+            if len(refs) != 1:
+                self.notes.append(f"fid_reference {method}: images scored against {len(refs)} "
+                                  "reference folders; rescore with one fid:reference=DIR")
+                continue
+            if not Path(refs[0]).is_file():
+                self.notes.append(f"fid_reference {method}: reference features {refs[0]} missing; "
+                                  "rerun `bench report --metrics fid:reference=DIR`")
+                continue
+            if len(g) < self.min_n:
+                self.notes.append(f"fid_reference {method}: refused, {len(g)} images < {self.min_n} "
+                                  "(FID is biased at small n; docs/metrics.md)")
+                continue
+            ref = np.load(refs[0], allow_pickle=False).astype(np.float64)
+            result[str(method)] = unpaired_cells(from_bytes(g[self.column]), ref,
+                                                 self._rng(str(method), "reference"), self.n_boot,
+                                                 "reference")
+            self.notes.append(f"fid_reference {method}: n = {len(g)} images against {len(ref)} "
+                              "reference images")
+        return result

@@ -209,3 +209,54 @@ def test_bench_run_coco30k_writes_fid_to_baseline_cells(weights: Path, tmp_path:
     assert (rows.loc[rows["metric"] == "fid_baseline", "value"] > 0).all()
     scores = pd.read_parquet(out / "scores.parquet")
     assert scores["fid-baseline.feature"].map(len).eq(fid.DIM * 4).all()
+
+
+# --- against a folder of real images ------------------------------------------------------------
+
+def test_reference_scorer_caches_the_folders_features(weights: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(fid, "MIN_N", 3)
+    folder = tmp_path / "real"
+    (folder / "sub").mkdir(parents=True)
+    ims = images(2, 3, 64)
+    for i, im in enumerate(ims):
+        im.save(folder / ("sub" if i == 2 else "") / f"{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    scorer = fid.InceptionReference(reference=str(folder), weights=str(weights))
+    assert scorer.available() is None
+    scorer.check()
+    out = scorer.score(ims[:2], pd.DataFrame({"key": ["a", "b"]}))
+    cache = Path(out["fid.reference"].iloc[0])
+    assert cache.parent == tmp_path / "cache" / "bench" / "fid-reference"
+    ref = np.load(cache, allow_pickle=False)
+    # sorted files: 0.png, 1.png, sub/2.png
+    assert np.allclose(ref, scorer.features(ims), atol=1e-5)
+    assert np.allclose(fid.from_bytes(out["fid.feature"]), ref[:2], atol=1e-5)
+
+
+def test_reference_errors_and_skip(tmp_path: Path) -> None:
+    assert "reference=DIR" in fid.InceptionReference().available()
+    with pytest.raises(ValueError, match=r"reference=.*nowhere is not a directory"):
+        fid.InceptionReference(reference=str(tmp_path / "nowhere")).check()
+    (tmp_path / "few").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "few" / "a.png")
+    with pytest.raises(ValueError, match=r"holds 1 images .* at least 50"):
+        fid.InceptionReference(reference=str(tmp_path / "few")).check()
+
+
+def test_reference_aggregator_same_images_give_zero(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    ref = rng.normal(size=(80, fid.DIM)).astype(np.float32)
+    path = tmp_path / "ref.npy"
+    np.save(path, ref)
+    rows = [{"method": m, "prompt_id": f"p{i}", "seed": i, "sample": 0,
+             "fid.feature": (f + shift).astype("<f4").tobytes(), "fid.reference": str(path)}
+            for m, shift in (("baseline", 0.0), ("moved", 0.5)) for i, f in enumerate(ref)]
+    table = pd.DataFrame(rows)
+    [agg] = fid.feature_aggregators(table)
+    cells = agg.compute(table)
+    assert abs(cells["baseline"]["fid_reference"].value) < 1e-6
+    assert cells["moved"]["fid_reference"].value == pytest.approx(0.25 * fid.DIM, rel=1e-4)
+    assert cells["moved"]["kid_reference"].lo > cells["baseline"]["kid_reference"].hi
+    assert cells["moved"]["fid_reference"].n == 80
