@@ -14,6 +14,8 @@ METRICS.register("q16", "metrics.q16:Q16")
 METRICS.register("nudenet", "metrics.nudenet:NudeNet")
 METRICS.register("fid-baseline", "metrics.fid:InceptionFeatures")
 METRICS.register("fid", "metrics.fid:InceptionReference")
+# Skin tone from pixels, no classifier weights (metrics/skin_tone.py); columns skin_tone.*.
+METRICS.register("skin_tone", "metrics.skin_tone:SkinTone")
 
 # The synthetic world's own evaluators (metrics/world_evaluators.py).
 METRICS.register("world", "metrics.world_evaluators:WorldScorer")
