@@ -119,9 +119,9 @@ class SkinTone(Scorer):
     name: ClassVar[str] = "skin_tone"
     description: ClassVar[str] = ("ITA and nearest Monk Skin Tone swatch of the face's cheek pixels "
                                   "(MTCNN boxes, no classifier weights)")
-    columns: ClassVar[dict[str, MetricInfo]] = {
-        "skin_tone.ita": MetricInfo("ita", "deg", True,
-                                    "Individual Typology Angle of the face's skin (higher: lighter)")}
+    # No leaderboard mean: a mean ITA has no "better" direction (MetricInfo needs one); the
+    # group labels feed parity, the ITA stays per image in scores.parquet.
+    columns: ClassVar[dict[str, MetricInfo]] = {}
 
     def __init__(self, device: str | None = None, min_prob: float | str = 0.9,
                  fallback: str = "none", max_delta_e: float | str = 12.0,
