@@ -24,7 +24,7 @@ from bench.registry import METHODS
 from bench.sampler import Adapter, Batch
 from bench.scoring import check_scorers, scorer_names
 from bench.spec import MethodSpec, RunSpec, SpecError, split_method_list
-from bench.store import RunStore, sweep_temp
+from bench.store import PNG_COMPRESS_LEVEL, RunStore, sweep_temp
 from prompt_sets.base import PromptSet, check_metadata_types
 
 # With no --prompt-set, a model's own sets; the synthetic world ships its own.
@@ -247,6 +247,7 @@ def manifest(p: RunPlan) -> dict[str, Any]:
         "model": {"name": p.spec.model, "fingerprint": p.model_fp,
                   "scheduler": type(p.pipe.scheduler).__name__, "dtype": dtype_name(p.pipe)},
         "size": {"height": p.height, "width": p.width},
+        "png": {"compress_level": PNG_COMPRESS_LEVEL},  # file bytes, never pixels
         "methods": {m: [{"name": a.name, "params": dataclasses.asdict(a.params)} for a in ads]
                     for m, ads in p.adapters.items()},
         "protocol": ({"name": p.spec.protocol, "deviations": p.deviations}
