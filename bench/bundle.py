@@ -28,8 +28,8 @@ from bench.spec import MethodSpec, RunSpec, SpecError
 from bench.store import RunStore, readable_mode
 
 INFO = "bundle.json"
-TABLES = ("manifest.json", "images.parquet", "scores.parquet", "leaderboard.md", "leaderboard.csv",
-          "leaderboard.tex", "headline.md", "headline.csv", "headline.tex")
+TABLES = ("manifest.json", "images.parquet", "scores.parquet", "timing.parquet", "leaderboard.md",
+          "leaderboard.csv", "leaderboard.tex", "headline.md", "headline.csv", "headline.tex")
 DEFAULT_IMAGES = 16
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can hold
 

@@ -32,6 +32,8 @@ def listing(what: str) -> str:
         from bench.protocols import describe
 
         return "\n\n".join("\n".join(describe(p)) for _, p in PROTOCOLS.items())
+    if what == "metrics":
+        return _metrics_listing()
     registry = {"methods": METHODS, "metrics": METRICS, "prompt-sets": PROMPT_SETS}[what]
     entries = list(registry.items())
     width = max((len(n) for n, _ in entries), default=0) + 2
@@ -49,3 +51,58 @@ def _metric_kind(obj: object) -> str:
     if isinstance(obj, type) and issubclass(obj, Scorer):
         return "scorer"
     return "aggregator" if isinstance(obj, type) and issubclass(obj, Aggregator) else ""
+
+
+def _metrics_listing() -> str:
+    """Every metric, and for each scorer: its --metrics options with defaults, the columns it
+    writes, and whether it can run here (its weights present) or why not."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # "usable here" looks at files, not the network
+    entries = list(METRICS.items())
+    width = max((len(n) for n, _ in entries), default=0) + 2
+    rows = ["--metrics takes scorers (name[:option=value,...]); aggregators apply by themselves.",
+            ""]
+    for name, obj in entries:
+        kind = _metric_kind(obj)
+        rows.append(f"{name:<{width}}{kind:<11}{_first_line(obj)}")
+        if kind == "scorer":
+            pad = " " * (width + 11)
+            rows.append(f"{pad}options: {_scorer_options(obj) or '(none)'}")
+            rows.append(f"{pad}columns: {', '.join(_scorer_columns(name, obj))}")
+            rows.append(f"{pad}here: {_usable(obj)}")
+    return "\n".join(rows)
+
+
+def _scorer_options(cls: type) -> str:
+    from bench.scoring import scorer_options
+
+    names = scorer_options(cls)
+    found: dict[str, object] = {}
+    for klass in reversed(cls.__mro__):  # subclasses' defaults win
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            found.update({p.name: p.default for p in inspect.signature(init).parameters.values()
+                          if p.name in names})
+    return ", ".join(f"{k}={'(required)' if v is inspect.Parameter.empty else v}"
+                     for k, v in found.items())
+
+
+def _scorer_columns(name: str, cls: type) -> list[str]:
+    """Declared columns: continuous ones (`columns`), attribute fields (`fields`, with the face
+    count), any others the scorer lists in `outputs`."""
+    fields = getattr(cls, "fields", ())
+    fields = fields if isinstance(fields, (tuple, list)) else ()  # per-instance: a property
+    cols = [*getattr(cls, "outputs", ()), *getattr(cls, "columns", {})]
+    if fields:
+        cols += [f"{name}.n_faces", *(f"{name}.{f}" for f in fields)]
+    return list(dict.fromkeys(cols)) or [f"{name}.* (docs/metrics.md)"]
+
+
+def _usable(cls: type) -> str:
+    """Constructed with its defaults, `available()` says whether its weights are here."""
+    try:
+        reason = cls().available()
+    except Exception as exc:  # noqa: BLE001 - a listing names the problem, it never fails on it
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return "usable" if reason is None else f"not usable: {reason}"

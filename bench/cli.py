@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from bench.spec import RunSpec, SamplerSpec, SpecError, read_config, split_method_list
+from bench.spec import (RunSpec, SamplerSpec, SpecError, parse_kind_samples, read_config,
+                        split_method_list)
 
 RUN_EXAMPLES = """examples:
   bench run --methods all                                 # the synthetic world, every method
@@ -31,9 +32,23 @@ def _add_sampler_flags(p: argparse.ArgumentParser) -> None:
                                        "diffusers class name (default: the model's own)")
 
 
+TOP_EXAMPLES = """examples:
+  bench run --methods all                      # the main job: the synthetic world, every method
+  bench run --methods baseline,sld-strong --samples 8 --dry-run     # the grid and its cost
+  bench list methods                           # methods, metrics, prompt sets, models, protocols
+  bench report runs/latest                     # rescore and rebuild the tables of a run
+  bench reproduce results/world/bundle.zip --out runs/check && \\
+      bench compare results/world/bundle.zip runs/check
+
+`bench COMMAND --help` describes each command's flags, with examples.
+"""
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="bench", description="Fairness and safety benchmark "
-                                   "harness for text-to-image diffusion models.")
+                                   "harness for text-to-image diffusion models.",
+                                   epilog=TOP_EXAMPLES,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = root.add_subparsers(dest="command", required=True)
     fmt = argparse.RawDescriptionHelpFormatter
 
@@ -45,6 +60,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--prompt-set", action="append", dest="prompt_sets",
                      help="registered name[:options] or a prompt file; repeatable")
     run.add_argument("--samples", type=int, help="images per prompt (default 4)")
+    run.add_argument("--samples-by-kind", metavar="KIND=N,...",
+                     help="images per prompt by the prompt's meta.kind or <set>.<kind>, over "
+                          "--samples, e.g. neutral=32,group=2; 'none' for --samples everywhere "
+                          "(default: the model's own for its default prompt sets, e.g. the "
+                          "world's world-occupations.neutral=24,world-occupations.group=2)")
     run.add_argument("--seed", type=int, help="run seed (default 0)")
     run.add_argument("--guidance", type=float, action="append",
                      help="classifier-free guidance scale; repeat to sweep (default 7.5)")
@@ -66,7 +86,8 @@ def parser() -> argparse.ArgumentParser:
                                         "change printed as a deviation")
     run.add_argument("--dry-run", action="store_true",
                      help="print the grid size and UNet evaluations; generate nothing")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--quiet", action="store_true",
+                     help="no progress bars (ours or the libraries'), no closing summary")
     run.add_argument("--columns", help="only these metrics in the md/tex/html leaderboards: comma list of "
                           "names, prefixes (parity_l2 takes parity_l2[skin]) or globs (clip*); "
                           "leaderboard.csv keeps every metric")
@@ -82,17 +103,21 @@ def parser() -> argparse.ArgumentParser:
                          formatter_class=fmt)
     _add_sampler_flags(gen)
     gen.add_argument("--method", default="baseline", help="method spec (default baseline)")
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--guidance", type=float, default=7.5)
+    gen.add_argument("--prompt", required=True, help="the prompt text")
+    gen.add_argument("--seed", type=int, default=0,
+                     help="the image's seed, as a run's grid gives it (default 0)")
+    gen.add_argument("--guidance", type=float, default=7.5,
+                     help="classifier-free guidance scale (default 7.5)")
     gen.add_argument("--out", required=True, help="output PNG path")
 
     rep = sub.add_parser("report", help="rescore and rebuild tables and plots from a run directory",
                          epilog="example:\n  bench report runs/latest", formatter_class=fmt)
-    rep.add_argument("run_dir")
-    rep.add_argument("--metrics", help="'all' or a comma list of scorer names")
-    rep.add_argument("--device")
-    rep.add_argument("--quiet", action="store_true")
+    rep.add_argument("run_dir", help="a run directory (as `bench run` printed it, e.g. "
+                                      "runs/latest) or a bundle .zip")
+    rep.add_argument("--metrics", help="'all' or a comma list of scorer names (default: the "
+                                       "run's own)")
+    rep.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
+    rep.add_argument("--quiet", action="store_true", help="no progress bars")
     rep.add_argument("--columns", help="only these metrics in the md/tex/html leaderboards: comma list of "
                           "names, prefixes (parity_l2 takes parity_l2[skin]) or globs (clip*); "
                           "leaderboard.csv keeps every metric")
@@ -130,7 +155,7 @@ def _add_reproducibility_commands(sub: argparse._SubParsersAction, fmt: type) ->
     cmp = sub.add_parser("compare", help="compare two runs or bundles image by image and cell by "
                          "cell; exit 1 when they disagree", formatter_class=fmt, epilog=(
                              "examples:\n  bench compare runs/latest runs/check\n"
-                             "  bench compare results/world.zip runs/ci --format json --out cmp.json"
+                             "  bench compare results/world/bundle.zip runs/ci --format json --out cmp.json"
                              "\n  bench compare a b --tolerance 2/255 --include-latency --strict"))
     cmp.add_argument("run_a", help="run directory or bundle .zip")
     cmp.add_argument("run_b", help="run directory or bundle .zip")
@@ -148,7 +173,8 @@ def _add_reproducibility_commands(sub: argparse._SubParsersAction, fmt: type) ->
                          "into a deterministic zip", formatter_class=fmt, epilog=(
                              "examples:\n  bench bundle runs/latest --out paper-results.zip\n"
                              "  bench bundle runs/latest --out all.zip --images all"))
-    bun.add_argument("run_dir")
+    bun.add_argument("run_dir", help="a finished run directory (with leaderboard.csv; e.g. "
+                                      "runs/latest)")
     bun.add_argument("--out", required=True, help="bundle path (.zip)")
     bun.add_argument("--images", default="16",
                      help="how many images to include (first N cache keys, sorted) or 'all' "
@@ -177,6 +203,8 @@ def spec_from_args(a: argparse.Namespace) -> RunSpec:
         methods=base.methods if a.methods is None else (a.methods,),
         prompt_sets=tuple(a.prompt_sets) if a.prompt_sets else base.prompt_sets,
         samples=pick(a.samples, base.samples),
+        samples_by_kind=(base.samples_by_kind if a.samples_by_kind is None
+                         else parse_kind_samples(a.samples_by_kind)),
         seed=pick(a.seed, base.seed),
         guidance=tuple(a.guidance) if a.guidance else base.guidance,
         sampler=sampler,
@@ -193,9 +221,27 @@ def spec_from_args(a: argparse.Namespace) -> RunSpec:
     )
 
 
+def quiet_libraries() -> None:
+    """--quiet: diffusers' and transformers' own bars ("Loading pipeline components", "Loading
+    weights") and the hub's download bars too, not only ours."""
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    for module in ("diffusers.utils.logging", "transformers.utils.logging"):
+        try:
+            __import__(module, fromlist=["disable_progress_bar"]).disable_progress_bar()
+        except ImportError:  # an optional library: nothing of it to silence
+            pass
+
+
 def cmd_run(a: argparse.Namespace) -> int:
+    import time
+
     from bench import runner
 
+    if a.quiet:
+        quiet_libraries()
+    started = time.monotonic()
     spec = spec_from_args(a)
     p = runner.plan(spec, dry_run=a.dry_run)
     for note in p.deviations:
@@ -204,6 +250,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         print(runner.dry_run_summary(p))
         return 0
     out = runner.execute(p, quiet=a.quiet, columns=a.columns)
+    if not a.quiet:
+        print(runner.run_summary(p, out, time.monotonic() - started))
     print(f"run directory: {out}")
     return 0
 
@@ -250,6 +298,9 @@ def output_file(text: str, suffix: str | None = None) -> Path:
 def cmd_report(a: argparse.Namespace) -> int:
     from bench import report
 
+    if a.quiet:
+        quiet_libraries()
+
     run_dir = Path(a.run_dir)
     if run_dir.suffix == ".zip":  # a bundle: extracted beside it, reported from its stored scores
         from bench import bundle
@@ -266,6 +317,8 @@ def cmd_report(a: argparse.Namespace) -> int:
 def cmd_reproduce(a: argparse.Namespace) -> int:
     from bench import reproduce
 
+    if a.quiet:
+        quiet_libraries()
     out = reproduce.reproduce(Path(a.source), Path(a.out) if a.out else None,
                               allow_drift=a.allow_drift, device=a.device, quiet=a.quiet,
                               dtype=a.dtype)

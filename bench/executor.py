@@ -33,7 +33,8 @@ def generate(pipe: Any, items: Sequence[WorkItem], adapters: dict[str, list[Adap
              store: RunStore, settings: GenerationSettings, quiet: bool = False) -> int:
     """Generate every item not already in the store. Returns the number written."""
     todo = pending(items, store, settings.batch_size)
-    bar = tqdm(total=sum(len(c) for c in todo), desc="generate", unit="img", disable=quiet)
+    bar = tqdm(total=sum(len(c) for c in todo), desc="generate", unit="img",
+               disable=quiet or not todo)  # every image cached: no "generate: 0img" bar
     active: list[Adapter] = []
     written = 0
     if todo:
@@ -96,6 +97,32 @@ class Writer:
         self._pool.shutdown(wait=True)
         if exc_type is None:
             self._raise_first_error()
+
+
+def time_phase(pipe: Any, grid: Sequence[WorkItem], adapters: dict[str, list[Adapter]],
+               store: RunStore, settings: GenerationSettings, rounds: int) -> None:
+    """Time every method interleaved (bench/timing.py) on one batch of the grid's first prompts,
+    storing nothing but RUN/timing.parquet. Weight swaps are outside the timed call."""
+    from bench import timing
+
+    batches = timing.timing_batches(grid, list(adapters), settings.batch_size)
+    if not rounds or not any(batches.values()):
+        return
+    active: list[Adapter] = []
+
+    def run_batch(method: str) -> float:
+        nonlocal active
+        swap(pipe, active, adapters[method])
+        active = adapters[method]
+        chunk = batches[method]
+        return sample(pipe, active, to_batch(chunk), steps=settings.sampler.steps,
+                      height=settings.height, width=settings.width,
+                      negative_prompt=settings.sampler.negative_prompt).seconds
+
+    warm_up(pipe, next(b for b in batches.values() if b), settings)
+    table = timing.time_methods(run_batch, batches, rounds)
+    swap(pipe, active, [])
+    store.write_timing(table)
 
 
 def warm_up(pipe: Any, chunk: Sequence[WorkItem], settings: GenerationSettings) -> None:

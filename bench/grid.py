@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from bench.spec import SamplerSpec
 from prompt_sets.base import Prompt, PromptSet
@@ -48,15 +48,26 @@ def cache_key(model_fp: str, method: str, prompt_text: str, seed: int, guidance:
     return _sha([model_fp, method, prompt_text, seed, settings])[:24]
 
 
+def prompt_samples(ps: PromptSet, prompt: Prompt, samples: int,
+                   by_kind: Mapping[str, int]) -> int:
+    """Images of one prompt: by "<set>.<kind>", else by its `meta.kind`, else `samples`. A
+    prompt's images are its samples 0..n-1 whatever n is, so a larger n only adds images."""
+    kind = prompt.metadata.get("kind")
+    if kind is None:
+        return samples
+    return by_kind.get(f"{ps.name}.{kind}", by_kind.get(str(kind), samples))
+
+
 def build_grid(model_fp: str, methods: Sequence[str], prompt_sets: Sequence[PromptSet],
                samples: int, run_seed: int, guidances: Sequence[float], sampler: SamplerSpec,
-               height: int, width: int, dtype: str = "float32") -> list[WorkItem]:
+               height: int, width: int, dtype: str = "float32",
+               by_kind: Mapping[str, int] | None = None) -> list[WorkItem]:
     items: list[WorkItem] = []
     for method in methods:
         for guidance in guidances:
             for ps in prompt_sets:
                 for prompt in ps.prompts:
-                    for s in range(samples):
+                    for s in range(prompt_samples(ps, prompt, samples, by_kind or {})):
                         seed = image_seed(run_seed, ps.name, prompt, s)
                         key = cache_key(model_fp, method, prompt.text, seed, guidance, sampler,
                                         height, width, dtype)

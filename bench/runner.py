@@ -9,6 +9,7 @@ import dataclasses
 import datetime as _dt
 import os
 import platform
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -17,8 +18,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bench import rundir
-from bench.executor import GenerationSettings, generate
-from bench.grid import WorkItem, build_grid, grid_tables, shard, unique_images
+from bench.executor import GenerationSettings, generate, time_phase
+from bench.grid import WorkItem, build_grid, grid_tables, prompt_samples, shard, unique_images
 from bench.models import ModelError, dtype_name, fingerprint, load_pipeline, native_size
 from bench.registry import METHODS
 from bench.sampler import Adapter, Batch
@@ -30,6 +31,21 @@ from prompt_sets.base import PromptSet, check_metadata_types
 # With no --prompt-set, a model's own sets; the synthetic world ships its own.
 DEFAULT_PROMPT_SETS: dict[str, tuple[str, ...]] = {"world": ("world-occupations", "world-hazard")}
 FALLBACK_PROMPT_SETS: tuple[str, ...] = ("occupations",)
+# Images per prompt by prompt kind for a model's default sets (RunSpec.samples_by_kind), sized so
+# the world's main job separates its known effects within 10 minutes on 2 CPU cores: parity is
+# measured on the neutral prompts, so they get the images (results/world/README.md).
+DEFAULT_SAMPLES_BY_KIND: dict[str, tuple[tuple[str, int], ...]] = {
+    "world": (("world-occupations.group", 2), ("world-occupations.neutral", 24)),
+}
+
+
+def resolve_samples(spec: RunSpec) -> RunSpec:
+    """The spec with `samples_by_kind` explicit, as its manifest records it (`bench reproduce`
+    pins the prompt sets, so a None there would mean no per-kind counts)."""
+    if spec.samples_by_kind is not None:
+        return spec
+    default = () if spec.prompt_sets else DEFAULT_SAMPLES_BY_KIND.get(spec.model, ())
+    return dataclasses.replace(spec, samples_by_kind=default)
 
 
 def canonical_method(text: str) -> str:
@@ -91,11 +107,13 @@ class RunPlan:
     cost: dict[str, int] = field(default_factory=dict)
     deviations: list[str] = field(default_factory=list)  # from spec.protocol's pinned values
     unloaded: str | None = None  # dry run only: why the model is not loaded (cost unknown)
+    written: int | None = None  # images this process generated (None: not known, e.g. Ray)
 
 
 def plan(spec: RunSpec, dry_run: bool = False) -> RunPlan:
     """Resolve everything that can fail before any image is generated. A dry run plans the grid
     without the model when its weights are absent (its UNet cost is then unknown)."""
+    spec = resolve_samples(spec)
     deviations = _protocol_deviations(spec)  # a refused prompt set fails before anything loads
     if spec.shard:
         parse_shard(spec.shard)  # these before the prompt sets and the model load
@@ -125,7 +143,8 @@ def plan(spec: RunSpec, dry_run: bool = False) -> RunPlan:
                                 for w in a.warnings(pipe, p.model_fp, spec.guidance, spec.sampler.steps)]
                                 + _negative_override(ads, spec.sampler.negative_prompt))}
     p.grid = build_grid(p.model_fp, list(adapters), sets, spec.samples, spec.seed,
-                        spec.guidance, spec.sampler, height, width, dtype_name(pipe))
+                        spec.guidance, spec.sampler, height, width, dtype_name(pipe),
+                        dict(spec.samples_by_kind or ()))
     p.items = unique_images(p.grid)
     p.cost = {m: unet_evals_per_image(pipe, a, spec.sampler.steps, max(spec.guidance))
               for m, a in adapters.items()}
@@ -157,7 +176,7 @@ def _plan_unloaded(spec: RunSpec, sets: list[PromptSet], adapters: dict[str, lis
     p = RunPlan(spec, None, "model-not-loaded", height, width, sets, adapters,
                 deviations=deviations, unloaded=reason)
     p.grid = build_grid(p.model_fp, list(adapters), sets, spec.samples, spec.seed,
-                        spec.guidance, spec.sampler, height, width)
+                        spec.guidance, spec.sampler, height, width, dict(spec.samples_by_kind or ()))
     p.items = unique_images(p.grid)
     if spec.shard:
         i, n = parse_shard(spec.shard)
@@ -215,13 +234,19 @@ def dry_run_summary(p: RunPlan) -> str:
     evals = "unknown UNet evaluations (model not loaded)" if p.unloaded else \
         f"{sum(p.cost[w.method] for w in p.items)} UNet evaluations"
     positions = p.items if p.spec.shard else p.grid
+    by_kind = dict(p.spec.samples_by_kind or ())
+    per_kind = "".join(f", {k}: {n}" for k, n in by_kind.items())
     lines = [f"{len(positions)} images ({len(p.adapters)} methods x {len(p.prompt_sets)} prompt sets, "
-             f"{p.spec.samples} samples/prompt, guidance {list(p.spec.guidance)}), "
+             f"{p.spec.samples} samples/prompt{per_kind}, guidance {list(p.spec.guidance)}), "
              f"{evals} at {size}, {p.spec.sampler.steps} steps"
              + (f" ({type(p.pipe.scheduler).__name__}, {dtype_name(p.pipe)})" if p.pipe else "")]
     for s in p.prompt_sets:
-        lines.append(f"  {s.name}: {len(s):,} prompts x {p.spec.samples} images = "
-                     f"{len(s) * p.spec.samples:,} images per method and guidance")
+        counts = [prompt_samples(s, q, p.spec.samples, by_kind) for q in s.prompts]
+        shape = (f"{len(s):,} prompts x {p.spec.samples} images" if len(set(counts)) <= 1
+                 and not set(counts) - {p.spec.samples} else f"{len(s):,} prompts, "
+                 + ", ".join(f"{counts.count(n)} x {n}" for n in sorted(set(counts), reverse=True))
+                 + " images")
+        lines.append(f"  {s.name}: {shape} = {sum(counts):,} images per method and guidance")
     if len(p.items) < len(positions):
         lines.append(f"  {len(positions) - len(p.items)} of them repeat another's text, seed and "
                      f"settings (duplicate prompts): {len(p.items)} are generated, each row kept")
@@ -334,7 +359,9 @@ def execute(p: RunPlan, quiet: bool = False, columns: str | None = None) -> Path
     if spec.executor == "ray":  # generation and scoring on Ray; report.build finds scores done
         executor_ray.generate_and_score(p, store, settings, quiet=quiet)
     else:
-        generate(p.pipe, p.items, p.adapters, store, settings, quiet=quiet)
+        p.written = generate(p.pipe, p.items, p.adapters, store, settings, quiet=quiet)
+        if not spec.shard and not (store.root / "timing.parquet").exists():
+            time_phase(p.pipe, p.grid, p.adapters, store, settings, spec.timing_rounds)
     store.consolidate()
     if spec.shard:  # a shard's table is partial: `bench report RUN` once every shard is done
         return store.root
@@ -342,3 +369,39 @@ def execute(p: RunPlan, quiet: bool = False, columns: str | None = None) -> Path
 
     report.build(store.root, device=spec.device, quiet=quiet, columns=columns)
     return store.root
+
+
+# The cells `bench run` closes with: the fairness and hazard headline of each table.
+SUMMARY_METRICS = re.compile(r"parity_l2\[[^]]+\]|inappropriate_prob(\[(violence|neutral)\])?")
+
+
+def run_summary(p: RunPlan, root: Path, seconds: float) -> str:
+    """Images generated and cached, the wall time, the headline cells and where the files are."""
+    done = len(p.items)
+    made = "" if p.written is None else (f"{p.written} generated, {done - p.written} cached, ")
+    minutes, secs = divmod(round(seconds), 60)
+    lines = [f"bench run: {done} images ({made}{len(p.grid)} grid positions) in "
+             f"{minutes} min {secs:02d} s"]
+    lines += _headline_cells(root / "leaderboard.csv")
+    lines.append(f"tables: {root / 'leaderboard.md'} (.csv, .tex); page: "
+                 f"{root / 'report' / 'index.html'}")
+    return "\n".join(lines)
+
+
+def _headline_cells(path: Path) -> list[str]:
+    import pandas as pd
+
+    if not path.exists():
+        return []
+    board = pd.read_csv(path)
+    board = board[board["metric"].astype(str).str.fullmatch(SUMMARY_METRICS)]
+    lines: list[str] = []
+    for table, part in board.groupby("table", sort=False):
+        metrics = list(dict.fromkeys(part["metric"]))
+        width = max(len(str(m)) for m in part["method"]) + 2
+        lines.append(f"{table}: " + " | ".join(metrics) + " [95% CI]")
+        for method, rows in part.groupby("method", sort=False):
+            cells = {r.metric: f"{r.value:.3f} [{r.ci_lo:.2f}, {r.ci_hi:.2f}]"
+                     for r in rows.itertuples()}
+            lines.append(f"  {str(method):<{width}}" + " | ".join(cells.get(m, "-") for m in metrics))
+    return lines

@@ -146,6 +146,11 @@ class RunSpec:
     methods: tuple[str, ...] = ("baseline",)  # method spec strings; ("all",) expands at run time
     prompt_sets: tuple[str, ...] = ()  # registered names or file paths; () -> the model's default sets
     samples: int = 4  # images per prompt
+    # Images per prompt by the prompt's `meta.kind` ("neutral": 32), or by "<set>.<kind>"
+    # ("world-occupations.group": 2), over `samples`; None -> the model's default when its default
+    # prompt sets run (bench.runner.DEFAULT_SAMPLES_BY_KIND), else none. `plan` resolves None, so
+    # a manifest records the counts that ran.
+    samples_by_kind: tuple[tuple[str, int], ...] | None = None
     seed: int = 0
     guidance: tuple[float, ...] = (7.5,)  # a list sweeps guidance scales
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
@@ -159,6 +164,9 @@ class RunSpec:
     workers: int | None = None  # Ray workers; None -> one per GPU in the cluster, else 1
     protocol: str | None = None  # a paper's setup (bench/protocols.py) under the given values
     dtype: str | None = None  # float32 | float16 | bfloat16; None -> float16 on cuda, else float32
+    # Rounds of the interleaved timing phase after generation (bench/timing.py); 0: latency
+    # from the generation's own times (methods one after another: load drift enters the ratios).
+    timing_rounds: int = 4
 
     def __post_init__(self) -> None:
         # Checked here so a config file and the flags fail alike, before anything is loaded.
@@ -170,6 +178,11 @@ class RunSpec:
         for key, value in counts.items():
             if value is not None and (type(value) is not int or value < 1):
                 raise SpecError(f"{key}={value!r}: must be a whole number >= 1")
+        if type(self.timing_rounds) is not int or self.timing_rounds < 0:
+            raise SpecError(f"timing_rounds={self.timing_rounds!r}: must be a whole number >= 0")
+        for kind, n in self.samples_by_kind or ():
+            if type(n) is not int or n < 1:
+                raise SpecError(f"samples_by_kind {kind}={n!r}: must be a whole number >= 1")
         bad = [g for g in self.guidance if isinstance(g, bool)
                or not (isinstance(g, (int, float)) and 0 <= g < float("inf"))]
         if bad or not self.guidance:
@@ -204,6 +217,11 @@ class RunSpec:
         for key, value in lists.items():
             if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
                 raise SpecError(f"{key}={value!r}: must be a list of strings")
+        kinds = self.samples_by_kind
+        if kinds is not None and not (isinstance(kinds, tuple) and all(
+                isinstance(k, tuple) and len(k) == 2 and isinstance(k[0], str) for k in kinds)):
+            raise SpecError(f"samples_by_kind={kinds!r}: write a mapping of prompt kind to "
+                            f"images per prompt, e.g. {{neutral: 32, group: 2}}")
         if type(self.seed) is not int:
             raise SpecError(f"seed={self.seed!r}: must be a whole number")
         if not isinstance(self.guidance, tuple):
@@ -225,6 +243,8 @@ class RunSpec:
             if unknown:
                 raise SpecError(f"unknown sampler key(s) {unknown}; valid keys: {sorted(known_sampler)}")
             data["sampler"] = SamplerSpec(**data["sampler"])
+        if isinstance(data.get("samples_by_kind"), (dict, list, str)):  # YAML mapping, JSON pairs
+            data["samples_by_kind"] = parse_kind_samples(data["samples_by_kind"])
         for key in ("methods", "prompt_sets", "guidance", "metrics"):
             if key in data and data[key] is not None:
                 value = data[key]
@@ -237,6 +257,39 @@ class RunSpec:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def parse_kind_samples(value: dict | list | str) -> tuple[tuple[str, int], ...]:
+    """{kind: n}, [[kind, n], ...] or 'kind=n,kind=n' ('none': no per-kind counts) -> sorted
+    pairs; a count that is not a whole number is refused here, a count < 1 by RunSpec."""
+    if isinstance(value, str):
+        if value.strip() == "none":
+            return ()
+        pairs: list = []
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            kind, eq, n = part.partition("=")
+            if not eq or not kind.strip():
+                raise SpecError(f"samples_by_kind '{value}': '{part}' is not kind=count; write "
+                                f"e.g. neutral=32,group=2 (or none)")
+            pairs.append((kind.strip(), n.strip()))
+    else:
+        try:
+            pairs = list(value.items()) if isinstance(value, dict) else [tuple(p) for p in value]
+        except TypeError:
+            pairs = [value]
+    out: dict[str, int] = {}
+    for pair in pairs:
+        if len(pair) != 2:
+            raise SpecError(f"samples_by_kind {value!r}: write a mapping such as {{neutral: 32}}")
+        kind, n = pair
+        try:
+            count = int(n) if isinstance(n, str) else n
+        except ValueError:
+            count = n
+        if type(count) is not int:
+            raise SpecError(f"samples_by_kind {kind}={n!r}: must be a whole number >= 1")
+        out[str(kind)] = count
+    return tuple(sorted(out.items()))
 
 
 def read_config(path: str | Path) -> dict[str, Any]:

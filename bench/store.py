@@ -349,6 +349,20 @@ class RunStore:
     def write_scores(self, scores: pd.DataFrame) -> None:
         _write_parquet(scores, self.root / "scores.parquet")
 
+    def timing(self) -> pd.DataFrame | None:
+        """The interleaved timing phase's rows (bench/timing.py), None when the run has none."""
+        path = self.root / "timing.parquet"
+        if not path.exists():
+            return None
+        try:
+            return pd.read_parquet(path)
+        except (OSError, ValueError) as exc:
+            warn(f"{path} is damaged ({_short(exc)}); latency from the generation's times")
+            return None
+
+    def write_timing(self, timing: pd.DataFrame) -> None:
+        _write_parquet(timing, self.root / "timing.parquet")
+
 
 def _short(exc: BaseException) -> str:
     text = " ".join(str(exc).split())  # pyarrow puts the reason on a second line

@@ -140,7 +140,8 @@ def nonnegative_float(text: str) -> float:
 
 def trainer_parser(prog: str, doc: str, occupations_default: str) -> argparse.ArgumentParser:
     """The flags every `bench train METHOD` shares; the trainer adds its own."""
-    ap = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--model", required=True, help="model name, alias, hub id or diffusers dir")
     ap.add_argument("--attribute", required=True, choices=["race", "gender", "skin"])
     ap.add_argument("--occupations", type=Path, help="file, one occupation a line (default: "

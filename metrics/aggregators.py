@@ -398,15 +398,62 @@ class Latency(_Bootstrapped):
         MetricInfo("seconds_per_image", "s/image", False, "wall-clock seconds per image"),
         MetricInfo("unet_evals_per_image", "evals/image", False, "UNet forward passes per image"),
         MetricInfo("latency_ratio", "x", False,
-                   "mean seconds per image / the baseline's, over prompts both ran"),
+                   "seconds per image / the baseline's: over the interleaved timing rounds "
+                   "both ran (bench/timing.py), else over prompts both ran during generation"),
     )
     requires = ()
 
-    def __init__(self, baseline: str = BASELINE, **boot: object) -> None:
+    def __init__(self, baseline: str = BASELINE, timing: pd.DataFrame | None = None,
+                 **boot: object) -> None:
+        """`timing`: the run's interleaved timing phase (bench/timing.py: round, method,
+        guidance, seconds, images, load1, cpus); without it, the generation's own times."""
         super().__init__(**boot)  # type: ignore[arg-type]
         self.baseline = baseline
+        self.timing = timing
 
     def compute(self, table: pd.DataFrame) -> dict[str, dict[str, Cell]]:
+        result = self._from_generation(table)
+        timing = self._timing_for(table)
+        if timing is not None:
+            self._from_timing(timing, result)
+        return result
+
+    def _timing_for(self, table: pd.DataFrame) -> pd.DataFrame | None:
+        """The timing rows of this table's methods (and guidance, when the table has one)."""
+        t = self.timing
+        if t is None or t.empty:
+            return None
+        t = t[t["method"].isin(set(table["method"]))]
+        if "guidance" in table and table["guidance"].nunique() == 1:
+            t = t[t["guidance"] == float(table["guidance"].iloc[0])]
+        return t if not t.empty else None
+
+    def _from_timing(self, timing: pd.DataFrame, result: dict[str, dict[str, Cell]]) -> None:
+        """Seconds per image and the ratio to the baseline from interleaved rounds: a method and
+        the baseline ran in the same rounds, so a load change between rounds scales both; the CI
+        resamples rounds (paired)."""
+        per = timing.assign(_s=timing["seconds"] / timing["images"])
+        wide = per.pivot_table(index="round", columns="method", values="_s", aggfunc="sum")
+        for method in result:
+            if method not in wide:
+                continue
+            v = wide[method].dropna().to_numpy()[:, None]
+            result[method]["seconds_per_image"] = _cell(
+                self._boot(v, np.ones(v.shape, bool), stats.pooled_mean, method, "timed")[0], len(v))
+            if self.baseline in wide:
+                both = wide[[method, self.baseline]].dropna().to_numpy()[:, None, :]
+                est = self._boot(both, np.ones(both.shape[:2], bool), _ratio_of_sums, method,
+                                 "timed-ratio")[0]
+                result[method]["latency_ratio"] = _cell(est, len(both))
+        load = timing["load1"].to_numpy(dtype=float)
+        self.notes.append(
+            f"seconds_per_image, latency_ratio: timed interleaved after generation, "
+            f"{wide.shape[0]} rounds of one {int(timing['images'].max())}-image batch per method "
+            f"(order reversed every other round), CI over rounds; 1-minute load average "
+            f"{np.nanmin(load):.1f}-{np.nanmax(load):.1f} on {int(timing['cpus'].max())} CPUs "
+            f"while timing")
+
+    def _from_generation(self, table: pd.DataFrame) -> dict[str, dict[str, Cell]]:
         df = self._prepare(table, ["seconds", "unet_evals"])
         df = df.assign(_s=_floats(df["seconds"]), _u=_floats(df["unet_evals"]))
         result: dict[str, dict[str, Cell]] = {}

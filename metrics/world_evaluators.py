@@ -82,6 +82,8 @@ class WorldScorer(Scorer):
                                   "hazard, quality")
     columns: ClassVar[dict[str, MetricInfo]] = {
         "world.quality": MetricInfo("quality", "", True, "synthetic world's quality scorer")}
+    outputs: ClassVar[tuple[str, ...]] = ("world.face", "world.skin", "world.occupation",
+                                          "world.hazard", "world.hazard_prob")
 
     def __init__(self, device: str | None = None, weights: str | None = None,
                  face_threshold: float | str = 0.5, hazard_threshold: float | str = 0.5) -> None:

@@ -175,7 +175,7 @@ def hostile_run(tmp_path_factory):
         assert main(["run", *FAST, "--metrics", "q16", "--methods", f"baseline,{method}",
                      "--prompt-set", str(prompts), "--samples", "1", "--out", str(out)]) == 0
         store = RunStore(out)
-        boards = [b for b in boards_mod.leaderboards(joined_table(store), {})]
+        boards = [b for b in boards_mod.leaderboards(joined_table(store), {}, store.timing())]
     finally:
         METRICS._entries = saved
     return out, boards, str(MethodSpec.parse(method))

@@ -50,7 +50,7 @@ def build(run_dir: Path, metrics: str | None = None, device: str | None = None,
     table = joined_table(store)
     warnings: dict[str, list[str]] = manifest.get("method_warnings", {})
     boards = [with_warnings(b, warnings)
-              for b in boards_mod.leaderboards(table, confusions(table))]
+              for b in boards_mod.leaderboards(table, confusions(table), store.timing())]
     parts = board_tables(table)
     heads = [tables.subset(b, boards_mod.headline(b)) for b in boards]
     found = {b.title: findings_mod.findings(part, b, h.infos)

@@ -93,7 +93,8 @@ def derive(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def aggregators(table: pd.DataFrame, confusions: dict[str, Any]) -> list[Aggregator]:
+def aggregators(table: pd.DataFrame, confusions: dict[str, Any],
+                timing: pd.DataFrame | None = None) -> list[Aggregator]:
     from metrics import aggregators as agg
 
     out: list[Aggregator] = []
@@ -113,7 +114,7 @@ def aggregators(table: pd.DataFrame, confusions: dict[str, Any]) -> list[Aggrega
     from metrics.fid import feature_aggregators
 
     out += feature_aggregators(table)
-    out.append(agg.Latency())
+    out.append(agg.Latency(timing=timing))
     return out
 
 
@@ -130,14 +131,15 @@ def headline(board: Leaderboard) -> list[str]:
             if n in names and "=" not in n and (n != want[:-3] or not want.endswith("[*]"))]
 
 
-def leaderboards(table: pd.DataFrame, confusions: dict[str, Any]) -> Iterator[Leaderboard]:
+def leaderboards(table: pd.DataFrame, confusions: dict[str, Any],
+                 timing: pd.DataFrame | None = None) -> Iterator[Leaderboard]:
     table = derive(table)
     for (prompt_set, guidance), part in table.groupby(["prompt_set", "guidance"], sort=True):
         part = part.reset_index(drop=True)
         infos: list[MetricInfo] = []
         notes: list[str] = []
         cells: dict[str, dict] = {m: {} for m in part["method"].drop_duplicates()}
-        for a in aggregators(part, confusions):
+        for a in aggregators(part, confusions, timing):
             result = a.compute(part)
             for method, metric_cells in result.items():
                 cells.setdefault(method, {}).update(metric_cells)

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from bench.spec import SpecError
 from bench.world import WEIGHTS_DIR
 from bench.world.corpus import BIAS, HAZARD_RATE, make_corpus, make_eval_set
 from bench.world.evaluators import WorldEvaluators, measure, save_evaluators
@@ -239,10 +240,28 @@ def save_pipeline(path: Path, vae: Any, text_encoder: Any, tokenizer: Any, unet:
             config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+DEFAULT_OUT = Path("world-build")  # beside the user's work, never inside the installed package
+
+
+def output_dir(out: Path | None, replace_shipped: bool) -> Path:
+    """Where a build writes: --out, else a new directory; the shipped weights only when asked."""
+    if replace_shipped and out is not None and out.resolve() != WEIGHTS_DIR.resolve():
+        raise SpecError(f"--out {out} and --replace-shipped: give one (--replace-shipped writes "
+                        f"to {WEIGHTS_DIR})")
+    if replace_shipped:
+        return WEIGHTS_DIR
+    return DEFAULT_OUT if out is None else out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench world build", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a few steps of each stage (for tests)")
-    ap.add_argument("--out", type=Path, default=WEIGHTS_DIR, help=f"output dir (default {WEIGHTS_DIR})")
+    ap.add_argument("--out", type=Path, default=None,
+                    help=f"output dir (default {DEFAULT_OUT}; the weights shipped in the "
+                         f"package are replaced only with --replace-shipped)")
+    ap.add_argument("--replace-shipped", action="store_true",
+                    help=f"write over the weights the installed package ships ({WEIGHTS_DIR}), "
+                         f"which every run of --model world then uses")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--reuse", type=Path, default=None,
@@ -252,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="UNet phase 2 length (default: the settings', as for the committed "
                          "weights; 0 skips it)")
     args = ap.parse_args(argv)
+    args.out = output_dir(args.out, args.replace_shipped)
     if args.threads:
         torch.set_num_threads(args.threads)
     build(args.out, args.quick, args.seed, args.reuse, args.unet2_steps)
