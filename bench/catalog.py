@@ -61,8 +61,7 @@ def _metrics_listing() -> str:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # "usable here" looks at files, not the network
     entries = list(METRICS.items())
     width = max((len(n) for n, _ in entries), default=0) + 2
-    rows = ["--metrics takes scorers (name[:option=value,...]); aggregators apply by themselves.",
-            ""]
+    rows = ["--metrics takes scorers (name[:option=value,...]); aggregators apply by themselves."]
     for name, obj in entries:
         kind = _metric_kind(obj)
         rows.append(f"{name:<{width}}{kind:<11}{_first_line(obj)}")
