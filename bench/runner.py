@@ -144,7 +144,7 @@ def plan(spec: RunSpec, dry_run: bool = False) -> RunPlan:
                                 + _negative_override(ads, spec.sampler.negative_prompt))}
     p.grid = build_grid(p.model_fp, list(adapters), sets, spec.samples, spec.seed,
                         spec.guidance, spec.sampler, height, width, dtype_name(pipe),
-                        dict(spec.samples_by_kind or ()))
+                        by_kind=dict(spec.samples_by_kind or ()))
     p.items = unique_images(p.grid)
     p.cost = {m: unet_evals_per_image(pipe, a, spec.sampler.steps, max(spec.guidance))
               for m, a in adapters.items()}
@@ -176,7 +176,8 @@ def _plan_unloaded(spec: RunSpec, sets: list[PromptSet], adapters: dict[str, lis
     p = RunPlan(spec, None, "model-not-loaded", height, width, sets, adapters,
                 deviations=deviations, unloaded=reason)
     p.grid = build_grid(p.model_fp, list(adapters), sets, spec.samples, spec.seed,
-                        spec.guidance, spec.sampler, height, width, dict(spec.samples_by_kind or ()))
+                        spec.guidance, spec.sampler, height, width,
+                        by_kind=dict(spec.samples_by_kind or ()))
     p.items = unique_images(p.grid)
     if spec.shard:
         i, n = parse_shard(spec.shard)

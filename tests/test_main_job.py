@@ -22,7 +22,7 @@ def _set(name: str = "s") -> PromptSet:
 
 def _counts(by_kind, samples=4, name="s"):
     grid = build_grid("fp", ["baseline"], [_set(name)], samples, 0, (7.5,), SamplerSpec(), 32, 32,
-                      by_kind)
+                      by_kind=by_kind)
     return {pid: [w.sample for w in grid if w.prompt.id == pid] for pid in ("n1", "g1", "h1", "x1")}
 
 
@@ -32,7 +32,7 @@ def test_grid_gives_each_kind_its_count_and_keeps_the_seeds():
     assert counts == {"n1": list(range(6)), "g1": [0], "h1": list(range(4)), "x1": list(range(4))}
     uniform = build_grid("fp", ["baseline"], [_set()], 4, 0, (7.5,), SamplerSpec(), 32, 32)
     more = build_grid("fp", ["baseline"], [_set()], 4, 0, (7.5,), SamplerSpec(), 32, 32,
-                      {"neutral": 6})
+                      by_kind={"neutral": 6})
     # more images of a prompt only add samples: its first 4 are the uniform grid's images
     assert {w.key for w in uniform if w.prompt.id == "n1"} < {w.key for w in more}
     assert [w.seed for w in more if w.prompt.id == "n1"] == [
@@ -78,7 +78,8 @@ def test_reproduce_replays_the_recorded_counts(tmp_path):
     """The manifest holds the resolved counts; reproduce pins the prompt sets, so a manifest
     without the key (an older run) replays its uniform grid and a newer one its counts."""
     spec = runner.resolve_samples(RunSpec(model="world"))
-    manifest = {"spec": spec.to_dict(), "prompt_sets": [{"name": "world-occupations"},
+    manifest = {"spec": spec.to_dict(), "model": {"name": "world", "dtype": "float32"},
+                "device": "cpu", "prompt_sets": [{"name": "world-occupations"},
                                                         {"name": "world-hazard"}]}
     again = runner.resolve_samples(reproduce_spec(manifest, tmp_path, None, {}))
     assert again.samples_by_kind == spec.samples_by_kind
