@@ -248,6 +248,10 @@ def cmd_run(a: argparse.Namespace) -> int:
         print(f"bench: note: protocol {spec.protocol} deviation: {note}", file=sys.stderr)
     if a.dry_run:
         print(runner.dry_run_summary(p))
+        if p.pipe is not None and p.items:  # one timed batch: the whole grid's cost
+            from bench.projection import calibrate, projection_lines
+
+            print("\n".join(projection_lines(p, calibrate(p))))
         return 0
     out = runner.execute(p, quiet=a.quiet, columns=a.columns)
     if not a.quiet:
