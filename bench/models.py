@@ -160,6 +160,10 @@ def _from_pretrained(source: str, dtype: torch.dtype) -> Any:
     if cached is not None:
         return _from_directory(cached, dtype)
     from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # its "cannot reach the hub" warnings: our one line says it
     try:
         return StableDiffusionPipeline.from_pretrained(
             source, dtype=dtype, safety_checker=None, requires_safety_checker=False,
@@ -169,6 +173,8 @@ def _from_pretrained(source: str, dtype: torch.dtype) -> Any:
             f"cannot fetch model '{source}' from the hub (not in the HF cache; offline, "
             f"unreachable or a wrong id): download it with `{download_command(source)}`, or pass "
             f"a local directory. Cause: {_first_line(exc)}") from None
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
 
 
 # Weight files of the three components the sampler uses; the safety checker is never loaded.
