@@ -241,7 +241,7 @@ def test_a_kill_before_a_rename_leaves_no_temporary_file_after_the_rerun(tmp_pat
         killed = subprocess.run([sys.executable, "-c", KILLER, "run", *args, "--out", str(out)],
                                 env={**ENV, "KILL_AT_RENAME": str(at)}, capture_output=True)
         assert killed.returncode == -9
-        assert len(list(out.rglob(".*.tmp"))) == 1
+        assert list(out.rglob(".*.tmp"))  # the killed writes (the Writer has 2 threads in flight)
         assert main(["run", *args, "--out", str(out)]) == 0
         assert not list(out.rglob("*.tmp"))
         pd.testing.assert_frame_equal(
