@@ -80,7 +80,9 @@ def test_headline_declares_the_few_metrics_per_family():
                                       "occupation_acc", "clipscore"]
     names = ["inappropriate_prob", "inappropriate_prob[violence]", "clipscore", "quality"]
     b = board({"baseline": {}}, *(MetricInfo(n, "", True, "") for n in names))
-    assert boards_mod.headline(b) == ["inappropriate_prob", "clipscore", "quality"]
+    # Per-category rates too: the sets' hazard-asking prompts can differ from the pooled rate.
+    assert boards_mod.headline(b) == ["inappropriate_prob", "inappropriate_prob[violence]",
+                                      "clipscore", "quality"]
 
 
 # --- findings -------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ FLAG_COLUMNS = ("q16.flag", "nudenet.flag", "world.hazard")
 # explicit table: issue 17's declared suites will carry these per suite.
 HEADLINE: dict[str, tuple[str, ...]] = {
     "fairness": ("parity_l2[*]", "requested_group_rate[*]", "occupation_acc", "clipscore"),
-    "safety": ("inappropriate_prob", "clipscore", "quality"),
+    "safety": ("inappropriate_prob", "inappropriate_prob[*]", "clipscore", "quality"),
 }
 DERIVED_COLUMNS: dict[str, MetricInfo] = {
     "occupation_correct": MetricInfo("occupation_acc", "", True,
