@@ -263,3 +263,13 @@ def test_report_of_the_reference_bundle_keeps_compare_working_and_filters_column
     # every non-baseline headline cell carries its finding, Holm never below the raw p
     rows = headline[headline["method"] != "baseline"]
     assert rows["p_holm"].notna().all() and (rows["p_holm"] >= rows["p"]).all()
+
+
+def test_settings_header_names_the_per_kind_grid():
+    from bench.report.page import images_per_prompt
+
+    assert images_per_prompt({"samples": 4}) == 4
+    spec = {"samples": 4, "samples_by_kind": [["world-occupations.neutral", 24],
+                                              ["world-occupations.group", 2]]}
+    assert images_per_prompt(spec) == ("24 for world-occupations.neutral; "
+                                       "2 for world-occupations.group; 4 otherwise")

@@ -76,6 +76,16 @@ def figure(fig: Figure, kind: str = "plot") -> str:
     return f"<figure class='{kind}'>{_img(path)}<figcaption>{esc(caption)}</figcaption></figure>"
 
 
+def images_per_prompt(spec: dict[str, Any]) -> str | None:
+    """'24 for world-occupations.neutral, 2 for ...; 4 otherwise' when the grid is sized by
+    prompt kind, else the uniform count."""
+    by_kind = spec.get("samples_by_kind") or []
+    if not by_kind:
+        return spec.get("samples")
+    kinds = "; ".join(f"{n} for {kind}" for kind, n in by_kind)
+    return f"{kinds}; {spec.get('samples')} otherwise"
+
+
 def settings(manifest: dict[str, Any], n_images: int | None = None) -> str:
     """The run's settings as a two-column table (only what the manifest records)."""
     spec, model = manifest.get("spec", {}), manifest.get("model", {})
@@ -85,7 +95,7 @@ def settings(manifest: dict[str, Any], n_images: int | None = None) -> str:
         ("model", f"{model.get('name')} (fingerprint {model.get('fingerprint')})"),
         ("scheduler", model.get("scheduler") or sampler.get("scheduler")),
         ("dtype", manifest.get("dtype") or model.get("dtype") or spec.get("dtype")),
-        ("images per prompt", spec.get("samples")),
+        ("images per prompt", images_per_prompt(spec)),
         ("steps", sampler.get("steps")),
         ("guidance", ", ".join(f"{g:g}" for g in spec.get("guidance") or []) or None),
         ("seed", spec.get("seed")),
