@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from metrics.base import Scorer
+from metrics.base import Scorer, file_sha256
 from metrics.clip_models import ClipScorerBase, encode_images, encode_texts
 from metrics.faces import (Faces, crop, detect, fairface_chips, frame, insightface_reason,
                            load_dlib_models, packaged_dlib_model, resolve_device)
@@ -186,21 +186,8 @@ def fairface_transform() -> Any:
     ])
 
 
-@lru_cache(maxsize=8)
-def file_sha256(path: str, size: int, mtime: float) -> str:
-    """SHA-256 of a file; size and mtime in the cache key so a replaced file is hashed again."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fingerprint(path: str) -> str:
-    st = Path(path).stat()
-    return file_sha256(str(Path(path).resolve()), st.st_size, st.st_mtime)
+    return file_sha256(Path(path).resolve())
 
 
 def dlib_model_path(option: str | None, file: str) -> str:

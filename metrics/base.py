@@ -12,11 +12,30 @@ Metric metadata (`higher_is_better`, unit) drives the leaderboard arrows and the
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import pandas as pd
 from PIL import Image
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a weight file, for report/scoring.json. Cached per (path, size, mtime):
+    a file replaced in a long-lived process is hashed again."""
+    stat = Path(path).stat()
+    return _file_sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ and Q16 on the same ViT-L/14 encode each image once.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 import zipfile
@@ -36,6 +35,7 @@ from typing import Any, Callable, Sequence
 import torch
 from PIL import Image
 
+from metrics.base import file_sha256
 from metrics.faces import LRU, image_key, resolve_device
 
 DEFAULT_MODEL = "ViT-L-14"
@@ -139,20 +139,6 @@ def is_torchscript(path: Path) -> bool:
         return False
     with zipfile.ZipFile(path) as archive:
         return any(n == "constants.pkl" or n.endswith("/constants.pkl") for n in archive.namelist())
-
-
-@lru_cache(maxsize=16)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    stat = path.stat()
-    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 def openai_archive_model(path: Path, name: str) -> str:

@@ -306,6 +306,15 @@ def _insightface_app(root: str, device: str) -> Any:
     return app
 
 
+def mtcnn_unavailable() -> str | None:
+    """Why MTCNN cannot run here (facenet-pytorch missing), or None."""
+    try:
+        import facenet_pytorch  # noqa: F401
+    except ImportError as e:
+        return f"facenet-pytorch is not importable ({e}); pip install facenet-pytorch==2.5.3"
+    return None
+
+
 # ---- scorers ------------------------------------------------------------------------------------
 
 class MTCNNFaces(Scorer):
@@ -319,11 +328,7 @@ class MTCNNFaces(Scorer):
         self.batch_size = int(batch_size)
 
     def available(self) -> str | None:
-        try:
-            import facenet_pytorch  # noqa: F401
-        except ImportError as e:
-            return f"facenet-pytorch is not importable ({e}); pip install facenet-pytorch==2.5.3"
-        return None
+        return mtcnn_unavailable()
 
     def detect(self, images: Sequence[Image.Image]) -> list[Faces]:
         return detect(images, "mtcnn", device=self.device, min_prob=self.min_prob,

@@ -30,7 +30,7 @@ import pandas as pd
 from PIL import Image
 
 from metrics.base import MetricInfo, Scorer
-from metrics.faces import detect, frame
+from metrics.faces import detect, frame, mtcnn_unavailable
 
 # Monk Skin Tone scale MST-1 .. MST-10, Google's published hex values (skintone.google),
 # the same swatches the world renders (bench/world/render.py MST).
@@ -135,11 +135,7 @@ class SkinTone(Scorer):
         self.batch_size = int(batch_size)
 
     def available(self) -> str | None:
-        try:
-            import facenet_pytorch  # noqa: F401
-        except ImportError as e:
-            return f"facenet-pytorch is not importable ({e}); pip install facenet-pytorch==2.5.3"
-        return None
+        return mtcnn_unavailable()
 
     def manifest(self) -> dict[str, str]:
         return {"detector": "mtcnn (facenet-pytorch bundled weights)", "min_prob": str(self.min_prob),

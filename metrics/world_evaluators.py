@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from metrics.base import MetricInfo, Scorer
+from metrics.base import MetricInfo, Scorer, file_sha256
 from metrics.faces import frame
 
 GROUPS = ("light", "medium", "dark")
@@ -45,17 +45,8 @@ def _weights_dir(weights_dir: str | None) -> str:
 
 
 def _sha256(path: str) -> str:
-    """First 16 hex digits of a weight file's SHA-256, for RUN/report/scoring.json. Cached per
-    (path, size, mtime): a file replaced in a long-lived process is hashed again."""
-    stat = Path(path).stat()
-    return _sha256_of(path, stat.st_size, stat.st_mtime_ns)
-
-
-@lru_cache(maxsize=8)
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    """First 16 hex digits of a weight file's SHA-256, for RUN/report/scoring.json."""
+    return file_sha256(path)[:16]
 
 
 def _missing(path: Path) -> str | None:
