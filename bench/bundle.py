@@ -73,8 +73,8 @@ def bundle(run_dir: Path, out: Path, images: int | None = DEFAULT_IMAGES) -> dic
 
 def prompt_file(entry: str) -> tuple[Path, str] | None:
     """A `spec.prompt_sets` entry naming a prompt file -> (path, ':options' or ''); None for a
-    registered set. Mirrors `prompt_sets.resolve.load_prompt_set`."""
-    from prompt_sets.resolve import _is_path
+    registered set. Mirrors `bench.prompt_sets.resolve.load_prompt_set`."""
+    from bench.prompt_sets.resolve import _is_path
 
     if Path(entry).is_file():
         return Path(entry), ""

@@ -46,7 +46,7 @@ def listing(what: str) -> str:
 
 
 def _metric_kind(obj: object) -> str:
-    from metrics.base import Aggregator, Scorer
+    from bench.metrics.base import Aggregator, Scorer
 
     if isinstance(obj, type) and issubclass(obj, Scorer):
         return "scorer"

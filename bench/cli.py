@@ -360,11 +360,11 @@ def cmd_bundle(a: argparse.Namespace) -> int:
 
 def cmd_train(a: argparse.Namespace) -> int:
     if a.method == "fair-mapping":
-        from methods.fair_mapping_train import main as train_main
+        from bench.methods.fair_mapping_train import main as train_main
     elif a.method == "uce":
-        from methods.uce_train import main as train_main
+        from bench.methods.uce_train import main as train_main
     else:
-        from methods.rs_corrector_train import main as train_main
+        from bench.methods.rs_corrector_train import main as train_main
     return train_main(a.args) or 0
 
 

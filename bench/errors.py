@@ -4,7 +4,7 @@ from bench.models import ModelError
 from bench.registry import UnknownNameError
 from bench.sampler import NonFiniteError
 from bench.spec import SpecError
-from prompt_sets.base import PromptSetError
+from bench.prompt_sets.base import PromptSetError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ModelError, UnknownNameError, SpecError, PromptSetError, FileNotFoundError, NonFiniteError)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from bench.spec import SamplerSpec
-from prompt_sets.base import Prompt, PromptSet
+from bench.prompt_sets.base import Prompt, PromptSet
 
 if TYPE_CHECKING:
     import pandas as pd

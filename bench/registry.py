@@ -85,8 +85,8 @@ def _import(target: str) -> Any:
 # name -> Adapter subclass (methods/), Scorer or Aggregator class (metrics/),
 # prompt-set loader callable (prompt_sets/), model loader callable (bench/models.py),
 # paper protocol (bench/protocols.py).
-METHODS: Registry[Any] = Registry("method", "bench.methods", "methods")
-METRICS: Registry[Any] = Registry("metric", "bench.metrics", "metrics")
-PROMPT_SETS: Registry[Callable[..., Any]] = Registry("prompt-set", "bench.prompt_sets", "prompt_sets")
+METHODS: Registry[Any] = Registry("method", "bench.methods", "bench.methods")
+METRICS: Registry[Any] = Registry("metric", "bench.metrics", "bench.metrics")
+PROMPT_SETS: Registry[Callable[..., Any]] = Registry("prompt-set", "bench.prompt_sets", "bench.prompt_sets")
 MODELS: Registry[Any] = Registry("model", "bench.models", "bench.models")
 PROTOCOLS: Registry[Any] = Registry("protocol", "bench.protocols", "bench.protocols")

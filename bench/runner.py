@@ -26,7 +26,7 @@ from bench.sampler import Adapter, Batch
 from bench.scoring import check_scorers, scorer_names
 from bench.spec import MethodSpec, RunSpec, SpecError, split_method_list
 from bench.store import PNG_COMPRESS_LEVEL, RunStore, sweep_temp
-from prompt_sets.base import PromptSet, check_metadata_types
+from bench.prompt_sets.base import PromptSet, check_metadata_types
 
 # With no --prompt-set, a model's own sets; the synthetic world ships its own.
 DEFAULT_PROMPT_SETS: dict[str, tuple[str, ...]] = {"world": ("world-occupations", "world-hazard")}
@@ -210,7 +210,7 @@ def check_size(pipe: Any, height: int, width: int) -> None:
 
 def load_prompt_sets(spec: RunSpec) -> list[PromptSet]:
     """The spec's prompt sets as the run uses them (after `limit`): what the manifest hashes."""
-    from prompt_sets.resolve import load_prompt_set
+    from bench.prompt_sets.resolve import load_prompt_set
 
     names = spec.prompt_sets or DEFAULT_PROMPT_SETS.get(spec.model, FALLBACK_PROMPT_SETS)
     sets = [load_prompt_set(n) for n in names]

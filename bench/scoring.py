@@ -16,7 +16,7 @@ from tqdm import tqdm
 from bench.registry import METRICS
 from bench.spec import MethodSpec, SpecError
 from bench.store import RunStore
-from metrics.base import Scorer
+from bench.metrics.base import Scorer
 
 # With `--metrics all`, the synthetic world is scored by its own evaluators and real models by the
 # real ones (face and attribute models on 32 px synthetic portraits would measure nothing).

@@ -41,7 +41,7 @@ def photos(n: int, seed: int = 0) -> list[Image.Image]:
 
 def random_weights(tmp: Path) -> dict[str, str]:
     """Random heads / classifiers in the real file formats."""
-    from metrics.attributes import fairface_model
+    from bench.metrics.attributes import fairface_model
 
     torch.save(fairface_model().state_dict(), tmp / "res34_fair_align_multi_7_20190809.pt")
     dims = [768, 1024, 128, 64, 16, 1]
@@ -54,12 +54,12 @@ def random_weights(tmp: Path) -> dict[str, str]:
 
 
 def scorers(weights: dict[str, str], device: str, threads: int) -> dict[str, tuple[object, str]]:
-    from metrics.aesthetics import LAIONAesthetic
-    from metrics.attributes import AgeGender, CLIPAttributes, FairFace
-    from metrics.clip_score import CLIPScore
-    from metrics.faces import MTCNNFaces
-    from metrics.nudenet import NudeNet
-    from metrics.q16 import Q16
+    from bench.metrics.aesthetics import LAIONAesthetic
+    from bench.metrics.attributes import AgeGender, CLIPAttributes, FairFace
+    from bench.metrics.clip_score import CLIPScore
+    from bench.metrics.faces import MTCNNFaces
+    from bench.metrics.nudenet import NudeNet
+    from bench.metrics.q16 import Q16
 
     clip = {"model": "ViT-L-14", "pretrained": "none", "device": device}
     rand = "random-init weights, real architecture"
@@ -76,12 +76,12 @@ def scorers(weights: dict[str, str], device: str, threads: int) -> dict[str, tup
 
 
 def clear_caches() -> None:
-    import metrics.clip_models
-    import metrics.faces
+    import bench.metrics.clip_models
+    import bench.metrics.faces
 
-    metrics.faces._DETECTIONS.data.clear()
-    metrics.faces._CHIPS.data.clear()
-    metrics.clip_models._EMBEDDINGS.data.clear()
+    bench.metrics.faces._DETECTIONS.data.clear()
+    bench.metrics.faces._CHIPS.data.clear()
+    bench.metrics.clip_models._EMBEDDINGS.data.clear()
 
 
 def main() -> None:

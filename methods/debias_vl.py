@@ -21,7 +21,7 @@ from bench.sampler import Adapter, Batch, encode_text
 def default_occupations() -> str:
     """Every other occupation of the project's own list (prompt_sets/data/occupations.txt): the
     official code likewise builds its projection from a training list of about 80 jobs."""
-    from prompt_sets.occupations import occupations
+    from bench.prompt_sets.occupations import occupations
 
     return "|".join(occupations()[::2])
 

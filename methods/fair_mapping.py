@@ -22,7 +22,7 @@ import torch
 from bench.models import text_encoder_fingerprint
 from bench.sampler import Batch
 from bench.spec import SpecError
-from methods.checkpoints import CheckpointedAdapter, CheckpointError  # noqa: F401 (re-export)
+from bench.methods.checkpoints import CheckpointedAdapter, CheckpointError  # noqa: F401 (re-export)
 
 
 # --- attributes: groups and how a group is written into a prompt ------------------------------
@@ -52,7 +52,7 @@ FACE_TEMPLATES = ("a photo of the face of {noun}", "a portrait photo of {noun}")
 def attribute_specs() -> dict[str, AttributeSpec]:
     """race/gender as the `occupations` prompt set phrases them (FairFace's 7 race groups), skin
     as the synthetic world's captions do ("a photo of a doctor with dark skin")."""
-    from prompt_sets.occupations import GROUPS
+    from bench.prompt_sets.occupations import GROUPS
 
     def spec(groups: dict[str, str], pattern: str, templates: tuple[str, ...]) -> AttributeSpec:
         return AttributeSpec(tuple(groups), tuple(groups.values()), pattern, templates)
@@ -76,7 +76,7 @@ def default_occupations(attribute: str) -> list[str]:
         from bench.world.render import OCCUPATIONS
 
         return list(OCCUPATIONS)
-    from prompt_sets.occupations import occupations
+    from bench.prompt_sets.occupations import occupations
 
     return occupations()
 

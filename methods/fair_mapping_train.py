@@ -24,8 +24,8 @@ from typing import Sequence
 
 import torch
 
-from methods.checkpoints import nonnegative_float, positive_int, trainer_parser
-from methods.fair_mapping import AttributeSpec, default_occupations, get_spec, read_lines
+from bench.methods.checkpoints import nonnegative_float, positive_int, trainer_parser
+from bench.methods.fair_mapping import AttributeSpec, default_occupations, get_spec, read_lines
 
 
 @dataclass
@@ -40,7 +40,7 @@ class TextStats:
 def build_prompts(spec: AttributeSpec, occupations: Sequence[str]
                   ) -> tuple[list[str], list[list[str]]]:
     """Neutral prompts and, for each, its group-specified versions in `spec.groups` order."""
-    from prompt_sets.occupations import with_article
+    from bench.prompt_sets.occupations import with_article
 
     neutral, grouped = [], []
     for occ in occupations:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.sampler import Adapter, Batch
-from methods.sld import DEFAULT_CONCEPT
+from bench.methods.sld import DEFAULT_CONCEPT
 
 
 @dataclass(frozen=True)

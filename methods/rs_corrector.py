@@ -29,7 +29,7 @@ from torch import nn
 
 from bench.sampler import Batch
 from bench.spec import SpecError
-from methods.checkpoints import CheckpointedAdapter, CheckpointError, read_card, resolve_checkpoint
+from bench.methods.checkpoints import CheckpointedAdapter, CheckpointError, read_card, resolve_checkpoint
 
 DISTORTED = "distorted"
 

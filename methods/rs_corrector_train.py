@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 from bench.sampler import Adapter, Batch, sample
 from bench.spec import SpecError
-from methods.checkpoints import nonnegative_float, positive_int, trainer_parser
-from methods.fair_mapping import AttributeSpec, default_occupations, get_spec, read_lines
-from methods.rs_corrector import DISTORTED, PreferenceNet, latent_input_scale
+from bench.methods.checkpoints import nonnegative_float, positive_int, trainer_parser
+from bench.methods.fair_mapping import AttributeSpec, default_occupations, get_spec, read_lines
+from bench.methods.rs_corrector import DISTORTED, PreferenceNet, latent_input_scale
 
 Classifier = Callable[[np.ndarray], Sequence[Any]]
 # Training images' seeds start here, away from the small seeds tests and users pick, so that R
@@ -82,7 +82,7 @@ def collect(pipe: Any, spec: AttributeSpec, occupations: Sequence[str], samples:
             sample_steps: int, guidance: float, seed: int, classify: Classifier | None = None,
             batch_size: int = 8) -> Trajectories:
     from bench.models import native_size
-    from prompt_sets.occupations import with_article
+    from bench.prompt_sets.occupations import with_article
 
     templates = spec.templates
     jobs = [(templates[s % len(templates)].format(noun=with_article(spec.noun(occ, g))), g)

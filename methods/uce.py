@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
-from methods.checkpoints import CheckpointedAdapter, CheckpointError
+from bench.methods.checkpoints import CheckpointedAdapter, CheckpointError
 
 DELTA = "delta.safetensors"
 

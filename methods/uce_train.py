@@ -20,8 +20,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from methods.checkpoints import nonnegative_float, positive_int
-from methods.uce import DELTA, closed_form, concept_embeddings, projections
+from bench.methods.checkpoints import nonnegative_float, positive_int
+from bench.methods.uce import DELTA, closed_form, concept_embeddings, projections
 
 Targets = Callable[[torch.Tensor], torch.Tensor]  # W_old [out, in] -> v* [n, out]
 
@@ -72,7 +72,7 @@ def generated_shares(pipe: Any, deltas: dict[str, torch.Tensor], prompts: list[s
     """[n_prompts, K]: the share of each group among `images` images of each prompt, generated
     with the deltas applied (through the adapter, so they are undone afterwards)."""
     from bench.sampler import Batch, sample
-    from methods.uce import UCE
+    from bench.methods.uce import UCE
 
     adapter = UCE()
     adapter._deltas = lambda _pipe: [(m.weight, deltas[f"{n}.weight"])  # type: ignore[method-assign]
@@ -101,8 +101,8 @@ def debias(pipe: Any, occupations: list[str], attribute: str, classify: Callable
            iterations: int, images: int, steps: int, guidance: float, max_diff: float,
            lam: float, seed: int, preserve: list[str],
            step_size: float = 1.0) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from methods.fair_mapping import get_spec
-    from prompt_sets.occupations import with_article
+    from bench.methods.fair_mapping import get_spec
+    from bench.prompt_sets.occupations import with_article
 
     spec = get_spec(attribute)
     tpl = spec.templates[0]
@@ -209,12 +209,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         if not a.attribute:
             ap.error("--mode debias needs --attribute")
-        from methods.fair_mapping import default_occupations, read_lines
+        from bench.methods.fair_mapping import default_occupations, read_lines
 
         occupations = read_lines(a.occupations, "occupation") if a.occupations else \
             default_occupations(a.attribute)[:20]
         if a.classifier:
-            from methods.rs_corrector_train import load_classifier
+            from bench.methods.rs_corrector_train import load_classifier
             classify = load_classifier(a.classifier)
         elif a.attribute == "skin":
             from bench.world.evaluators import classify_skin as classify

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from bench.sampler import Adapter
-from methods.checkpoints import CheckpointError
+from bench.methods.checkpoints import CheckpointError
 
 COMPONENTS = ("unet", "text_encoder")
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")

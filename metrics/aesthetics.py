@@ -27,9 +27,9 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from metrics.base import MetricInfo, Scorer
-from metrics.clip_models import ClipScorerBase, encode_images, file_sha256, model_embed_dim
-from metrics.faces import frame
+from bench.metrics.base import MetricInfo, Scorer
+from bench.metrics.clip_models import ClipScorerBase, encode_images, file_sha256, model_embed_dim
+from bench.metrics.faces import frame
 
 DEFAULT_HUB = "camenduru/improved-aesthetic-predictor/sac+logos+ava1-l14-linearMSE.pth"
 ENV = "BENCH_AESTHETIC_WEIGHTS"

@@ -15,8 +15,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from metrics import stats
-from metrics.base import Aggregator, Cell, MetricInfo
+from bench.metrics import stats
+from bench.metrics.base import Aggregator, Cell, MetricInfo
 
 BASELINE = "baseline"
 I2P_CATEGORIES = ("hate", "harassment", "violence", "self-harm", "sexual", "shocking",

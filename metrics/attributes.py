@@ -2,7 +2,7 @@
 
 Only images with exactly one detected face are classified; for the others the labels are None and
 `<name>.n_faces` says why (0 or several). Faces come from the shared MTCNN helper
-(`metrics.faces.detect`, cached by image content), except insightface, which uses its own detector,
+(`bench.metrics.faces.detect`, cached by image content), except insightface, which uses its own detector,
 and FairFace, which uses its publisher's dlib detector and aligned chips.
 
 Labels: gender "male"/"female"; race FairFace's 7 groups (RACES), or its 4 (RACES4) in `race4`;
@@ -11,7 +11,7 @@ classifiers that estimate years also give `<name>.age_years` and map it onto the
 
 * `fairface`: FairFace ResNet-34 (torchvision resnet34, fc -> 18 logits) from
   https://github.com/dchen236/FairFace, on the publisher's own preprocessing
-  (`metrics.faces.fairface_chips`: dlib CNN detection on the image resized to 800 px, 5-point
+  (`bench.metrics.faces.fairface_chips`: dlib CNN detection on the image resized to 800 px, 5-point
   landmarks, `dlib.get_face_chips(size=300, padding=0.25)`; then 224 x 224 and ImageNet
   normalisation, as predict.py). Two published files, both with 18 outputs: the 7-race file's are
   7 race, 2 gender (Male, Female), 9 age -> columns race, gender, age; of the 4-race file predict.py
@@ -39,9 +39,9 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from metrics.base import Scorer, file_sha256
-from metrics.clip_models import ClipScorerBase, encode_images, encode_texts
-from metrics.faces import (Faces, crop, detect, fairface_chips, frame, insightface_reason,
+from bench.metrics.base import Scorer, file_sha256
+from bench.metrics.clip_models import ClipScorerBase, encode_images, encode_texts
+from bench.metrics.faces import (Faces, crop, detect, fairface_chips, frame, insightface_reason,
                            load_dlib_models, packaged_dlib_model, resolve_device)
 
 RACES = ("White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian", "Middle Eastern")
@@ -147,7 +147,7 @@ def fairface_races(path: str, races: str | int | None) -> int:
 def check_fairface_state(path: str) -> dict[str, torch.Tensor]:
     """The state dict if it is torchvision resnet34 with fc 512 -> 18 (keys, shapes, finite);
     ValueError naming the file and the first thing wrong."""
-    from metrics.aesthetics import load_state_dict
+    from bench.metrics.aesthetics import load_state_dict
 
     try:
         state = load_state_dict(path)
@@ -245,7 +245,7 @@ class FairFace(Scorer):
     def manifest(self) -> dict[str, str]:
         import dlib
 
-        from metrics.faces import FAIRFACE_DETECTOR_SHA256
+        from bench.metrics.faces import FAIRFACE_DETECTOR_SHA256
 
         detector_sha = fingerprint(self.detector)
         return {  # first 16 hex digits of each SHA-256, as the other scorers record them

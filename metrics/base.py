@@ -6,7 +6,7 @@ Two kinds of module live in `metrics/`:
   numeric or categorical columns per image. They are batched and device-aware, and declare what
   weights they need; `available()` says why they cannot run (missing weights) instead of crashing.
 * **Aggregators** turn the per-image score table into leaderboard cells: per (method, prompt set)
-  a `Cell` with value and 95% CI, using `metrics.stats`.
+  a `Cell` with value and 95% CI, using `bench.metrics.stats`.
 
 Metric metadata (`higher_is_better`, unit) drives the leaderboard arrows and the "best" marks.
 """

@@ -35,8 +35,8 @@ from typing import Any, Callable, Sequence
 import torch
 from PIL import Image
 
-from metrics.base import file_sha256
-from metrics.faces import LRU, image_key, resolve_device
+from bench.metrics.base import file_sha256
+from bench.metrics.faces import LRU, image_key, resolve_device
 
 DEFAULT_MODEL = "ViT-L-14"
 DEFAULT_PRETRAINED = "openai"

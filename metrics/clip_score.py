@@ -11,9 +11,9 @@ from typing import ClassVar, Sequence
 import pandas as pd
 from PIL import Image
 
-from metrics.base import MetricInfo, Scorer
-from metrics.clip_models import ClipScorerBase, encode_images, encode_texts
-from metrics.faces import frame
+from bench.metrics.base import MetricInfo, Scorer
+from bench.metrics.clip_models import ClipScorerBase, encode_images, encode_texts
+from bench.metrics.faces import frame
 
 
 class CLIPScore(ClipScorerBase, Scorer):

@@ -7,9 +7,9 @@ Backends:
   MTCNN's own cascade thresholds let through texture false positives on generated images).
 * `insightface`: SCRFD from insightface's `buffalo_l` pack, when its ONNX files are present under
   `ROOT/models/buffalo_l` (ROOT defaults to `~/.insightface`). The same pass also yields
-  insightface's gender/age, used by `metrics.attributes.InsightFaceGenderAge`.
+  insightface's gender/age, used by `bench.metrics.attributes.InsightFaceGenderAge`.
 * dlib (FairFace's own preprocessing, `fairface_chips`): the publisher's `predict.py` steps, dlib's
-  CNN face detector (MMOD), 5-point landmarks and aligned chips; used by `metrics.attributes.FairFace`.
+  CNN face detector (MMOD), 5-point landmarks and aligned chips; used by `bench.metrics.attributes.FairFace`.
 
 Detections are cached per process, keyed by image content, so a detector scorer and the attribute
 classifiers that need face crops detect each image once.
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from metrics.base import Scorer
+from bench.metrics.base import Scorer
 
 BUFFALO_FILES = ("det_10g.onnx", "genderage.onnx")  # what we use from buffalo_l
 BUFFALO_URL = "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip"

@@ -24,8 +24,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from metrics.aggregators import PAIR_KEYS, _Bootstrapped
-from metrics.base import Cell, MetricInfo, Scorer
+from bench.metrics.aggregators import PAIR_KEYS, _Bootstrapped
+from bench.metrics.base import Cell, MetricInfo, Scorer
 
 FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{FILENAME}"
@@ -129,7 +129,7 @@ class InceptionFeatures(Scorer):
     def manifest(self) -> dict[str, str]:
         from importlib.metadata import version
 
-        from metrics.clip_models import file_sha256
+        from bench.metrics.clip_models import file_sha256
 
         return {"package": f"torch-fidelity {version('torch-fidelity')}",
                 "weights": str(self.weights), "weights_sha256": file_sha256(self.weights),
@@ -306,7 +306,7 @@ def world_reference(weights_dir: str, n: int = WORLD_REF_N, seed: int = WORLD_RE
 
 
 def world_features(weights_dir: str, images: np.ndarray) -> np.ndarray:
-    from metrics.world_evaluators import _clip
+    from bench.metrics.world_evaluators import _clip
 
     return _clip(weights_dir).encode_image(images).double().cpu().numpy()
 
@@ -320,23 +320,23 @@ class WorldCLIPFeatures(Scorer):
                                   "renders (quality cost with ground truth)")
 
     def __init__(self, device: str | None = None, weights: str | None = None) -> None:
-        from metrics.world_evaluators import _weights_dir
+        from bench.metrics.world_evaluators import _weights_dir
 
         self.weights = _weights_dir(weights)
 
     def available(self) -> str | None:
-        from metrics.world_evaluators import _missing
+        from bench.metrics.world_evaluators import _missing
 
         return _missing(Path(self.weights) / "clip_head.safetensors")
 
     def manifest(self) -> dict[str, str]:
-        from metrics.world_evaluators import _sha256
+        from bench.metrics.world_evaluators import _sha256
 
         return {"clip_head.safetensors": _sha256(str(Path(self.weights) / "clip_head.safetensors")),
                 "reference": f"{WORLD_REF_N} clean renders, seed {WORLD_REF_SEED}"}
 
     def score(self, images: Sequence[Image.Image], rows: pd.DataFrame) -> pd.DataFrame:
-        from metrics.world_evaluators import to_array
+        from bench.metrics.world_evaluators import to_array
 
         feats = world_features(self.weights, to_array(images))
         return pd.DataFrame({f"{self.name}.feature": to_bytes(feats)})
@@ -347,7 +347,7 @@ class WorldFID(_Bootstrapped):
 
     def __init__(self, column: str, weights: str | None = None, n_boot: int = 100, seed: int = 0,
                  min_n: int = MIN_N) -> None:
-        from metrics.world_evaluators import _weights_dir
+        from bench.metrics.world_evaluators import _weights_dir
 
         super().__init__(n_boot=n_boot, seed=seed)
         self.column, self.weights, self.min_n = column, _weights_dir(weights), min_n
@@ -412,7 +412,7 @@ def reference_cache(folder: Path, files: Sequence[Path], weights: Path) -> Path:
     import hashlib
     import json
 
-    from metrics.clip_models import file_sha256
+    from bench.metrics.clip_models import file_sha256
 
     listing = [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     key = hashlib.sha256(json.dumps([listing, file_sha256(weights), "clean-299-uint8"]).encode())

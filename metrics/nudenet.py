@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from metrics.base import Scorer
-from metrics.faces import frame
+from bench.metrics.base import Scorer
+from bench.metrics.faces import frame
 
 # NudeNet 2 name -> NudeNet 3 name, for the classes the I2P evaluation counts.
 I2P_V2_TO_V3 = {"EXPOSED_BREAST_F": "FEMALE_BREAST_EXPOSED",

@@ -28,9 +28,9 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from metrics.base import Scorer
-from metrics.clip_models import ClipScorerBase, encode_images, file_sha256, model_embed_dim
-from metrics.faces import frame
+from bench.metrics.base import Scorer
+from bench.metrics.clip_models import ClipScorerBase, encode_images, file_sha256, model_embed_dim
+from bench.metrics.faces import frame
 
 ENV = "BENCH_Q16_WEIGHTS"
 LOGIT_SCALE = 100.0  # Q16's ClipSimModel_Infer: similarity = 100.0 * image_norm @ text_norm.T

@@ -1,6 +1,6 @@
 """Skin tone from pixels, without classifier weights (issue 20): `skin_tone`.
 
-Per image: faces from the shared MTCNN helper (`metrics.faces.detect`, facenet-pytorch's bundled
+Per image: faces from the shared MTCNN helper (`bench.metrics.faces.detect`, facenet-pytorch's bundled
 weights), the cheek band of the most probable face box, a skin mask inside it, and from the masked
 pixels' median CIELAB colour the Individual Typology Angle and the nearest Monk Skin Tone swatch,
 grouped light (MST 1-3) / medium (4-7) / dark (8-10) as the synthetic world draws them.
@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from metrics.base import MetricInfo, Scorer
-from metrics.faces import detect, frame, mtcnn_unavailable
+from bench.metrics.base import MetricInfo, Scorer
+from bench.metrics.faces import detect, frame, mtcnn_unavailable
 
 # Monk Skin Tone scale MST-1 .. MST-10, Google's published hex values (skintone.google),
 # the same swatches the world renders (bench/world/render.py MST).
@@ -50,7 +50,7 @@ _RGB_TO_XYZ = np.array([[0.412453, 0.357580, 0.180423],
 _WHITE_D65 = np.array([0.95047, 1.0, 1.08883])
 
 # Skin-group confusion counts on 600 world renders at 32 px, fallback="center" (rows true
-# light/medium/dark, columns predicted): `python -m metrics.skin_tone 600 32` (docs/metrics.md).
+# light/medium/dark, columns predicted): `python -m bench.metrics.skin_tone 600 32` (docs/metrics.md).
 WORLD_CONFUSION_COUNTS: tuple[tuple[int, ...], ...] = ((185, 1, 0), (0, 240, 1), (0, 0, 173))
 
 
@@ -203,7 +203,7 @@ def world_accuracy(n: int = 600, seed: int = 20, size: int = 32) -> dict[str, ob
             "monk_accuracy": float(np.mean(out["skin_tone.monk"].to_numpy() == labels["mst"]))}
 
 
-if __name__ == "__main__":  # python -m metrics.skin_tone [N] [SIZE]
+if __name__ == "__main__":  # python -m bench.metrics.skin_tone [N] [SIZE]
     import json
     import sys
 

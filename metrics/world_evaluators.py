@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from metrics.base import MetricInfo, Scorer, file_sha256
-from metrics.faces import frame
+from bench.metrics.base import MetricInfo, Scorer, file_sha256
+from bench.metrics.faces import frame
 
 GROUPS = ("light", "medium", "dark")
 

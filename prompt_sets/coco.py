@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from prompt_sets.base import Prompt, PromptSet, PromptSetError
-from prompt_sets.files import read_text
-from prompt_sets.options import limit_option
+from bench.prompt_sets.base import Prompt, PromptSet, PromptSetError
+from bench.prompt_sets.files import read_text
+from bench.prompt_sets.options import limit_option
 
 ENV_VAR = "BENCH_COCO30K_PATH"
 URL = "https://raw.githubusercontent.com/rohitgandikota/erasing/main/data/coco_30k.csv"

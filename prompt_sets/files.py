@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from prompt_sets.base import Prompt, PromptSet, PromptSetError
-from prompt_sets.options import limit_option
+from bench.prompt_sets.base import Prompt, PromptSet, PromptSetError
+from bench.prompt_sets.options import limit_option
 
 RESERVED = ("id", "prompt", "seed")  # columns/keys that are not metadata
 

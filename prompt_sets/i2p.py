@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from prompt_sets.base import Prompt, PromptSet, PromptSetError
-from prompt_sets.files import read_text
-from prompt_sets.options import bool_option, limit_option
+from bench.prompt_sets.base import Prompt, PromptSet, PromptSetError
+from bench.prompt_sets.files import read_text
+from bench.prompt_sets.options import bool_option, limit_option
 
 HUB_ID = "AIML-TUDA/i2p"
 ENV_VAR = "BENCH_I2P_PATH"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from prompt_sets.base import Prompt, PromptSet, PromptSetError
-from prompt_sets.options import bool_option, limit_option
+from bench.prompt_sets.base import Prompt, PromptSet, PromptSetError
+from bench.prompt_sets.options import bool_option, limit_option
 
 DATA = Path(__file__).with_name("data") / "occupations.txt"
 TEMPLATE = "a photo of the face of {noun}"

@@ -1,7 +1,7 @@
 """Parse prompt-set options, which arrive as strings from `name:key=value,...` specs."""
 from __future__ import annotations
 
-from prompt_sets.base import PromptSetError
+from bench.prompt_sets.base import PromptSetError
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from bench.registry import PROMPT_SETS
 from bench.spec import MethodSpec
-from prompt_sets.base import PromptSet, PromptSetError
-from prompt_sets.files import READERS, load_prompt_file
+from bench.prompt_sets.base import PromptSet, PromptSetError
+from bench.prompt_sets.files import READERS, load_prompt_file
 
 
 def _is_path(text: str) -> bool:

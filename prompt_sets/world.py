@@ -13,9 +13,9 @@
 """
 from __future__ import annotations
 
-from prompt_sets.base import Prompt, PromptSet
-from prompt_sets.occupations import slug
-from prompt_sets.options import bool_option
+from bench.prompt_sets.base import Prompt, PromptSet
+from bench.prompt_sets.occupations import slug
+from bench.prompt_sets.options import bool_option
 
 # Kept literal (not imported from bench.world) so listing prompt sets never imports torch; a test
 # checks they match bench.world.render.OCCUPATIONS / GROUPS and bench.world.corpus.HAZARD_RATE.

@@ -1,4 +1,4 @@
-"""metrics.aggregators on hand-built per-image tables and on the real I2P file."""
+"""bench.metrics.aggregators on hand-built per-image tables and on the real I2P file."""
 from __future__ import annotations
 
 import math
@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from metrics import stats as S
-from metrics.aggregators import (Inappropriateness, Latency, MeanScore, Parity,
+from bench.metrics import stats as S
+from bench.metrics.aggregators import (Inappropriateness, Latency, MeanScore, Parity,
                                  RequestedGroupRate)
-from metrics.base import Cell, MetricInfo
+from bench.metrics.base import Cell, MetricInfo
 
 I2P_CSV = Path(__file__).resolve().parents[2] / "shared/data/i2p_benchmark.csv"
 

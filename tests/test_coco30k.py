@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from prompt_sets.base import PromptSetError
-from prompt_sets.coco import ENV_VAR, load_coco30k
-from prompt_sets.resolve import load_prompt_set
+from bench.prompt_sets.base import PromptSetError
+from bench.prompt_sets.coco import ENV_VAR, load_coco30k
+from bench.prompt_sets.resolve import load_prompt_set
 
 COCO = Path(__file__).resolve().parents[2] / "shared/data/coco_30k.csv"
 

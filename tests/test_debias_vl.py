@@ -10,7 +10,7 @@ import torch
 from bench.models import tiny_random_pipeline
 from bench.registry import METHODS
 from bench.sampler import Batch, encode_text, sample
-from methods.debias_vl import DebiasVL, pair_prompts
+from bench.methods.debias_vl import DebiasVL, pair_prompts
 
 SIZE = 32
 SMALL = {"occupations": "doctor|nurse|pilot"}
@@ -52,7 +52,7 @@ def test_pairs_follow_official_prompts():
         ("A photo of a male nurse.", "A photo of a female nurse."),
         ("A photo of a male pilot.", "A photo of a female pilot.")]
     default = pair_prompts(DebiasVL.Params())
-    from prompt_sets.occupations import occupations
+    from bench.prompt_sets.occupations import occupations
     training = occupations()[::2]  # every other occupation of the project's list
     assert len(default) == len(training) >= 80
     assert default[3] == (f"A photo of a male {training[3]}.", f"A photo of a female {training[3]}.")

@@ -162,7 +162,7 @@ def nan_method(monkeypatch):
 def test_non_finite_batch_is_one_line_and_nothing_is_stored(dtype, nan_method, tmp_path,
                                                             prompt_file, capsys):
     from bench.grid import image_seed
-    from prompt_sets.resolve import load_prompt_set
+    from bench.prompt_sets.resolve import load_prompt_set
 
     out = tmp_path / "run"
     prompts = prompt_file(["a cat", "a dog", "a bird"])

@@ -25,7 +25,7 @@ from bench.report import boards as boards_mod
 from bench.report import joined_table, page, plots, tables
 from bench.spec import MethodSpec
 from bench.store import RunStore
-from metrics.base import Cell, MetricInfo, Scorer
+from bench.metrics.base import Cell, MetricInfo, Scorer
 
 # Everything the issue names: line breaks, |, \input, =cmd|, a lone backslash, % & # _ {}, $ (TeX
 # math and matplotlib mathtext), <script>, a Markdown link, HTML and block markup.

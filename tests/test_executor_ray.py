@@ -24,7 +24,7 @@ from bench.models import ModelError  # noqa: E402
 from bench.spec import RunSpec, SamplerSpec, SpecError  # noqa: E402
 from bench.grid import grid_tables  # noqa: E402
 from bench.store import RunStore  # noqa: E402
-from metrics.base import Scorer  # noqa: E402
+from bench.metrics.base import Scorer  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 FAST = ["--model", "tiny-random", "--steps", "3", "--quiet"]

@@ -11,7 +11,7 @@ import torch
 from bench.models import tiny_random_pipeline
 from bench.registry import METHODS
 from bench.sampler import Batch, sample
-from methods.fair_diffusion import FairDiffusion, draw_group
+from bench.methods.fair_diffusion import FairDiffusion, draw_group
 
 sega_mod = pytest.importorskip("diffusers.pipelines.deprecated.semantic_stable_diffusion")
 PROMPT = "a photo of the face of a firefighter"

@@ -10,10 +10,10 @@ from safetensors.torch import load_file
 
 from bench.models import text_encoder_fingerprint, tiny_random_pipeline
 from bench.sampler import Batch, encode_text, sample
-from methods.fair_mapping import (HUMAN_WORDS, CheckpointError, FairMapping, FairMappingParams,
+from bench.methods.fair_mapping import (HUMAN_WORDS, CheckpointError, FairMapping, FairMappingParams,
                                   HumanDetector, get_spec)
-from methods.checkpoints import default_checkpoint
-from methods.fair_mapping_train import build_prompts, losses, main, text_stats
+from bench.methods.checkpoints import default_checkpoint
+from bench.methods.fair_mapping_train import build_prompts, losses, main, text_stats
 
 OCCUPATIONS = ["doctor", "nurse", "software developer", "police officer"]
 HUMAN, OBJECT = "a photo of the face of a nurse", "a bowl of fruit on a wooden table"
@@ -193,7 +193,7 @@ def test_sampling_equals_diffusers_with_mapped_embeddings(checkpoint, tiny_pipe)
 
 
 def test_composes_with_sld(checkpoint, tiny_pipe):
-    from methods.sld import SLDMax
+    from bench.methods.sld import SLDMax
 
     fm = fair_mapping(checkpoint)
     fm.prepare(tiny_pipe)

@@ -21,9 +21,9 @@ from PIL import Image
 dlib = pytest.importorskip("dlib")
 skimage_data = pytest.importorskip("skimage.data")
 
-from metrics.attributes import (  # noqa: E402
+from bench.metrics.attributes import (  # noqa: E402
     AGES, DLIB_DETECTOR, DLIB_LANDMARKS, GENDERS, RACES, RACES4, FairFace)
-from metrics.faces import fairface_chips, packaged_dlib_model  # noqa: E402
+from bench.metrics.faces import fairface_chips, packaged_dlib_model  # noqa: E402
 
 DETECTOR = packaged_dlib_model(DLIB_DETECTOR)
 LANDMARKS = packaged_dlib_model(DLIB_LANDMARKS)

@@ -13,7 +13,7 @@ import scipy.linalg
 import torch
 from PIL import Image
 
-from metrics import fid
+from bench.metrics import fid
 
 COCO = Path(__file__).resolve().parents[2] / "shared/data/coco_30k.csv"
 

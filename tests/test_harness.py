@@ -52,7 +52,7 @@ def test_run_writes_store_manifest_tables(tmp_path, prompts):
         assert im.text["bench.seed"] == str(row["seed"])
         assert im.text["bench.method"] == row["method"]
     manifest = json.loads((out / "manifest.json").read_text())
-    from prompt_sets.resolve import load_prompt_set
+    from bench.prompt_sets.resolve import load_prompt_set
     assert manifest["prompt_sets"][0]["sha256"] == load_prompt_set(str(prompts)).content_hash()
     assert manifest["versions"]["torch"] and manifest["versions"]["diffusers"]
     assert manifest["model"]["fingerprint"]
@@ -100,7 +100,7 @@ def test_shards_together_equal_one_run(tmp_path, prompts):
 
 def test_shards_are_disjoint_and_balanced_by_cost():
     from bench.grid import WorkItem, shard
-    from prompt_sets.base import Prompt
+    from bench.prompt_sets.base import Prompt
 
     items = [WorkItem(f"k{i:03d}", "sld" if i % 2 else "base", "s", Prompt(str(i), "t"), 0, i, 7.5)
              for i in range(60)]
@@ -115,7 +115,7 @@ def test_shards_are_disjoint_and_balanced_by_cost():
 def test_shards_hold_whole_batches_of_the_full_grid():
     """An image's floats depend (at ~1e-6) on its batch-mates, so a shard never splits a batch."""
     from bench.grid import WorkItem, batches, shard
-    from prompt_sets.base import Prompt
+    from bench.prompt_sets.base import Prompt
 
     items = [WorkItem(f"k{i:03d}", "sld" if i >= 30 else "base", "s", Prompt(str(i), "t"), 0, i,
                       7.5) for i in range(50)]

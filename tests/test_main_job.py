@@ -9,7 +9,7 @@ from bench.cli import main
 from bench.grid import build_grid, image_seed
 from bench.reproduce import reproduce_spec
 from bench.spec import RunSpec, SamplerSpec, SpecError, parse_kind_samples
-from prompt_sets.base import Prompt, PromptSet
+from bench.prompt_sets.base import Prompt, PromptSet
 
 
 def _set(name: str = "s") -> PromptSet:
@@ -141,7 +141,7 @@ def _batches(methods, size=8):
 
 def test_interleaved_timing_recovers_the_true_ratio_when_the_machine_slows_halfway():
     from bench.timing import time_methods
-    from metrics.aggregators import Latency
+    from bench.metrics.aggregators import Latency
 
     methods = ["baseline", "slow", "same"]
     cost = {"baseline": 1.0, "slow": 1.5, "same": 1.0}
@@ -167,7 +167,7 @@ def test_methods_run_one_after_another_absorb_the_slowdown():
     the late method pays for the slowdown, which is why the timing phase exists."""
     import pandas as pd
 
-    from metrics.aggregators import Latency
+    from bench.metrics.aggregators import Latency
 
     methods = ["baseline", "slow", "same"]
     cost = {"baseline": 1.0, "slow": 1.5, "same": 1.0}
@@ -180,7 +180,7 @@ def test_methods_run_one_after_another_absorb_the_slowdown():
 
 def test_timing_for_another_guidance_or_no_rounds_falls_back_to_generation_times():
     from bench.timing import time_methods
-    from metrics.aggregators import Latency
+    from bench.metrics.aggregators import Latency
 
     methods = ["baseline", "slow"]
     clock = SlowingClock({"baseline": 1.0, "slow": 2.0}, slow_at=1e9)

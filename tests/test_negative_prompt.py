@@ -6,8 +6,8 @@ import torch
 from bench.runner import build_adapters
 from bench.sampler import Batch, sample
 from bench.spec import SpecError
-from methods.negative_prompt import NegativePrompt, NegativePromptParams
-from methods.sld import DEFAULT_CONCEPT
+from bench.methods.negative_prompt import NegativePrompt, NegativePromptParams
+from bench.methods.sld import DEFAULT_CONCEPT
 
 
 def _diffusers(pipe, prompts, seeds, negative, guidance=7.5):

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 
 from bench.registry import PROMPT_SETS, UnknownNameError
-from prompt_sets.base import PromptSetError
-from prompt_sets.files import load_prompt_file
-from prompt_sets.i2p import load_i2p
-from prompt_sets.occupations import load_occupations, occupations
-from prompt_sets.resolve import load_prompt_set
+from bench.prompt_sets.base import PromptSetError
+from bench.prompt_sets.files import load_prompt_file
+from bench.prompt_sets.i2p import load_i2p
+from bench.prompt_sets.occupations import load_occupations, occupations
+from bench.prompt_sets.resolve import load_prompt_set
 
 I2P = Path(__file__).resolve().parents[2] / "shared/data/i2p_benchmark.csv"
 FAIRFACE_RACES = {"White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian", "Middle Eastern"}

@@ -115,7 +115,7 @@ def test_run_under_protocol_notes_deviations_and_records_them(tmp_path, i2p_file
 def test_protocol_nudenet_option_is_the_i2p_evaluation_in_nudenet3_names():
     from bench.protocols import I2P_NUDENET
     from bench.spec import MethodSpec
-    from metrics.nudenet import EXPOSED, NudeNet
+    from bench.metrics.nudenet import EXPOSED, NudeNet
 
     # The authors' I2P evaluation counts these NudeNet 2 classes at NudeNet 2's 0.6
     v2 = {"EXPOSED_ANUS": "ANUS_EXPOSED", "EXPOSED_BUTTOCKS": "BUTTOCKS_EXPOSED",

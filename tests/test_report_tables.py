@@ -12,7 +12,7 @@ import pytest
 
 from bench.report import boards as boards_mod
 from bench.report import findings, tables
-from metrics.base import Cell, MetricInfo
+from bench.metrics.base import Cell, MetricInfo
 
 ACC = MetricInfo("occupation_acc", "", True, "share correct")
 PAR = MetricInfo("parity_l2[skin]", "", False, "parity")

@@ -15,7 +15,7 @@ from PIL import Image
 
 from bench.cli import main
 from bench.registry import METRICS
-from metrics.base import MetricInfo, Scorer
+from bench.metrics.base import MetricInfo, Scorer
 
 FAST = ["--model", "tiny-random", "--steps", "3", "--quiet", "--samples", "1"]
 SCORER = "test-brightness"
@@ -144,7 +144,7 @@ def test_reproduce_refuses_a_changed_prompt_file(tmp_path, prompt_file, capsys):
     code, cmp = compare_json(tmp_path, run, tmp_path / "r", "--strict")
     assert code == 1 and cmp["verdict"].endswith("images differ: 0 of 1 beyond the tolerance, "
                                                  "2 in one run only; specs differ in prompt_sets")
-    from prompt_sets.resolve import load_prompt_set
+    from bench.prompt_sets.resolve import load_prompt_set
     now = load_prompt_set(str(prompts)).content_hash()[:12]
     assert len(cmp["specs"]) == 1 and cmp["specs"][0].startswith("prompt_sets: [\"prompts (sha256 ")
     assert cmp["specs"][0].endswith(f'(B)') and f"prompts (sha256 {now})" in cmp["specs"][0]
@@ -345,7 +345,7 @@ def test_world_scorers_record_their_weight_hashes():
     import hashlib
 
     from bench.world import WEIGHTS_DIR
-    from metrics.world_evaluators import WorldCLIPScore, WorldScorer
+    from bench.metrics.world_evaluators import WorldCLIPScore, WorldScorer
 
     digest = hashlib.sha256((WEIGHTS_DIR / "evaluators.safetensors").read_bytes()).hexdigest()[:16]
     assert WorldScorer().manifest()["evaluators.safetensors"] == digest

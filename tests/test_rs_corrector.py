@@ -8,10 +8,10 @@ import torch
 from scipy.stats import chisquare
 
 from bench.sampler import Batch, sample
-from methods.fair_mapping import CheckpointError, get_spec
-from methods.rs_corrector import (RSCorrector, RSCorrectorParams, draw_target,
+from bench.methods.fair_mapping import CheckpointError, get_spec
+from bench.methods.rs_corrector import (RSCorrector, RSCorrectorParams, draw_target,
                                   latent_input_scale, parse_distribution)
-from methods.rs_corrector_train import _Recorder, collect, load_classifier, main
+from bench.methods.rs_corrector_train import _Recorder, collect, load_classifier, main
 
 
 @pytest.fixture(scope="module")

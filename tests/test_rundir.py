@@ -14,7 +14,7 @@ from PIL import Image
 
 from bench.cli import main
 from bench.store import RunStore, atomic_write, stale_temp, sweep_temp
-from metrics.base import Scorer
+from bench.metrics.base import Scorer
 
 FAST = ["--model", "tiny-random", "--steps", "3", "--metrics", "none", "--quiet"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -112,7 +112,7 @@ def test_edited_metadata_updates_the_table_without_regenerating(tmp_path):
     table = pd.read_parquet(out / "images.parquet")
     assert dict(zip(table["prompt_id"], table["meta.group"])) == {"a": "x2", "b": "y"}
     assert mtimes(out) == stamps  # no image regenerated
-    from prompt_sets.resolve import load_prompt_set
+    from bench.prompt_sets.resolve import load_prompt_set
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["prompt_sets"][0]["sha256"] == load_prompt_set(str(path)).content_hash()
 

@@ -7,8 +7,8 @@ import torch
 
 from bench.grid import image_seed
 from bench.sampler import Adapter, Batch, sample
-from methods.baseline import Baseline
-from prompt_sets.base import Prompt
+from bench.methods.baseline import Baseline
+from bench.prompt_sets.base import Prompt
 
 
 def diffusers_reference(pipe, prompt, seed, steps=8, guidance=7.5, size=32):

@@ -86,7 +86,7 @@ def test_q16_pickle_is_built_like_the_shipped_file(tmp_path):
 
 
 def test_q16_reads_prompts_p_and_scores_as_q16(photos, clip_ref, tmp_path):
-    from metrics.q16 import Q16, load_prompts
+    from bench.metrics.q16 import Q16, load_prompts
 
     emb = embed(clip_ref[0], clip_ref[1], photos)
     # Row 1 ("inappropriate") = the astronaut's embedding, row 0 = the coffee's, in float16.
@@ -122,7 +122,7 @@ MARKER = Path("/tmp") / f"q16-hostile-{os.getpid()}"
 def test_q16_refuses_any_other_pickle_without_running_it(payload, clip_ref, tmp_path):
     from bench.scoring import check_scorers
     from bench.spec import SpecError
-    from metrics.q16 import Q16
+    from bench.metrics.q16 import Q16
 
     MARKER.unlink(missing_ok=True)
     path = tmp_path / "prompts.p"
@@ -137,7 +137,7 @@ def test_q16_refuses_any_other_pickle_without_running_it(payload, clip_ref, tmp_
 
 
 def test_q16_system_call_is_named(tmp_path):
-    from metrics.q16 import load_prompts
+    from bench.metrics.q16 import load_prompts
 
     path = tmp_path / "prompts.p"
     path.write_bytes(pickle.dumps(_Hostile(), protocol=3))
@@ -162,7 +162,7 @@ def test_q16_npy_never_unpickles_and_wrong_width_fails_before_generation(clip_re
 def test_missing_weights_stay_a_skip_in_the_plan(monkeypatch):
     from bench.registry import METRICS
     from bench.scoring import check_scorers
-    from metrics.base import Scorer
+    from bench.metrics.base import Scorer
 
     for env in ("BENCH_FAIRFACE_WEIGHTS", "BENCH_Q16_WEIGHTS", "BENCH_AESTHETIC_WEIGHTS"):
         monkeypatch.delenv(env, raising=False)
@@ -202,7 +202,7 @@ PUBLISHED = {"linear": ("sa_0_4_vit_l_14_linear.pth", ["weight", "bias"]),
 
 @pytest.mark.parametrize("layout", list(PUBLISHED))
 def test_aesthetic_heads_equal_the_publishers_modules(layout, tmp_path):
-    from metrics.aesthetics import load_head
+    from bench.metrics.aesthetics import load_head
 
     torch.manual_seed(3)
     ref = publisher_head(layout).eval()
@@ -229,7 +229,7 @@ def test_aesthetic_heads_equal_the_publishers_modules(layout, tmp_path):
 
 
 def test_aesthetic_scorer_runs_each_layout_on_the_clip_embedding(photos, clip_ref, tmp_path):
-    from metrics.aesthetics import LAIONAesthetic
+    from bench.metrics.aesthetics import LAIONAesthetic
 
     emb = torch.from_numpy(embed(clip_ref[0], clip_ref[1], photos))
     for layout, (name, _) in PUBLISHED.items():
@@ -295,7 +295,7 @@ def archive(tmp_path_factory) -> Path:
 
 
 def pin(monkeypatch, path: Path, arch: str = SMALL_CLIP) -> None:
-    import metrics.clip_models as cm
+    import bench.metrics.clip_models as cm
 
     table = {**cm.openai_archives(), cm.file_sha256(path): arch}
     monkeypatch.setattr(cm, "openai_archives", lambda: table)
@@ -304,7 +304,7 @@ def pin(monkeypatch, path: Path, arch: str = SMALL_CLIP) -> None:
 def test_openai_torchscript_archive_scores_as_openais_loader(photos, archive, monkeypatch):
     import open_clip
 
-    from metrics.clip_models import check_weights, load_clip, encode_images
+    from bench.metrics.clip_models import check_weights, load_clip, encode_images
 
     pin(monkeypatch, archive)
     check_weights(SMALL_CLIP, str(archive))
@@ -346,7 +346,7 @@ def test_open_clip_state_dicts_load_with_the_stated_activation(photos, clip_ref,
 
     from bench.scoring import check_scorers
     from bench.spec import SpecError
-    from metrics.clip_models import encode_images, load_clip
+    from bench.metrics.clip_models import encode_images, load_clip
 
     model, preprocess, safetensors = clip_ref
     torch.save(model.state_dict(), tmp_path / "open_clip_pytorch_model.bin")
@@ -412,8 +412,8 @@ def test_manifests_fingerprint_the_weight_files_so_compare_names_a_changed_one(c
     import hashlib
 
     from bench.compare import scorer_differences
-    from metrics.aesthetics import LAIONAesthetic
-    from metrics.q16 import Q16
+    from bench.metrics.aesthetics import LAIONAesthetic
+    from bench.metrics.q16 import Q16
 
     def sha(path: Path) -> str:
         return hashlib.sha256(path.read_bytes()).hexdigest()[:16]

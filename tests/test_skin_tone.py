@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
-from metrics import skin_tone as st
+from bench.metrics import skin_tone as st
 
 skimage_color = pytest.importorskip("skimage.color")
 

@@ -10,7 +10,7 @@ import torch
 from bench.models import tiny_random_pipeline
 from bench.registry import METHODS
 from bench.sampler import Batch, sample
-from methods.sld import SLD, SLDMax, SLDMedium, SLDStrong, SLDWeak
+from bench.methods.sld import SLD, SLDMax, SLDMedium, SLDStrong, SLDWeak
 
 safe_mod = pytest.importorskip("diffusers.pipelines.deprecated.stable_diffusion_safe")
 SafetyConfig = safe_mod.SafetyConfig

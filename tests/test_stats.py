@@ -1,4 +1,4 @@
-"""metrics.stats against hand-computed values and scipy references."""
+"""bench.metrics.stats against hand-computed values and scipy references."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from metrics import stats as S
+from bench.metrics import stats as S
 
 
 def test_encode_counts_proportions_unknown_counted_separately():

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from bench.sampler import Batch, sample
-from methods.checkpoints import CheckpointError
-from methods.uce import UCE, UCEParams, projections
-from methods.uce_train import debias_edit, erase_edit, main as train_main
+from bench.methods.checkpoints import CheckpointError
+from bench.methods.uce import UCE, UCEParams, projections
+from bench.methods.uce_train import debias_edit, erase_edit, main as train_main
 
 
 def numpy_embeddings(pipe, texts):
@@ -126,7 +126,7 @@ def test_world_ships_its_hazard_checkpoint_for_this_world():
 def test_debias_loop_accumulates_the_share_gaps(tiny_pipe, monkeypatch):
     """alpha += step * (desired - generated) per occupation, an occupation within max_diff
     keeping its alpha, stopping once all are balanced (the official loop)."""
-    import methods.uce_train as ut
+    import bench.methods.uce_train as ut
 
     draws = iter([np.array([[0.9, 0.1], [0.52, 0.48]]), np.array([[0.7, 0.3], [0.5, 0.5]]),
                   np.array([[0.5, 0.5], [0.5, 0.5]])])

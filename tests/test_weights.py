@@ -9,8 +9,8 @@ from safetensors.torch import save_file
 
 from bench.models import load_pipeline
 from bench.sampler import Batch, sample
-from methods.checkpoints import CheckpointError
-from methods.weights import PRESETS, Weights, WeightsParams
+from bench.methods.checkpoints import CheckpointError
+from bench.methods.weights import PRESETS, Weights, WeightsParams
 
 
 def checksums(pipe):

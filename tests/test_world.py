@@ -199,7 +199,7 @@ def test_world_scorer_columns_follow_the_labels() -> None:
     import pandas as pd
     from PIL import Image
 
-    from metrics.world_evaluators import WorldScorer
+    from bench.metrics.world_evaluators import WorldScorer
 
     images, labels = make_eval_set(64, seed=99, p_face=0.5, p_hazard=0.5)
     scorer = WorldScorer()
@@ -238,7 +238,7 @@ def test_world_clip_zero_shot_occupation() -> None:
 def test_world_prompt_sets_are_well_formed() -> None:
     from bench.models import clip_tokenizer
     from bench.registry import PROMPT_SETS
-    from prompt_sets import world
+    from bench.prompt_sets import world
 
     assert world.OCCUPATIONS == OCCUPATIONS and world.GROUPS == GROUPS
     assert world.HAZARD_RATE == HAZARD_RATE

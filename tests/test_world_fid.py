@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from bench.world import WEIGHTS_DIR
-from metrics import fid
+from bench.metrics import fid
 
 pytestmark = pytest.mark.skipif(not (WEIGHTS_DIR / "clip_head.safetensors").is_file(),
                                 reason="world weights absent: `bench world build`")

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import pandas as pd
 
 from bench.report.tables import Leaderboard
-from metrics.base import Aggregator, MetricInfo
+from bench.metrics.base import Aggregator, MetricInfo
 
 GROUPS: dict[str, list[str]] = {
     "skin": ["light", "medium", "dark"],
@@ -73,7 +73,7 @@ def is_safety_set(table: pd.DataFrame) -> bool:
 def safety_categories(table: pd.DataFrame) -> list[str]:
     """The I2P categories, then any other category the prompt set's prompts carry (world-hazard
     tags its neutral prompts "neutral": their rate is the hazard a method adds unasked)."""
-    from metrics.aggregators import I2P_CATEGORIES
+    from bench.metrics.aggregators import I2P_CATEGORIES
 
     found = {c.strip() for s in table["meta.categories"].dropna().astype(str) for c in s.split(",")}
     return [*I2P_CATEGORIES, *sorted(found - set(I2P_CATEGORIES) - {""})]
@@ -95,7 +95,7 @@ def derive(table: pd.DataFrame) -> pd.DataFrame:
 
 def aggregators(table: pd.DataFrame, confusions: dict[str, Any],
                 timing: pd.DataFrame | None = None) -> list[Aggregator]:
-    from metrics import aggregators as agg
+    from bench.metrics import aggregators as agg
 
     out: list[Aggregator] = []
     has_neutral = "meta.group" in table and table["meta.group"].isna().any()
@@ -111,7 +111,7 @@ def aggregators(table: pd.DataFrame, confusions: dict[str, Any],
     for col, info in score_columns(table).items():
         if table[col].notna().any():
             out.append(agg.MeanScore(col, info))
-    from metrics.fid import feature_aggregators
+    from bench.metrics.fid import feature_aggregators
 
     out += feature_aggregators(table)
     out.append(agg.Latency(timing=timing))

@@ -28,9 +28,9 @@ import pandas as pd
 
 from bench.report import boards as boards_mod
 from bench.report.tables import Leaderboard
-from metrics import stats
-from metrics.aggregators import BASELINE, PAIR_KEYS, neutral_rows
-from metrics.base import MetricInfo
+from bench.metrics import stats
+from bench.metrics.aggregators import BASELINE, PAIR_KEYS, neutral_rows
+from bench.metrics.base import MetricInfo
 
 EXACT_PROMPTS = 12  # up to 2^12 = 4096 swap patterns: enumerate them all
 PERMUTATIONS = 9999

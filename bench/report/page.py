@@ -25,7 +25,7 @@ from bench.report import boards as boards_mod
 from bench.report import findings as findings_mod
 from bench.report.plots import Figure
 from bench.report.tables import NOTATION, Leaderboard, html_notes, html_table
-from metrics import stats
+from bench.metrics import stats
 
 esc = html_text
 PRINT_COLUMNS = 6  # metric columns per table in print

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import pandas as pd
 
 from bench.escape import csv_cell, html_text, md_text, tex_comment, tex_text
-from metrics.base import Cell, MetricInfo
+from bench.metrics.base import Cell, MetricInfo
 
 if TYPE_CHECKING:
     from bench.report.findings import Finding

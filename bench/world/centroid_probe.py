@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from bench.sampler import Adapter, Batch, encode_text
-from metrics.stats import parity_l2, percentile_interval
+from bench.metrics.stats import parity_l2, percentile_interval
 
 
 class FixedConditioning(Adapter):
