@@ -121,7 +121,7 @@ def hand_finding(method: str, column: str) -> tuple[float, float]:
     return observed, hits / 32
 
 
-def test_findings_equal_a_hand_computation_with_holm_across_the_table():
+def test_findings_equal_a_hand_computation_with_holm_per_metric():
     t = small_table()  # world.quality: the world scorer's column, leaderboard name "quality"
     infos = (MetricInfo("inappropriate_prob", "", False, ""), MetricInfo("quality", "", True, ""))
     cells = {m: {} for m in FLAGS}
@@ -135,13 +135,13 @@ def test_findings_equal_a_hand_computation_with_holm_across_the_table():
     for f, (diff, p) in zip(got, hand):
         assert f.diff == pytest.approx(diff) and f.p == pytest.approx(p)
         assert f.n_prompts == 5 and f.lo <= f.diff <= f.hi
-    # Holm by hand: sort, multiply by (m - rank), running max, cap at 1.
-    raw = [p for _, p in hand]
-    order = np.argsort(raw, kind="stable")
-    adj, running = [0.0] * 4, 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (4 - rank) * raw[i]))
-        adj[i] = running
+    # Holm by hand within each metric's family of 2 methods: smaller p doubled, the larger kept
+    # (but never below the first), capped at 1.
+    adj = []
+    for pa, pb in ((hand[0][1], hand[1][1]), (hand[2][1], hand[3][1])):
+        lo, hi = sorted((pa, pb))
+        first, second = min(1.0, 2 * lo), min(1.0, max(2 * lo, hi))
+        adj += [first, second] if pa <= pb else [second, first]
     assert [f.p_holm for f in got] == pytest.approx(adj)
     # sld flags 6 of 10 fewer; prompt p1 is the same for both, so only 2^4 swaps differ and the
     # smallest p is 2/16: not significant after Holm, and stated so.

@@ -162,7 +162,7 @@ def findings_list(found: Sequence[findings_mod.Finding]) -> str:
                     "</td></tr>")
     return ("<div class='scroll'><table class='findings'><caption>Findings against the baseline: "
             "paired difference (method − baseline) with its 95% bootstrap CI over prompts; "
-            "p from a paired permutation test over prompts, Holm-adjusted across this table; "
+            "p from a paired permutation test over prompts, Holm-adjusted across the methods of each metric; "
             "bold: significant (p_holm &lt; 0.05)</caption><thead><tr><th class='prompt'>metric"
             "</th><th>method</th><th>difference [95% CI]</th><th>p</th><th>p_holm</th>"
             "<th>prompts</th><th class='prompt'>finding</th></tr></thead><tbody>"

@@ -137,7 +137,7 @@ def markdown(board: Leaderboard, findings: Sequence["Finding"] = ()) -> str:
         lines.append("| " + " | ".join([md_text(row[0]), *row[1:]]) + " |")
     if findings:
         lines += ["\nFindings against the baseline (paired difference, 95% bootstrap CI over "
-                  "prompts, permutation p Holm-adjusted across this table):\n"]
+                  "prompts, permutation p Holm-adjusted across the methods of each metric):\n"]
         lines += [f"- {md_text(f.sentence())}" for f in findings]
     lines += [f"\n- {md_text(n)}" for n in board.notes]
     return "\n".join(lines) + "\n"
