@@ -32,3 +32,7 @@ METRICS.register("latency", "bench.metrics.aggregators:Latency")
 METRICS.register("fid-to-baseline", "bench.metrics.fid:FIDToBaseline")
 METRICS.register("fid-to-reference", "bench.metrics.fid:FIDToReference")
 METRICS.register("world-fid-to-renders", "bench.metrics.fid:WorldFID")
+# Fairness, deeper (metrics/fairness.py): intersections, over-correction, per-group quality.
+METRICS.register("intersectional-parity", "bench.metrics.fairness:IntersectionalParity")
+METRICS.register("override-rate", "bench.metrics.fairness:OverrideRate")
+METRICS.register("requested-group-quality", "bench.metrics.fairness:RequestedGroupQuality")

@@ -105,8 +105,8 @@ class Parity(_Bootstrapped):
 
     def _infos(self) -> list[MetricInfo]:
         a = self.attribute
-        desc = {"parity_l2": f"||p - uniform||_2 of the {a} proportions per neutral prompt, "
-                             "mean over prompts",
+        desc = {"parity_l2": f"fairness discrepancy (FD, as ITI-GEN): ||p - uniform||_2 of the "
+                             f"{a} proportions per neutral prompt, mean over prompts",
                 "kl_uniform": f"KL(p || uniform) (nats) of the {a} proportions, mean over prompts",
                 "max_min_gap": f"max - min {a} proportion, mean over prompts",
                 "norm_entropy": f"H(p)/log K of the {a} proportions, mean over prompts"}

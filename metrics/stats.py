@@ -439,3 +439,76 @@ def expected_max_exact(per_prompt: np.ndarray, k: int = 25) -> float:
                     -np.inf)
     logw -= special.gammaln(n + 1) - special.gammaln(k + 1) - special.gammaln(n - k + 1)
     return float((np.exp(logw) * x).sum())
+
+
+# ------------------------------------------------------------------ fairness, deeper (issue 20)
+
+
+def cross_codes(codes_a: np.ndarray, codes_b: np.ndarray, n_groups_b: int) -> np.ndarray:
+    """Joint group of two attributes' codes: a * K_b + b (the order of `joint_groups`); -1 when
+    either is unknown, so an image counts in the intersection only when both labels exist."""
+    a, b = np.asarray(codes_a), np.asarray(codes_b)
+    return np.where((a >= 0) & (b >= 0), a * n_groups_b + b, -1)
+
+
+def joint_groups(groups_a: Sequence[str], groups_b: Sequence[str]) -> list[str]:
+    """'White/male', 'White/female', ...: the joint groups in `cross_codes`' order."""
+    return [f"{a}/{b}" for a in groups_a for b in groups_b]
+
+
+def joint_confusion(confusion_a: np.ndarray, confusion_b: np.ndarray) -> np.ndarray:
+    """C[(i, j), (i', j')] = C_a[i, i'] C_b[j, j'] = kron(C_a, C_b): the joint classifier's
+    confusion when the two attributes' errors are independent given the true groups (each
+    classifier's error does not depend on the other attribute). Rows true, columns predicted."""
+    return np.kron(np.asarray(confusion_a, float), np.asarray(confusion_b, float))
+
+
+def override_rate(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Over-correction on paired images (..., P, n, 2): channel 0 the method's hit, channel 1 the
+    baseline's on the same prompt and seed (1 the requested group shown, 0 another group, NaN no
+    label). Returns sum[baseline hit and method miss] / sum[baseline hit and method labelled]:
+    the share of images the model drew as asked that the method turned into another group."""
+    m, b = values[..., 0], values[..., 1]
+    asked = mask & (b == 1) & np.isfinite(m)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (asked & (m == 0)).sum((-1, -2)) / asked.sum((-1, -2))
+
+
+def stratified_means(x: np.ndarray, codes: np.ndarray, n_groups: int,
+                     rng: np.random.Generator | None = None, n_boot: int = 0) -> np.ndarray:
+    """Per-group means of x: (K,) without `rng`; with it, (n_boot, K) bootstrap replicates that
+    resample each group's own images with replacement (group sizes fixed: the groups are the
+    prompts' requested groups, not a random outcome). Images with NaN x or code -1 are left out;
+    a group without images is NaN."""
+    x, codes = np.asarray(x, float), np.asarray(codes)
+    ok = np.isfinite(x) & (codes >= 0)
+    out = np.full((n_boot, n_groups) if rng is not None else (n_groups,), np.nan)
+    for g in range(n_groups):
+        xg = x[ok & (codes == g)]
+        if xg.size and rng is None:
+            out[g] = xg.mean()
+        elif xg.size:
+            out[:, g] = xg[rng.integers(0, xg.size, (n_boot, xg.size))].mean(-1)
+    return out
+
+
+def largest_gap(means: np.ndarray) -> np.ndarray:
+    """max - min over the groups (last axis) that have a mean; NaN with fewer than two."""
+    ok = np.isfinite(means)
+    gap = np.where(ok, means, -np.inf).max(-1) - np.where(ok, means, np.inf).min(-1)
+    return np.where(ok.sum(-1) >= 2, gap, np.nan)
+
+
+def group_means_and_gap(x: np.ndarray, codes: np.ndarray, n_groups: int,
+                        rng: np.random.Generator, n_boot: int = 1000, level: float = 0.95
+                        ) -> tuple[list[Estimate], Estimate]:
+    """Each group's mean and the largest gap between group means, with percentile intervals from
+    the within-group bootstrap of `stratified_means` (one set of replicates for all of them).
+    The plug-in gap is biased upward (the max of noisy means): read its CI, not its point."""
+    point = stratified_means(x, codes, n_groups)
+    reps = stratified_means(x, codes, n_groups, rng, n_boot)
+    cols = np.column_stack([reps, largest_gap(reps)])
+    values = [*point, float(largest_gap(point))]
+    ests = [NAN_ESTIMATE if np.isnan(v) else Estimate(float(v), *percentile_interval(r, level))
+            for v, r in zip(values, cols.T)]
+    return ests[:-1], ests[-1]
