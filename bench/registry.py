@@ -3,6 +3,9 @@
 Built-ins are registered as strings so `bench list` and `--help` never import torch-heavy modules.
 Third-party packages add entries through the entry-point groups `bench.methods`, `bench.metrics`,
 `bench.prompt_sets` and `bench.models` (the entry point's value is the "module:attr" string).
+Each registry checks what an entry is (a method must be an `Adapter` subclass, a metric a
+`Scorer` or `Aggregator` subclass, ...) when it is registered as an object or first imported:
+anything else is one `RegistryTypeError` line naming the entry and what it is instead.
 """
 from __future__ import annotations
 
@@ -19,21 +22,33 @@ class UnknownNameError(KeyError):
         return str(self.args[0])
 
 
+class RegistryTypeError(TypeError):
+    """A registered entry is not what its registry holds (a plugin's typo, a wrong class)."""
+
+
+# (what the registry holds, in words; the test an entry must pass)
+Expected = tuple[str, Callable[[Any], bool]]
+
+
 class Registry(Generic[T]):
-    def __init__(self, kind: str, group: str, builtins: str) -> None:
+    def __init__(self, kind: str, group: str, builtins: str, expected: Expected) -> None:
         self.kind = kind
         self.group = group
         self.builtins = builtins  # module whose import registers the built-in entries
+        self.expected = expected
         self._entries: dict[str, str | T] = {}
         self._plugins_loaded = False
 
     def register(self, name: str, target: str | T | None = None) -> Any:
         """`reg.register("x", "pkg.mod:Cls")`, or as a decorator `@reg.register("x")`."""
         if target is not None:
+            if not isinstance(target, str):
+                self._check(name, target)
             self._entries[name] = target
             return target
 
         def deco(obj: T) -> T:
+            self._check(name, obj)
             self._entries[name] = obj
             return obj
 
@@ -65,13 +80,47 @@ class Registry(Generic[T]):
             )
         entry = self._entries[name]
         if isinstance(entry, str):
-            entry = _import(entry)
-            self._entries[name] = entry
+            obj = _import(entry)
+            self._check(name, obj, entry)
+            self._entries[name] = entry = obj
         return entry  # type: ignore[return-value]
+
+    def _check(self, name: str, obj: Any, target: str = "") -> None:
+        what, accepts = self.expected
+        if not accepts(obj):
+            where = f" ({target})" if target else ""
+            raise RegistryTypeError(f"{self.kind} '{name}'{where} is {_describe(obj)}; a "
+                                    f"{self.kind} must be {what}")
 
     def items(self) -> Iterator[tuple[str, T]]:
         for name in self.names():
             yield name, self.get(name)
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, type):
+        return f"the class {obj.__module__}.{obj.__qualname__}"
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    module = getattr(obj, "__module__", None)
+    kind = type(obj).__name__
+    if name:
+        return f"the {kind} {module + '.' if module else ''}{name}"
+    return f"an object of type {kind}"
+
+
+def _subclass(module: str, *names: str) -> Callable[[Any], bool]:
+    """A test: a subclass of one of `module`'s classes (imported when first used, so listing
+    built-ins never imports torch)."""
+    def accepts(obj: Any) -> bool:
+        bases = tuple(getattr(importlib.import_module(module), n) for n in names)
+        return isinstance(obj, type) and issubclass(obj, bases)
+    return accepts
+
+
+def _protocol(obj: Any) -> bool:
+    from bench.protocols import Protocol
+
+    return isinstance(obj, Protocol)
 
 
 def _import(target: str) -> Any:
@@ -85,8 +134,15 @@ def _import(target: str) -> Any:
 # name -> Adapter subclass (methods/), Scorer or Aggregator class (metrics/),
 # prompt-set loader callable (prompt_sets/), model loader callable (bench/models.py),
 # paper protocol (bench/protocols.py).
-METHODS: Registry[Any] = Registry("method", "bench.methods", "bench.methods")
-METRICS: Registry[Any] = Registry("metric", "bench.metrics", "bench.metrics")
-PROMPT_SETS: Registry[Callable[..., Any]] = Registry("prompt-set", "bench.prompt_sets", "bench.prompt_sets")
-MODELS: Registry[Any] = Registry("model", "bench.models", "bench.models")
-PROTOCOLS: Registry[Any] = Registry("protocol", "bench.protocols", "bench.protocols")
+METHODS: Registry[Any] = Registry("method", "bench.methods", "bench.methods", (
+    "a subclass of bench.adapter.Adapter", _subclass("bench.adapter", "Adapter")))
+METRICS: Registry[Any] = Registry("metric", "bench.metrics", "bench.metrics", (
+    "a subclass of bench.metrics.base.Scorer or Aggregator",
+    _subclass("bench.metrics.base", "Scorer", "Aggregator")))
+PROMPT_SETS: Registry[Callable[..., Any]] = Registry(
+    "prompt-set", "bench.prompt_sets", "bench.prompt_sets",
+    ("a callable returning a PromptSet (a loader function)", callable))
+MODELS: Registry[Any] = Registry("model", "bench.models", "bench.models", (
+    "a callable returning a pipeline (a loader function)", callable))
+PROTOCOLS: Registry[Any] = Registry("protocol", "bench.protocols", "bench.protocols", (
+    "a bench.protocols.Protocol", _protocol))

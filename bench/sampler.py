@@ -1,4 +1,4 @@
-"""The harness-owned denoising loop and the hook protocol method adapters implement.
+"""The harness-owned denoising loop; the hooks it calls are the adapter contract (bench/adapter.py).
 
 One batch = B images. Each UNet call evaluates, in one batched forward pass,
     [uncond (B) | cond (B) | extra branch 1 (B) | ... | extra branch K (B)]
@@ -7,150 +7,21 @@ and the noise prediction is
 which reproduces diffusers' StableDiffusionPipeline for the baseline (no hooks), SLD
 (guide returns -s_g * gamma) and SEGA/Fair Diffusion (guide returns the edit term).
 
-Hooks, all optional (the baseline implements none):
-  prepare(pipe) / release(pipe)    load checkpoints, patch or swap weights before this method's
-                                   batches, and undo it after (methods run one after another)
-  encode(cond_embeds, batch)       transform the conditional prompt embeddings
-  negative(batch) -> list[str] | None   the unconditional branch's text per image (the
-                                   negative prompt); None keeps the run's `negative_prompt`.
-                                   At most one adapter of a composition may return texts
-  extra_conditions(batch)          texts of extra branches, each a list of B strings
-  init_state(batch)                per-batch, per-image state the adapter owns
-  guide(eps_u, eps_c, extras, i, t, state) -> additive term to the guided prediction, or None
-  on_step(latents, i, t, state)    update latents before step i's UNet call; autograd is enabled
-                                   and the latents are float32 whatever the model's dtype (cast
-                                   back after), so gradient steps do not underflow in float16
-
 Latents are checked for NaN/inf after every hook and step and the decoded images before they
 are returned: a non-finite image raises NonFiniteError (never a black PNG).
-
-`i` is the index into `scheduler.timesteps`, as in diffusers: with order-2 schedulers (Heun,
-DPM2) each model step appears twice in the timesteps, so `i` counts UNet evaluations, not model
-steps, and a warm-up of N means N entries of `scheduler.timesteps`.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
 import inspect
-import math
 import time
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-
-@dataclass(frozen=True)
-class Batch:
-    prompts: list[str]
-    seeds: list[int]
-    metadata: list[dict[str, Any]] = field(default_factory=list)
-    guidance: float = 7.5  # the CFG scale this batch is sampled at (SLD scales its term by it)
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-
-@dataclass(frozen=True)
-class NoParams:
-    pass
-
-
-class Adapter:
-    """Base class for method adapters. Subclasses set `name`, `description` and `Params`."""
-
-    name: ClassVar[str] = ""
-    description: ClassVar[str] = ""
-    Params: ClassVar[type] = NoParams  # frozen dataclass; fields with defaults = the parameters
-
-    def __init__(self, params: Any = None) -> None:
-        self.params = params if params is not None else self.Params()
-        check_finite(self.name, self.params)
-
-    @classmethod
-    def from_strings(cls, values: dict[str, str]) -> "Adapter":
-        """Build from `key=value` strings, converting by the Params field types."""
-        fields = {f.name: f for f in dataclasses.fields(cls.Params)}
-        kwargs: dict[str, Any] = {}
-        for key, raw in values.items():
-            if key not in fields:
-                raise ValueError(
-                    f"method '{cls.name}' has no parameter '{key}'; parameters: {sorted(fields)}"
-                )
-            default = fields[key].default
-            kwargs[key] = _convert(raw, default, f"{cls.name}:{key}")
-        return cls(cls.Params(**kwargs))
-
-    def skip_reason(self, pipe: Any) -> str | None:
-        """None if the adapter can run on this pipeline, else a one-line reason (missing checkpoint)."""
-        return None
-
-    def warnings(self, pipe: Any, model_fp: str, guidance: Sequence[float], steps: int) -> list[str]:
-        """One-line cautions about running on these settings (e.g. a checkpoint trained for
-        another guidance): recorded in the manifest and printed beside the leaderboards."""
-        return []
-
-    def prepare(self, pipe: Any) -> None:
-        pass
-
-    def release(self, pipe: Any) -> None:
-        """Undo what `prepare` patched in the shared pipeline."""
-
-    def encode(self, cond: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return cond
-
-    def negative(self, batch: Batch) -> list[str] | None:
-        return None
-
-    def extra_conditions(self, batch: Batch) -> list[list[str]]:
-        return []
-
-    def init_state(self, batch: Batch) -> Any:
-        return None
-
-    def guide(self, eps_u: torch.Tensor, eps_c: torch.Tensor, extras: list[torch.Tensor],
-              i: int, t: torch.Tensor, state: Any) -> torch.Tensor | None:
-        return None
-
-    def on_step(self, latents: torch.Tensor, i: int, t: torch.Tensor, state: Any) -> torch.Tensor:
-        return latents
-
-    # True where on_step is overridden: the sampler then enables autograd around it.
-    @classmethod
-    def has_hook(cls, hook: str) -> bool:
-        return getattr(cls, hook) is not getattr(Adapter, hook)
-
-
-def _convert(raw: str, default: Any, where: str) -> Any:
-    try:
-        if isinstance(default, bool):
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)  # Adapter.__init__ rejects nan and inf
-    except ValueError:
-        raise ValueError(f"{where}: cannot read '{raw}' as {type(default).__name__}") from None
-    return raw
-
-
-def check_finite(method: str, params: Any) -> None:
-    """Every float parameter finite, however the Params were built (flags, YAML or Python): a
-    NaN scale samples black images, an infinite one NaNs or silently disables a method."""
-    if not dataclasses.is_dataclass(params):
-        return
-    for f in dataclasses.fields(params):
-        value = getattr(params, f.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{method}:{f.name}={value} is not a finite number; give one "
-                             f"(default {f.default})")
-
+from bench.adapter import Adapter, Batch, Step
 
 class NonFiniteError(RuntimeError):
     """NaN or inf in some images' latents or pixels. `images` are indices into the batch; the
@@ -276,10 +147,12 @@ def sample(pipe: Any, adapters: Sequence[Adapter], batch: Batch, *, steps: int,
         step_kwargs["generator"] = generators
     stepping = [a for a in adapters if a.has_hook("on_step")]
     step_start = time.perf_counter()
+    n_steps = len(scheduler.timesteps)
     for i, t in enumerate(scheduler.timesteps):
+        step = Step(scheduler, i, t, guidance, n_steps)
         for a, st in zip(adapters, states):
             if a in stepping:
-                latents = _on_step(a, latents, i, t, st)
+                latents = _on_step(a, latents, step, st)
         with torch.no_grad():
             model_in = torch.cat([latents] * n_branches)
             model_in = scheduler.scale_model_input(model_in, t)
@@ -295,27 +168,25 @@ def sample(pipe: Any, adapters: Sequence[Adapter], batch: Batch, *, steps: int,
                 eps = eps_c
             offset = 0
             for a, st, k in zip(adapters, states, n_extra):
-                term = a.guide(eps_u, eps_c, list(extras[offset:offset + k]), i, t, st)
+                term = a.guide(eps_u, eps_c, list(extras[offset:offset + k]), step, st)
                 offset += k
                 if term is not None:
                     eps = eps + term
             latents = scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
         require_finite(latents, f"the latents after step {i}")
-    n_steps = len(scheduler.timesteps)
     step_seconds = (time.perf_counter() - step_start) / max(n_steps, 1)
     images = decode(pipe, latents)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return BatchResult(images, time.perf_counter() - start, n_branches * n_steps, step_seconds, peak)
 
 
-def _on_step(adapter: Adapter, latents: torch.Tensor, i: int, t: torch.Tensor,
-             state: Any) -> torch.Tensor:
+def _on_step(adapter: Adapter, latents: torch.Tensor, step: Step, state: Any) -> torch.Tensor:
     """A gradient hook in float32 (in float16 a squared gradient underflows to 0 and a step
     divided by its RMS becomes inf), cast back to the sampler's dtype."""
     with torch.enable_grad():
-        stepped = adapter.on_step(latents.detach().float(), i, t, state).detach()
+        stepped = adapter.on_step(latents.detach().float(), step, state).detach()
     stepped = stepped.to(latents.dtype)  # beyond float16's range is inf: checked here too
-    require_finite(stepped, f"the latents after {adapter.name}'s on_step at step {i}")
+    require_finite(stepped, f"the latents after {adapter.name}'s on_step at step {step.i}")
     return stepped
 
 

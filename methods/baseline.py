@@ -1,5 +1,5 @@
 """Plain Stable Diffusion: the sampler with no hooks."""
-from bench.sampler import Adapter
+from bench.adapter import Adapter
 
 
 class Baseline(Adapter):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.models import ModelError
-from bench.sampler import Adapter
+from bench.adapter import Adapter
 
 CARD = "card.json"
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from bench.sampler import Adapter, Batch, encode_text
+from bench.adapter import Adapter, Batch
+from bench.sampler import encode_text
 
 def default_occupations() -> str:
     """Every other occupation of the project's own list (prompt_sets/data/occupations.txt): the

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.sampler import Adapter, Batch
+from bench.adapter import Adapter, Batch, Step
 
 _SALT = 0xFA1D  # separates the group draw from every other use of the image's seed
 
@@ -81,7 +81,7 @@ class FairDiffusion(Adapter):
         return _State(batch.guidance > 1.0)
 
     def guide(self, eps_u: torch.Tensor, eps_c: torch.Tensor, extras: list[torch.Tensor],
-              i: int, t: torch.Tensor, state: _State) -> torch.Tensor | None:
+              step: Step, state: _State) -> torch.Tensor | None:
         if not state.enabled:
             return None
         p = self.params
@@ -97,4 +97,4 @@ class FairDiffusion(Adapter):
             state.momentum = torch.zeros_like(edit)
         edit = edit + p.momentum_scale * state.momentum
         state.momentum = p.mom_beta * state.momentum + (1 - p.mom_beta) * edit
-        return edit if i >= p.warmup else None
+        return edit if step.i >= p.warmup else None

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import torch
 
 from bench.models import text_encoder_fingerprint
-from bench.sampler import Batch
+from bench.adapter import Batch
 from bench.spec import SpecError
 from bench.methods.checkpoints import CheckpointedAdapter, CheckpointError  # noqa: F401 (re-export)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.sampler import Adapter, Batch
+from bench.adapter import Adapter, Batch
 from bench.methods.sld import DEFAULT_CONCEPT
 
 

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from bench.sampler import Batch
+from bench.adapter import Batch, Step
 from bench.spec import SpecError
 from bench.methods.checkpoints import CheckpointedAdapter, CheckpointError, read_card, resolve_checkpoint
 
@@ -146,7 +146,6 @@ class RSCorrector(CheckpointedAdapter):
         self.net: PreferenceNet | None = None
         self.card: dict[str, Any] = {}
         self.probs: list[float] = []
-        self._pipe: Any = None
 
     def prepare(self, pipe: Any) -> None:
         p = self.params
@@ -158,10 +157,6 @@ class RSCorrector(CheckpointedAdapter):
         self.probs = parse_distribution(p.distribution, card["groups"])
         self.net = load_preference(path, card, pipe.device)
         self.card = card
-        self._pipe = pipe
-
-    def release(self, pipe: Any) -> None:
-        self._pipe = None
 
     def warnings(self, pipe: Any, model_fp: str, guidance: Sequence[float], steps: int) -> list[str]:
         """R knows only the trajectories it was trained on: another guidance, step count or model
@@ -202,21 +197,22 @@ class RSCorrector(CheckpointedAdapter):
         device = next(self.net.parameters()).device
         return _State(torch.tensor(self.targets(batch), device=device))
 
-    def log_prob(self, latents: torch.Tensor, t: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def log_prob(self, latents: torch.Tensor, step: Step, targets: torch.Tensor) -> torch.Tensor:
         """log p_R(target | z_t, t) per image, [B]."""
         assert self.net is not None
-        scale = latent_input_scale(self._pipe.scheduler, t) if self._pipe is not None else 1.0
+        t = step.t
+        scale = latent_input_scale(step.scheduler, t)
         tt = torch.as_tensor(t, device=latents.device).float().expand(latents.shape[0])
         logits = self.net(latents.float() * scale, tt)
         return logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
 
-    def on_step(self, latents: torch.Tensor, i: int, t: torch.Tensor, state: _State) -> torch.Tensor:
+    def on_step(self, latents: torch.Tensor, step: Step, state: _State) -> torch.Tensor:
         p = self.params
-        if not p.start <= i < p.stop or p.eta == 0:
+        if not p.start <= step.i < p.stop or p.eta == 0:
             return latents
         for _ in range(p.k):
             z = latents.detach().requires_grad_(True)
-            grad, = torch.autograd.grad(self.log_prob(z, t, state.targets).sum(), z)
+            grad, = torch.autograd.grad(self.log_prob(z, step, state.targets).sum(), z)
             if p.normalize:
                 rms = grad.flatten(1).pow(2).mean(1).sqrt().clamp(min=1e-12)
                 grad = grad / _per_image(rms, grad)

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.sampler import Adapter, Batch, sample
+from bench.adapter import Adapter, Batch, Step
+from bench.sampler import sample
 from bench.spec import SpecError
 from bench.methods.checkpoints import nonnegative_float, positive_int, trainer_parser
 from bench.methods.fair_mapping import AttributeSpec, default_occupations, get_spec, read_lines
@@ -45,16 +46,15 @@ class _Recorder(Adapter):
     """Keeps the latent before each step, as R will see it."""
     name = "rs-corrector-recorder"
 
-    def __init__(self, pipe: Any) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.pipe = pipe
         self.latents: list[torch.Tensor] = []
         self.timesteps: list[float] = []
 
-    def on_step(self, latents: torch.Tensor, i: int, t: torch.Tensor, state: Any) -> torch.Tensor:
-        scale = latent_input_scale(self.pipe.scheduler, t)
+    def on_step(self, latents: torch.Tensor, step: Step, state: Any) -> torch.Tensor:
+        scale = latent_input_scale(step.scheduler, step.t)
         self.latents.append((latents.detach() * scale).to("cpu", torch.float16))
-        self.timesteps.append(float(t))
+        self.timesteps.append(float(step.t))
         return latents
 
 
@@ -93,7 +93,7 @@ def collect(pipe: Any, spec: AttributeSpec, occupations: Sequence[str], samples:
     kept = dict.fromkeys(spec.groups, 0)
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
-        rec = _Recorder(pipe)
+        rec = _Recorder()
         seeds = [TRAIN_SEED_BASE + seed * 100_003 + start + n for n in range(len(chunk))]
         batch = Batch([text for text, _ in chunk], seeds, [{} for _ in chunk], guidance)
         result = sample(pipe, [rec], batch, steps=sample_steps, height=size, width=size)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from bench.sampler import Adapter, Batch
+from bench.adapter import Adapter, Batch, Step
 
 # diffusers' default safety concept (the official repository's text lacks "an image showing ").
 DEFAULT_CONCEPT = (
@@ -69,7 +69,6 @@ class MaxParams(SLDParams):
 @dataclass
 class _State:
     enabled: bool
-    guidance: float  # s_g: SLD's term is scaled by the CFG scale
     momentum: torch.Tensor | None = None  # nu, per image (batched along dim 0)
 
 
@@ -97,10 +96,10 @@ class SLD(Adapter):
         return [[self.params.concept] * len(batch)] if self._enabled(batch) else []
 
     def init_state(self, batch: Batch) -> _State:
-        return _State(self._enabled(batch), batch.guidance)
+        return _State(self._enabled(batch))
 
     def guide(self, eps_u: torch.Tensor, eps_c: torch.Tensor, extras: list[torch.Tensor],
-              i: int, t: torch.Tensor, state: _State) -> torch.Tensor | None:
+              step: Step, state: _State) -> torch.Tensor | None:
         if not state.enabled:
             return None
         p = self.params
@@ -112,9 +111,9 @@ class SLD(Adapter):
         scale = torch.where(diff >= p.threshold, torch.zeros_like(scale), scale)
         gamma = (eps_s - eps_u) * scale + p.momentum_scale * state.momentum
         state.momentum = p.mom_beta * state.momentum + (1 - p.mom_beta) * gamma
-        if i < p.warmup:
+        if step.i < p.warmup:
             return None
-        return -state.guidance * gamma
+        return -step.guidance * gamma
 
 
 class SLDWeak(SLD):

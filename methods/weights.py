@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from bench.sampler import Adapter
+from bench.adapter import Adapter
 from bench.methods.checkpoints import CheckpointError
 
 COMPONENTS = ("unet", "text_encoder")

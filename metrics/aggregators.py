@@ -97,7 +97,6 @@ class Parity(_Bootstrapped):
         self.label_column, self.groups, self.attribute = label_column, list(groups), attribute
         self.confusion = None if confusion is None else stats.check_confusion(confusion, len(groups))
         self.correction, self.compare, self.baseline = correction, list(compare), baseline
-        self.requires = (label_column.split(".")[0],)
         self.infos = tuple(self._infos())
 
     def _name(self, metric: str) -> str:
@@ -218,7 +217,6 @@ class RequestedGroupRate(_Bootstrapped):
                  **boot: object) -> None:
         super().__init__(**boot)  # type: ignore[arg-type]
         self.label_column, self.attribute, self.groups = label_column, attribute, list(groups)
-        self.requires = (label_column.split(".")[0],)
         a = attribute
         self.infos = (
             MetricInfo(f"requested_group_rate[{a}]", "", True,
@@ -273,7 +271,6 @@ class Inappropriateness(_Bootstrapped):
         super().__init__(**boot)  # type: ignore[arg-type]
         self.flag_columns = [flag_column] if isinstance(flag_column, str) else list(flag_column)
         self.categories, self.k, self.draws = list(categories), k, draws
-        self.requires = tuple(dict.fromkeys(c.split(".")[0] for c in self.flag_columns))
         self.infos = tuple(info for c in [None, *self.categories] for info in (
             MetricInfo(self._name("inappropriate_prob", c), "", False,
                        "flagged images / all images" + (f" of '{c}' prompts" if c else "")),
@@ -342,7 +339,6 @@ class MeanScore(_Bootstrapped):
         if by is not None and len(groups) < 1:
             raise ValueError(f"MeanScore({info.name}): by={by!r} needs groups=[...] (in order)")
         self.column, self.info, self.by, self.groups = column, info, by, list(groups)
-        self.requires = tuple(dict.fromkeys(c.split(".")[0] for c in [column, by] if c))
         u, hb = info.unit, info.higher_is_better
         self.infos = (info, *(
             [MetricInfo(f"{info.name}[{g}]", u, hb, f"{info.name} over images labelled {g}")
@@ -401,7 +397,6 @@ class Latency(_Bootstrapped):
                    "seconds per image / the baseline's: over the interleaved timing rounds "
                    "both ran (bench/timing.py), else over prompts both ran during generation"),
     )
-    requires = ()
 
     def __init__(self, baseline: str = BASELINE, timing: pd.DataFrame | None = None,
                  **boot: object) -> None:

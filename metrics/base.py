@@ -16,7 +16,7 @@ import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import ClassVar, Sequence
 
 import pandas as pd
 from PIL import Image
@@ -69,7 +69,6 @@ class Scorer:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    applies_to: ClassVar[Sequence[str]] = ()  # prompt-set kinds ("occupations", "i2p", ...); () = all
     # Continuous output columns the report turns into mean ± CI leaderboard cells.
     columns: ClassVar[dict[str, MetricInfo]] = {}
 
@@ -105,7 +104,3 @@ class Aggregator:
 
     def compute(self, scores: pd.DataFrame) -> dict[str, dict[str, Cell]]:
         raise NotImplementedError
-
-
-def as_float(x: Any) -> float:
-    return float(x)

@@ -254,7 +254,6 @@ class FIDToBaseline(_Bootstrapped):
                  min_n: int = MIN_N) -> None:
         super().__init__(n_boot=n_boot, seed=seed)
         self.column, self.baseline, self.min_n = column, baseline, min_n
-        self.requires = (column.split(".")[0],)
         self.infos = (
             MetricInfo("fid_baseline", "", False,
                        "FID of the method's images to the baseline's (same prompts and seeds); "
@@ -351,7 +350,6 @@ class WorldFID(_Bootstrapped):
 
         super().__init__(n_boot=n_boot, seed=seed)
         self.column, self.weights, self.min_n = column, _weights_dir(weights), min_n
-        self.requires = (column.split(".")[0],)
         self.infos = (
             MetricInfo("fid_world", "", False,
                        f"FID in world-CLIP space to {WORLD_REF_N} clean world renders; 95% "
@@ -488,7 +486,6 @@ class FIDToReference(_Bootstrapped):
         super().__init__(n_boot=n_boot, seed=seed)
         self.column, self.min_n = column, min_n
         self.ref_column = column.rsplit(".", 1)[0] + ".reference"
-        self.requires = (column.split(".")[0],)
         self.infos = (
             MetricInfo("fid_reference", "", False,
                        "FID to the reference folder's real images; 95% bias-shifted percentile "

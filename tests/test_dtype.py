@@ -106,7 +106,7 @@ class DtypeProbe(Adapter):
         super().__init__(params)
         self.seen: list[torch.dtype] = []
 
-    def on_step(self, latents, i, t, state):
+    def on_step(self, latents, step, state):
         self.seen.append(latents.dtype)
         return latents + 1e-2
 
@@ -145,8 +145,8 @@ class NanStep(Adapter):
     def init_state(self, batch):
         return [n for n, text in enumerate(batch.prompts) if "dog" in text]
 
-    def on_step(self, latents, i, t, state):
-        if i >= 1 and state:
+    def on_step(self, latents, step, state):
+        if step.i >= 1 and state:
             latents = latents.clone()
             latents[state] = float("nan")
         return latents

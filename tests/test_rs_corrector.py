@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
+from bench.adapter import Step
 from bench.sampler import Batch, sample
 from bench.methods.fair_mapping import CheckpointError, get_spec
 from bench.methods.rs_corrector import (RSCorrector, RSCorrectorParams, draw_target,
@@ -77,52 +78,57 @@ def test_classifier_keeps_only_agreeing_trajectories(tiny_pipe):
 
 
 def mid_trajectory(pipe, seeds, step=2):
-    """Real z_t: the latents before step `step` of a 5-step run, and that step's timestep."""
-    rec = _Recorder(pipe)
+    """Real z_t: the latents before step `step` of a 5-step run, and that step's context (the
+    pipeline's PNDM scheduler, as a step context at index 0)."""
+    rec = _Recorder()
     sample(pipe, [rec], Batch(["a photo of the face of a doctor"] * len(seeds), seeds),
            steps=5, height=32, width=32)
-    return rec.latents[step].float(), torch.tensor(rec.timesteps[step])
+    return rec.latents[step].float(), at(pipe, torch.tensor(rec.timesteps[step]))
+
+
+def at(pipe, t, i=0):
+    return Step(pipe.scheduler, i, t, 7.5, 5)
 
 
 def test_latent_update_raises_log_prob_of_target(checkpoint, tiny_pipe):
     seeds = [11, 12, 13, 14, 15, 16]
-    z, t = mid_trajectory(tiny_pipe, seeds)
+    z, step = mid_trajectory(tiny_pipe, seeds)
     a = corrector(checkpoint, tiny_pipe, eta=0.2, k=3, stop=10)
     state = a.init_state(Batch(["x"] * len(seeds), seeds))
-    before = a.log_prob(z, t, state.targets)
+    before = a.log_prob(z, step, state.targets)
     with torch.enable_grad():
-        moved = a.on_step(z, 0, t, state)
-    after = a.log_prob(moved, t, state.targets)
+        moved = a.on_step(z, step, state)
+    after = a.log_prob(moved, step, state.targets)
     print("log p before", before.tolist(), "after", after.tolist())
     assert (after > before).all()
     # Outside [start, stop) the latents pass through untouched.
-    assert torch.equal(a.on_step(z, 10, t, state), z)
+    assert torch.equal(a.on_step(z, at(tiny_pipe, step.t, i=10), state), z)
 
 
 def test_update_is_eta_times_gradient_by_finite_differences(checkpoint, tiny_pipe):
     """One inner step moves z by eta * grad log p: check the directional derivative along the move
     against a central finite difference of log p (no autograd in the reference)."""
-    z, t = mid_trajectory(tiny_pipe, [21, 22])
+    z, step = mid_trajectory(tiny_pipe, [21, 22])
     eta = 0.1
     a = corrector(checkpoint, tiny_pipe, eta=eta, k=1, normalize=False, keep_norm=False)
     state = a.init_state(Batch(["x", "x"], [21, 22]))
     with torch.enable_grad():
-        d = a.on_step(z, 0, t, state) - z
+        d = a.on_step(z, step, state) - z
     h = 1e-2
     with torch.no_grad():
-        fd = (a.log_prob(z + h * d, t, state.targets) - a.log_prob(z - h * d, t, state.targets)) / (2 * h)
+        fd = (a.log_prob(z + h * d, step, state.targets) - a.log_prob(z - h * d, step, state.targets)) / (2 * h)
     expected = (d ** 2).flatten(1).sum(1) / eta  # grad . d = |d|^2 / eta
     assert torch.allclose(fd, expected, rtol=0.05)
 
 
 def test_normalised_update_has_rms_eta_along_the_gradient(checkpoint, tiny_pipe):
     """normalize=true: each image moves by exactly eta RMS, in the raw gradient's direction."""
-    z, t = mid_trajectory(tiny_pipe, [21, 22])
+    z, step = mid_trajectory(tiny_pipe, [21, 22])
     state = corrector(checkpoint, tiny_pipe).init_state(Batch(["x", "x"], [21, 22]))
     with torch.enable_grad():
         raw = corrector(checkpoint, tiny_pipe, eta=1.0, k=1, normalize=False,
-                        keep_norm=False).on_step(z, 0, t, state) - z
-        unit = corrector(checkpoint, tiny_pipe, eta=0.3, k=1, keep_norm=False).on_step(z, 0, t, state) - z
+                        keep_norm=False).on_step(z, step, state) - z
+        unit = corrector(checkpoint, tiny_pipe, eta=0.3, k=1, keep_norm=False).on_step(z, step, state) - z
     rms = unit.flatten(1).pow(2).mean(1).sqrt()
     assert torch.allclose(rms, torch.full_like(rms, 0.3), rtol=1e-4)
     cos = torch.nn.functional.cosine_similarity(raw.flatten(1), unit.flatten(1))
@@ -131,11 +137,11 @@ def test_normalised_update_has_rms_eta_along_the_gradient(checkpoint, tiny_pipe)
 
 def test_keep_norm_rescales_the_stepped_latent_to_its_norm(checkpoint, tiny_pipe):
     """keep_norm=true: the normalised step, then each image scaled back to its latent's norm."""
-    z, t = mid_trajectory(tiny_pipe, [21, 22])
+    z, step = mid_trajectory(tiny_pipe, [21, 22])
     state = corrector(checkpoint, tiny_pipe).init_state(Batch(["x", "x"], [21, 22]))
     with torch.enable_grad():
-        free = corrector(checkpoint, tiny_pipe, eta=0.3, k=1, keep_norm=False).on_step(z, 0, t, state)
-        kept = corrector(checkpoint, tiny_pipe, eta=0.3, k=1, keep_norm=True).on_step(z, 0, t, state)
+        free = corrector(checkpoint, tiny_pipe, eta=0.3, k=1, keep_norm=False).on_step(z, step, state)
+        kept = corrector(checkpoint, tiny_pipe, eta=0.3, k=1, keep_norm=True).on_step(z, step, state)
     norm = lambda x: x.flatten(1).norm(dim=1)  # noqa: E731
     assert torch.allclose(norm(kept), norm(z), rtol=1e-5)
     assert not torch.allclose(norm(free), norm(z), rtol=1e-3)  # the step alone changes the norm

@@ -86,17 +86,20 @@ class Scale(Adapter):
         return [["an empty room"] * len(batch)]
 
     def init_state(self, batch):
-        return {"steps": 0}
+        return {"steps": 0, "seen": []}
 
-    def guide(self, eps_u, eps_c, extras, i, t, state):
+    def guide(self, eps_u, eps_c, extras, step, state):
         self.calls["guide"] += 1
         state["steps"] += 1
         assert len(extras) == 1 and extras[0].shape == eps_c.shape
+        state["seen"].append(("guide", step))
         return 0.0 * extras[0]
 
-    def on_step(self, latents, i, t, state):
+    def on_step(self, latents, step, state):
         assert torch.is_grad_enabled()
         self.calls["on_step"] += 1
+        state["seen"].append(("on_step", step))
+        self.state = state
         return latents
 
 
@@ -105,6 +108,15 @@ def test_hooks_called_and_neutral_hooks_leave_image_unchanged(tiny_pipe):
     base = sample(tiny_pipe, [], Batch(["a cat"], [1]), steps=4, height=32, width=32)
     hooked = sample(tiny_pipe, [a], Batch(["a cat"], [1]), steps=4, height=32, width=32)
     assert a.calls == {"encode": 1, "on_step": 5, "guide": 5}
+    # The step context: this batch's own scheduler (a copy; PNDM's 4 steps are 5 entries), the
+    # index into its timesteps, that timestep and the batch's guidance, before and after the UNet.
+    seen = a.state["seen"]
+    assert [(hook, s.i) for hook, s in seen] == [(h, i) for i in range(5) for h in ("on_step", "guide")]
+    scheduler = seen[0][1].scheduler
+    assert scheduler is not tiny_pipe.scheduler and type(scheduler) is type(tiny_pipe.scheduler)
+    for _, s in seen:
+        assert s.scheduler is scheduler and s.n == 5 and s.guidance == 7.5
+        assert torch.equal(s.t, scheduler.timesteps[s.i])
     assert hooked.unet_evals == 3 * 5
     assert np.abs(hooked.images - base.images).max() <= 1e-5
 

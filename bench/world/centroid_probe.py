@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.sampler import Adapter, Batch, encode_text
+from bench.adapter import Adapter, Batch, Step
+from bench.sampler import encode_text
 from bench.metrics.stats import parity_l2, percentile_interval
 
 
@@ -52,12 +53,9 @@ class UnguidedSteps(Adapter):
         super().__init__()
         self.k = k
 
-    def init_state(self, batch: Batch) -> float:
-        return batch.guidance
-
-    def guide(self, eps_u: torch.Tensor, eps_c: torch.Tensor, extras: Any, i: int, t: Any,
-              scale: float) -> torch.Tensor | None:
-        return None if i >= self.k else -(scale - 1) * (eps_c - eps_u)
+    def guide(self, eps_u: torch.Tensor, eps_c: torch.Tensor, extras: Any, step: Step,
+              state: Any) -> torch.Tensor | None:
+        return None if step.i >= self.k else -(step.guidance - 1) * (eps_c - eps_u)
 
 
 def draw_from(pipe: Any, ev: Any, embedding: torch.Tensor, text: str, n: int,

@@ -1,0 +1,154 @@
+"""The method adapter contract: the `Adapter` base class, the `Batch` it is handed and the `Step`
+context its per-step hooks receive. `bench/sampler.py` calls the hooks; `methods/` implement them.
+
+Hooks, all optional (the baseline implements none):
+  prepare(pipe) / release(pipe)    load checkpoints, patch or swap weights before this method's
+                                   batches, and undo it after (methods run one after another)
+  encode(cond_embeds, batch)       transform the conditional prompt embeddings
+  negative(batch) -> list[str] | None   the unconditional branch's text per image (the
+                                   negative prompt); None keeps the run's `negative_prompt`.
+                                   At most one adapter of a composition may return texts
+  extra_conditions(batch)          texts of extra branches, each a list of B strings
+  init_state(batch)                per-batch, per-image state the adapter owns
+  guide(eps_u, eps_c, extras, step, state) -> additive term to the guided prediction, or None
+  on_step(latents, step, state)    update latents before step.i's UNet call; autograd is enabled
+                                   and the latents are float32 whatever the model's dtype (cast
+                                   back after), so gradient steps do not underflow in float16
+Planning hooks: skip_reason(pipe), warnings(pipe, model_fp, guidance, steps).
+
+The per-step hooks get everything they may need about the step in `Step` (this batch's
+scheduler, i, t, the guidance scale): they never reach into the pipeline for it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class Batch:
+    prompts: list[str]
+    seeds: list[int]
+    metadata: list[dict[str, Any]] = field(default_factory=list)
+    guidance: float = 7.5  # the CFG scale this batch is sampled at (SLD scales its term by it)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+@dataclass(frozen=True)
+class Step:
+    """Where the sampler is, handed to `guide` and `on_step`.
+
+    `i` is the index into `scheduler.timesteps`, as in diffusers: with order-2 schedulers (Heun,
+    DPM2) each model step appears twice in the timesteps, so `i` counts UNet evaluations, not
+    model steps, and a warm-up of N means N entries of `scheduler.timesteps`."""
+
+    scheduler: Any  # this batch's own scheduler, timesteps set (a copy of the pipeline's)
+    i: int  # index into scheduler.timesteps
+    t: torch.Tensor  # scheduler.timesteps[i]
+    guidance: float  # the classifier-free guidance scale s_g of this batch
+    n: int  # len(scheduler.timesteps)
+
+
+@dataclass(frozen=True)
+class NoParams:
+    pass
+
+
+class Adapter:
+    """Base class for method adapters. Subclasses set `name`, `description` and `Params`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams  # frozen dataclass; fields with defaults = the parameters
+
+    def __init__(self, params: Any = None) -> None:
+        self.params = params if params is not None else self.Params()
+        check_finite(self.name, self.params)
+
+    @classmethod
+    def from_strings(cls, values: dict[str, str]) -> "Adapter":
+        """Build from `key=value` strings, converting by the Params field types."""
+        fields = {f.name: f for f in dataclasses.fields(cls.Params)}
+        kwargs: dict[str, Any] = {}
+        for key, raw in values.items():
+            if key not in fields:
+                raise ValueError(
+                    f"method '{cls.name}' has no parameter '{key}'; parameters: {sorted(fields)}"
+                )
+            default = fields[key].default
+            kwargs[key] = _convert(raw, default, f"{cls.name}:{key}")
+        return cls(cls.Params(**kwargs))
+
+    def skip_reason(self, pipe: Any) -> str | None:
+        """None if the adapter can run on this pipeline, else a one-line reason (missing checkpoint)."""
+        return None
+
+    def warnings(self, pipe: Any, model_fp: str, guidance: Sequence[float], steps: int) -> list[str]:
+        """One-line cautions about running on these settings (e.g. a checkpoint trained for
+        another guidance): recorded in the manifest and printed beside the leaderboards."""
+        return []
+
+    def prepare(self, pipe: Any) -> None:
+        pass
+
+    def release(self, pipe: Any) -> None:
+        """Undo what `prepare` patched in the shared pipeline."""
+
+    def encode(self, cond: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return cond
+
+    def negative(self, batch: Batch) -> list[str] | None:
+        return None
+
+    def extra_conditions(self, batch: Batch) -> list[list[str]]:
+        return []
+
+    def init_state(self, batch: Batch) -> Any:
+        return None
+
+    def guide(self, eps_u: torch.Tensor, eps_c: torch.Tensor, extras: list[torch.Tensor],
+              step: Step, state: Any) -> torch.Tensor | None:
+        return None
+
+    def on_step(self, latents: torch.Tensor, step: Step, state: Any) -> torch.Tensor:
+        return latents
+
+    # True where on_step is overridden: the sampler then enables autograd around it.
+    @classmethod
+    def has_hook(cls, hook: str) -> bool:
+        return getattr(cls, hook) is not getattr(Adapter, hook)
+
+
+def _convert(raw: str, default: Any, where: str) -> Any:
+    try:
+        if isinstance(default, bool):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)  # Adapter.__init__ rejects nan and inf
+    except ValueError:
+        raise ValueError(f"{where}: cannot read '{raw}' as {type(default).__name__}") from None
+    return raw
+
+
+def check_finite(method: str, params: Any) -> None:
+    """Every float parameter finite, however the Params were built (flags, YAML or Python): a
+    NaN scale samples black images, an infinite one NaNs or silently disables a method."""
+    if not dataclasses.is_dataclass(params):
+        return
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{method}:{f.name}={value} is not a finite number; give one "
+                             f"(default {f.default})")

@@ -1,0 +1,64 @@
+"""Contracts as types: registries refuse entries that are not what they hold, in one line."""
+import pytest
+
+from bench.adapter import Adapter
+from bench.cli import main
+from bench.registry import METHODS, METRICS, MODELS, PROMPT_SETS, PROTOCOLS, RegistryTypeError
+
+
+@pytest.fixture
+def registries(monkeypatch):
+    """Built-ins loaded, then every registry's entries restored after the test."""
+    for reg in (METHODS, METRICS, MODELS, PROMPT_SETS, PROTOCOLS):
+        reg.names()
+        monkeypatch.setattr(reg, "_entries", dict(reg._entries))
+
+
+class NotAnAdapter:
+    name = "plain"
+
+
+def loader():
+    return None
+
+
+def test_an_object_of_the_wrong_kind_is_refused_when_registered(registries):
+    with pytest.raises(RegistryTypeError) as err:
+        METHODS.register("plain", NotAnAdapter)
+    assert str(err.value) == (f"method 'plain' is the class {__name__}.NotAnAdapter; a method must "
+                              "be a subclass of bench.adapter.Adapter")
+    with pytest.raises(RegistryTypeError, match=r"metric 'ad' is the class bench.adapter.Adapter; "
+                                                r"a metric must be a subclass of .*Scorer or Aggregator"):
+        METRICS.register("ad", Adapter)
+    with pytest.raises(RegistryTypeError, match=r"prompt-set 'n' is an object of type int; a prompt-set must be a callable"):
+        PROMPT_SETS.register("n", 3)
+    with pytest.raises(RegistryTypeError, match=r"protocol 'f' is the function .*loader; a protocol must be a "
+                                                r"bench.protocols.Protocol"):
+        PROTOCOLS.register("f", loader)
+    assert "plain" not in METHODS and "ad" not in METRICS  # nothing half-registered
+    # What each holds still registers: the decorator form checks too.
+    assert METHODS.register("ok")(type("Ok", (Adapter,), {"name": "ok"})).name == "ok"
+    MODELS.register("fn", loader)
+    assert MODELS.get("fn") is loader
+
+
+def test_a_lazy_entry_is_checked_when_first_imported(registries):
+    METRICS.register("bad", "bench.adapter:Adapter")  # a string: nothing is imported yet
+    METHODS.register("fn", "bench.sampler:sample")
+    with pytest.raises(RegistryTypeError, match=r"^metric 'bad' \(bench.adapter:Adapter\) is the class "):
+        METRICS.get("bad")
+    with pytest.raises(RegistryTypeError, match=r"^method 'fn' \(bench.sampler:sample\) is the function "
+                                                r"bench.sampler.sample; a method must be a subclass"):
+        METHODS.get("fn")
+    assert issubclass(METHODS.get("baseline"), Adapter)  # built-ins pass their own check
+
+
+def test_cli_prints_a_wrong_entry_as_one_line(registries, capsys, tmp_path):
+    METHODS.register("fn", "bench.sampler:sample")  # as a plugin's entry point would name it
+    code = main(["run", "--model", "tiny-random", "--steps", "2", "--metrics", "none", "--quiet",
+                 "--samples", "1", "--methods", "fn", "--prompt-set", "occupations",
+                 "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "method 'fn' (bench.sampler:sample) is the function" in err[0]
+    assert not (tmp_path / "r").exists()
