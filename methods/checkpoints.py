@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
+
+import torch
 
 from bench.models import ModelError
 from bench.adapter import Adapter
@@ -115,6 +117,65 @@ class CheckpointedAdapter(Adapter):
         if path is None:
             raise CheckpointError(f"{self.name}: {no_checkpoint_reason(pipe, self.name, p.attribute)}")
         return path, read_card(path, self.name)
+
+
+DELTA = "delta.safetensors"
+
+
+class DeltaAdapter(CheckpointedAdapter):
+    """A checkpoint of additive deltas, `delta.safetensors` (`<parameter name>` -> W - W_old for
+    some of the UNet's tensors, as `bench train uce|esd` write it): added, times `params.scale`,
+    in `prepare`; the original tensors copied back in `release`, bit for bit."""
+
+    WEIGHTS = (DELTA,)
+    TARGETS = "parameters"  # names what `targets` returns, for the error line
+
+    def __init__(self, params: Any = None) -> None:
+        super().__init__(params)
+        self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []  # (live tensor, original copy)
+
+    def targets(self, unet: Any) -> dict[str, torch.Tensor]:
+        """The tensors a delta may name, by parameter name."""
+        return dict(unet.named_parameters())
+
+    def skip_reason(self, pipe: Any) -> str | None:
+        reason = super().skip_reason(pipe)
+        if reason is None:
+            self._deltas(pipe)  # names and shapes against this UNet, at planning
+        return reason
+
+    def _deltas(self, pipe: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        from safetensors.torch import load_file
+
+        path, _ = self.load_card(pipe)
+        deltas = load_file(str(path / DELTA))
+        own = self.targets(pipe.unet)
+        out = []
+        for key, d in deltas.items():
+            if key not in own or own[key].shape != d.shape or not torch.isfinite(d).all():
+                raise CheckpointError(f"{path / DELTA}: {key} is not a finite delta for one of "
+                                      f"this UNet's {self.TARGETS} (another model?)")
+            out.append((own[key], d))
+        return out
+
+    def warnings(self, pipe: Any, model_fp: str, guidance: Sequence[float], steps: int) -> list[str]:
+        path, card = self.load_card(pipe)
+        if card.get("model_fingerprint") not in (None, model_fp):
+            return [f"{self.name}: {path} was made from a pipeline with fingerprint "
+                    f"{card['model_fingerprint']}, this one is {model_fp} (other weights)"]
+        return []
+
+    @torch.no_grad()
+    def prepare(self, pipe: Any) -> None:
+        for live, delta in self._deltas(pipe):
+            self._saved.append((live, live.detach().clone()))
+            live.copy_((live.double() + self.params.scale * delta.double().to(live.device)).to(live.dtype))
+
+    @torch.no_grad()
+    def release(self, pipe: Any) -> None:
+        for live, original in reversed(self._saved):
+            live.copy_(original)
+        self._saved.clear()
 
 
 def positive_int(text: str) -> int:

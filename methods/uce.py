@@ -21,14 +21,11 @@ original tensors back in `release`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from bench.methods.checkpoints import CheckpointedAdapter, CheckpointError
-
-DELTA = "delta.safetensors"
+from bench.methods.checkpoints import DELTA, DeltaAdapter
 
 
 def projections(unet: Any) -> dict[str, torch.nn.Linear]:
@@ -75,54 +72,12 @@ class UCEParams:
             raise ValueError(f"uce:scale={self.scale} is out of range [0, 10]")
 
 
-class UCE(CheckpointedAdapter):
+class UCE(DeltaAdapter):
     name = "uce"
     description = ("Unified Concept Editing: closed-form edit of the cross-attention key/value "
                    "projections (erase a concept or debias professions), from `bench train uce`.")
     Params = UCEParams
-    WEIGHTS = (DELTA,)
+    TARGETS = "cross-attention projections"
 
-    def __init__(self, params: Any = None) -> None:
-        super().__init__(params)
-        self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def skip_reason(self, pipe: Any) -> str | None:
-        reason = super().skip_reason(pipe)
-        if reason is None:
-            self._deltas(pipe)  # names and shapes against this UNet, at planning
-        return reason
-
-    def _deltas(self, pipe: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        from safetensors.torch import load_file
-
-        path, _ = self.load_card(pipe)
-        deltas = load_file(str(path / DELTA))
-        own = {f"{n}.weight": m.weight for n, m in projections(pipe.unet).items()}
-        out = []
-        for key, d in deltas.items():
-            if key not in own or own[key].shape != d.shape or not torch.isfinite(d).all():
-                raise CheckpointError(f"{path / DELTA}: {key} is not a finite delta for one of "
-                                      f"this UNet's cross-attention projections (another model?)")
-            out.append((own[key], d))
-        return out
-
-    def warnings(self, pipe: Any, model_fp: str, guidance: Sequence[float], steps: int) -> list[str]:
-        path, card = self.load_card(pipe)
-        if card.get("model_fingerprint") not in (None, model_fp):
-            return [f"uce: {path} was edited from a pipeline with fingerprint "
-                    f"{card['model_fingerprint']}, this one is {model_fp} (other weights)"]
-        return []
-
-    @torch.no_grad()
-    def prepare(self, pipe: Any) -> None:
-        for live, delta in self._deltas(pipe):
-            self._saved.append((live, live.detach().clone()))
-            live.copy_((live.double() + self.params.scale * delta.double().to(live.device)).to(live.dtype))
-
-    @torch.no_grad()
-    def release(self, pipe: Any) -> None:
-        for live, original in reversed(self._saved):
-            live.copy_(original)
-        self._saved.clear()
-
-
+    def targets(self, unet: Any) -> dict[str, torch.Tensor]:
+        return {f"{n}.weight": m.weight for n, m in projections(unet).items()}

@@ -1,0 +1,58 @@
+"""Erased Stable Diffusion (Gandikota et al., "Erasing Concepts from Diffusion Models", ICCV 2023;
+official code rohitgandikota/erasing): the UNet is fine-tuned so that its prediction for the
+concept c points away from it,
+
+    eps*(x_t, c, t) = eps(x_t, t) - eta [eps(x_t, c, t) - eps(x_t, t)]
+
+with the frozen model's predictions as the target. ESD-x trains the cross-attention parameters
+only (`attn2`), ESD-u the others (the official ICCV-era selection; `trainable`).
+
+`bench train esd` writes a checkpoint: `delta.safetensors` (trained W - W_old of every trained
+parameter, by parameter name) and `card.json`. This adapter adds the deltas in `prepare` and
+copies the original tensors back in `release` (methods.checkpoints.DeltaAdapter).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from bench.methods.checkpoints import DeltaAdapter
+
+VARIANTS = ("x", "u")
+
+
+def trainable(unet: Any, variant: str) -> dict[str, torch.nn.Parameter]:
+    """The parameters ESD trains, by name. x: every parameter of a cross-attention block (`attn2`:
+    to_q, to_k, to_v, to_out). u: every other parameter except the time embedding and the output
+    layers (the official 'noxattn' rule, with the original UNet's `time_embed`/`out.` named as
+    diffusers names them: `time_embedding.`, `conv_norm_out.`, `conv_out.`)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"esd variant {variant!r}: choose x (cross-attention) or u (the rest)")
+    out = {}
+    for name, p in unet.named_parameters():
+        cross = "attn2" in name
+        excluded = name.startswith(("time_embedding.", "conv_norm_out.", "conv_out."))
+        if (variant == "x" and cross) or (variant == "u" and not cross and not excluded):
+            out[name] = p
+    return out
+
+
+@dataclass(frozen=True)
+class ESDParams:
+    checkpoint: str = ""  # a directory written by `bench train esd`
+    attribute: str = ""  # which shipped esd-<attribute>/ checkpoint (e.g. hazard)
+    scale: float = 1.0  # multiplies the deltas (0 = the original model)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.scale <= 10.0:
+            raise ValueError(f"esd:scale={self.scale} is out of range [0, 10]")
+
+
+class ESD(DeltaAdapter):
+    name = "esd"
+    description = ("Erased Stable Diffusion: UNet fine-tuned away from a concept (ESD-x: "
+                   "cross-attention, ESD-u: the rest), from `bench train esd`.")
+    Params = ESDParams
+    TARGETS = "parameters"
