@@ -5,7 +5,7 @@ import argparse
 import errno
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from bench.spec import (RunSpec, SamplerSpec, SpecError, parse_kind_samples, read_config,
                         split_method_list)
@@ -44,8 +44,22 @@ TOP_EXAMPLES = """examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line like every other bench error (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"bench: error: {self.prog}: {message}; see `{self.prog} --help`\n")
+
+
+def names(value: str) -> str:
+    """A comma list must name something: '' or ',,' is refused, not read as 'no filter'."""
+    if not any(part.strip() for part in value.split(",")):
+        raise argparse.ArgumentTypeError(f"'{value}' names nothing; write a comma list of names")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="bench", description="Fairness and safety benchmark "
+    root = _Parser(prog="bench", description="Fairness and safety benchmark "
                                    "harness for text-to-image diffusion models.",
                                    epilog=TOP_EXAMPLES,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,8 +69,9 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="generate, score and report", epilog=RUN_EXAMPLES,
                          formatter_class=fmt)
     _add_sampler_flags(run)
-    run.add_argument("--methods", help="'all' or a comma list of name[:key=value,...]; join "
-                                       "methods with + to compose them (default: baseline)")
+    run.add_argument("--methods", type=names,
+                     help="'all' or a comma list of name[:key=value,...]; join "
+                          "methods with + to compose them (default: baseline)")
     run.add_argument("--prompt-set", action="append", dest="prompt_sets",
                      help="registered name[:options] or a prompt file; repeatable")
     run.add_argument("--samples", type=int, help="images per prompt (default 4)")
@@ -69,8 +84,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--guidance", type=float, action="append",
                      help="classifier-free guidance scale; repeat to sweep (default 7.5)")
     run.add_argument("--batch-size", type=int, help="images per UNet batch (default 8)")
-    run.add_argument("--metrics", help="'all', 'none' or a comma list of scorer names with options, "
-                                       "e.g. fairface:weights=res34.pt (default all)")
+    run.add_argument("--metrics", type=names,
+                     help="'all', 'none' or a comma list of scorer names with options, "
+                          "e.g. fairface:weights=res34.pt (default all)")
     run.add_argument("--limit", type=int, help="at most this many prompts per prompt set")
     run.add_argument("--shard", help="i/n: generate only shard i of n (0-based)")
     run.add_argument("--executor", choices=["local", "ray"],
@@ -88,7 +104,8 @@ def parser() -> argparse.ArgumentParser:
                      help="print the grid size and UNet evaluations; generate nothing")
     run.add_argument("--quiet", action="store_true",
                      help="no progress bars (ours or the libraries'), no closing summary")
-    run.add_argument("--columns", help="only these metrics in the md/tex/html leaderboards: comma list of "
+    run.add_argument("--columns", type=names,
+                     help="only these metrics in the md/tex/html leaderboards: comma list of "
                           "names, prefixes (parity_l2 takes parity_l2[skin]) or globs (clip*); "
                           "leaderboard.csv keeps every metric")
 
@@ -114,11 +131,13 @@ def parser() -> argparse.ArgumentParser:
                          epilog="example:\n  bench report runs/latest", formatter_class=fmt)
     rep.add_argument("run_dir", help="a run directory (as `bench run` printed it, e.g. "
                                       "runs/latest) or a bundle .zip")
-    rep.add_argument("--metrics", help="'all' or a comma list of scorer names (default: the "
-                                       "run's own)")
+    rep.add_argument("--metrics", type=names,
+                     help="'all' or a comma list of scorer names (default: the "
+                          "run's own)")
     rep.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     rep.add_argument("--quiet", action="store_true", help="no progress bars")
-    rep.add_argument("--columns", help="only these metrics in the md/tex/html leaderboards: comma list of "
+    rep.add_argument("--columns", type=names,
+                     help="only these metrics in the md/tex/html leaderboards: comma list of "
                           "names, prefixes (parity_l2 takes parity_l2[skin]) or globs (clip*); "
                           "leaderboard.csv keeps every metric")
 
@@ -382,9 +401,13 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
     try:
+        args = parser().parse_args(argv)
         return COMMANDS[args.command](args)
+    except SystemExit as exc:  # --help (0) or a usage error, already printed (2)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
     except KeyboardInterrupt:
         print("bench: interrupted; finished images are kept, rerun the same command to resume",
               file=sys.stderr)

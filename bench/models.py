@@ -228,8 +228,10 @@ def weight_kinds(folder: Path) -> set[str]:
 
 
 def _from_directory(local: Path, dtype: torch.dtype) -> Any:
-    """diffusers' `from_pretrained` on a directory, choosing the files it holds: the fp16
-    variant when the pipeline runs in float16 (or it is all there is), safetensors when every
+    """diffusers' `from_pretrained` on a directory, choosing the files it holds: the full-precision
+    files whenever they are there, even for a float16 run (the fingerprint hashes the weights
+    before the cast, so one model keeps one fingerprint in every dtype; loading costs twice the
+    bytes), the fp16 variant when it is all there is; safetensors when every
     component has them, otherwise `.bin` files, which diffusers and transformers read with
     `torch.load(weights_only=True)` (tensors only), said once in a warning."""
     from diffusers import StableDiffusionPipeline
@@ -245,7 +247,7 @@ def _from_directory(local: Path, dtype: torch.dtype) -> Any:
                          "download is incomplete: fetch the directory again")
     full = all(k & {"safetensors", "bin"} for k in kinds.values())
     fp16 = all(k & {"fp16.safetensors", "fp16.bin"} for k in kinds.values())
-    variant = "fp16" if fp16 and (dtype == torch.float16 or not full) else None
+    variant = "fp16" if fp16 and not full else None
     prefix = "fp16." if variant else ""
     safe = all(prefix + "safetensors" in k for k in kinds.values())
     if not safe and str(local) not in _WARNED:

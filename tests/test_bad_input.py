@@ -107,9 +107,9 @@ CASES = [
     ("not a number", [*P, "--methods", "sld-strong:warmup=abc"], "sld-strong:warmup", False),
     ("unknown parameter", [*P, "--methods", "sld-strong:warmpu=3"], "no parameter 'warmpu'", False),
     ("unknown method", [*P, "--methods", "sld-strnog"], "sld-strong", False),
-    ("no method", [*P, "--methods", ",,"], "methods=[',,']", False),
+    ("no method", [*P, "--methods", ",,"], "--methods: ',,' names nothing", False),
     ("unknown metric", [*P, "--metrics", "clipscor"], "clipscore", False),
-    ("no metric", [*P, "--metrics", ",,"], "metrics=[]", False),
+    ("no metric", [*P, "--metrics", ",,"], "--metrics: ',,' names nothing", False),
     ("workers without ray", [*P, "--workers", "2"], "--workers 2: only --executor ray", False),
     # numbers on the command line
     ("steps 0", [*P, "--steps", "0"], "steps=0", False),
@@ -223,6 +223,10 @@ OTHER = [  # the other commands' own inputs, against the existing run ({run})
     ("bundle --out under a file", ["bundle", "{run}", "--out", "{d}/afile/b.zip"], "afile is a file"),
     ("bundle --images -1", ["bundle", "{run}", "--out", "{d}/b.zip", "--images", "-1"], "'-1'"),
     ("reproduce missing source", ["reproduce", "{d}/nope"], "nope: no such run directory"),
+    ("report --metrics names nothing", ["report", "{run}", "--metrics", ",,"], "',,' names nothing"),
+    ("report --columns empty", ["report", "{run}", "--columns", ""], "--columns: '' names nothing"),
+    ("run --methods empty", ["run", "--methods", " , "], "--methods: ' , ' names nothing"),
+    ("unknown flag", ["run", "--sampels", "3"], "unrecognized arguments: --sampels"),
 ]
 
 

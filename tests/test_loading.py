@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.models import (ModelError, _from_pretrained, clip_tokenizer, fingerprint, load_pipeline,
+from bench.models import (ModelError, clip_tokenizer, fingerprint, load_pipeline,
                           tiny_random_pipeline)
 
 SD1_MODEL_INDEX = {  # as stable-diffusion-v1-5/stable-diffusion-v1-5 ships it
@@ -97,14 +97,16 @@ def test_fp16_variant_only_directory_loads(tmp_path):
     assert np.array_equal(image(loaded), image(expected))
 
 
-def test_fp16_files_are_preferred_in_float16_and_full_ones_otherwise(tmp_path):
+def test_full_files_win_over_the_fp16_variant_in_every_dtype(tmp_path):
+    # The fingerprint hashes the weights before the cast: loading the full files in float16 too
+    # keeps one fingerprint per model directory whatever --dtype says.
     full, other = tiny_random_pipeline(0), tiny_random_pipeline(1)
     full.save_pretrained(tmp_path / "both")
     other.to(torch.float16).save_pretrained(tmp_path / "both", variant="fp16")
-    assert _from_pretrained(str(tmp_path / "both"), torch.float16).unet.conv_in.weight.equal(
-        other.unet.conv_in.weight.half())
-    assert _from_pretrained(str(tmp_path / "both"), torch.float32).unet.conv_in.weight.equal(
-        full.unet.conv_in.weight)
+    half = load_pipeline(str(tmp_path / "both"), "cpu", "float16")
+    assert half.unet.dtype == torch.float16
+    assert half.unet.conv_in.weight.equal(full.unet.conv_in.weight.half())
+    assert fingerprint(half) == fingerprint(load_pipeline(str(tmp_path / "both"), "cpu"))
 
 
 def test_bin_directory_loads_with_one_warning(tmp_path, reference, capsys):
