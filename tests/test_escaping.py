@@ -357,7 +357,7 @@ def test_html_page_shows_the_text_and_no_injected_element(hostile_run):
         if tag == "img":
             assert attrs["src"].startswith("data:image/png;base64,")
         if tag == "a":  # the contents' links within the page only
-            assert set(attrs) == {"href"} and attrs["href"].startswith(("#board-", "#full"))
+            assert set(attrs) == {"href"} and attrs["href"].startswith(("#board-", "#full", "#side-effects"))
     n_img = sum(t == "img" for t, _ in doc.tags)
     assert n_img > 0 and len(doc.text["figcaption"]) == len(doc.text["figure"]) == n_img
     captions = doc.text["caption"]

@@ -18,7 +18,7 @@ import pandas as pd
 from bench.registry import METRICS
 from bench.report import boards as boards_mod
 from bench.report import findings as findings_mod
-from bench.report import page, plots, tables
+from bench.report import page, plots, side_effects, tables
 from bench.scoring import check_scorers, score_run, scorer_names
 from bench.spec import split_method_list
 from bench.store import RunStore, atomic_write, sweep_temp
@@ -55,18 +55,19 @@ def build(run_dir: Path, metrics: str | None = None, device: str | None = None,
     heads = [tables.subset(b, boards_mod.headline(b)) for b in boards]
     found = {b.title: findings_mod.findings(part, b, h.infos)
              for b, h, part in zip(boards, heads, parts)}
+    effects = side_effects.matrix(boards, parts, [boards_mod.family(b) for b in boards], found)
     shown = boards
     if columns:
         keep = tables.column_filter(columns)
         shown = [tables.subset(b, keep) for b in boards]
         heads = [tables.subset(h, keep) for h in heads]
         found = {t: [f for f in fs if keep(f.metric.name)] for t, fs in found.items()}
-    write_tables(store.root, boards, shown, heads, found)
+    write_tables(store.root, boards, shown, heads, found, effects)
     figures = make_plots(store.root, table, boards)
     drill = [page.drill_down(part, h) for h, part in zip(heads, parts)]
     html_text = page.render(manifest, heads, shown, found, figures,
                             manifest.get("skipped_methods", {}), skipped_metrics, drill, warnings,
-                            n_images=len(table))
+                            n_images=len(table), side_effects=effects)
     out = store.root / "report" / "index.html"
     atomic_write(out, html_text.encode())
     atomic_write(scoring_path, json.dumps(scoring, indent=1, default=str).encode())
@@ -120,14 +121,16 @@ def board_tables(table: pd.DataFrame) -> list[pd.DataFrame]:
 
 def write_tables(root: Path, boards: list[tables.Leaderboard], shown: list[tables.Leaderboard],
                  heads: list[tables.Leaderboard],
-                 found: dict[str, list[findings_mod.Finding]]) -> None:
+                 found: dict[str, list[findings_mod.Finding]],
+                 effects: tables.Leaderboard | None = None) -> None:
     """Full tables (leaderboard.*; the CSV keeps every metric whatever `--columns` says) and the
-    headline tables with their findings (headline.*)."""
+    headline tables with their findings, then the side-effect matrix (headline.md, .tex)."""
     atomic_write(root / "leaderboard.md", tables.markdown_doc(shown).encode())
     atomic_write(root / "leaderboard.tex", tables.latex_doc(shown).encode())
     atomic_write(root / "leaderboard.csv", tables.csv(boards).encode())
-    atomic_write(root / "headline.md", tables.markdown_doc(heads, found).encode())
-    atomic_write(root / "headline.tex", tables.latex_doc(heads, "headline").encode())
+    more = [effects] if effects else []
+    atomic_write(root / "headline.md", tables.markdown_doc([*heads, *more], found).encode())
+    atomic_write(root / "headline.tex", tables.latex_doc([*heads, *more], "headline").encode())
     atomic_write(root / "headline.csv", tables.headline_csv(heads, found).encode())
 
 

@@ -130,7 +130,8 @@ def table_block(board: Leaderboard, caption: str) -> str:
 
 def definitions(board: Leaderboard) -> str:
     """Each metric's definition, direction, interval kind and n, written out."""
-    kinds = {"ci": "95% CI", "sd": "± 1 sd over draws (not a CI)", "none": "no interval"}
+    kinds = {"ci": "95% CI", "sd": "± 1 sd over draws (not a CI)", "none": "no interval",
+             "effect": "95% CI of the effect against the baseline"}
     items = []
     for info in board.infos:
         ns = sorted({c[info.name].n for c in board.cells.values() if info.name in c})
@@ -213,13 +214,15 @@ def render(manifest: dict[str, Any], heads: Sequence[Leaderboard], boards: Seque
            found: dict[str, list[findings_mod.Finding]],
            figures: dict[str, list[Figure]], skipped_methods: dict[str, str],
            skipped_metrics: dict[str, str], drill: Sequence[str],
-           warnings: dict[str, list[str]] | None = None, n_images: int | None = None) -> str:
+           warnings: dict[str, list[str]] | None = None, n_images: int | None = None,
+           side_effects: Leaderboard | None = None) -> str:
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>"
              "<meta name='viewport' content='width=device-width'><title>bench report</title>"
              f"<style>{STYLE}</style></head><body><h1>bench report</h1>",
              settings(manifest, n_images), f"<p>{esc(NOTATION)}</p>"]
     parts.append("<p>Contents: " + ", ".join(
         f"<a href='#board-{i}'>{esc(b.title)}</a>" for i, b in enumerate(heads))
+        + (", <a href='#side-effects'>side effects</a>" if side_effects else "")
         + ", <a href='#full'>full tables</a>.</p>")
     found_w = [w for ws in (warnings or {}).values() for w in ws]
     if found_w:
@@ -244,6 +247,11 @@ def render(manifest: dict[str, Any], heads: Sequence[Leaderboard], boards: Seque
     sweeps = {k: v for k, v in figures.items() if k not in {h.title for h in heads}}
     for key, figs in sweeps.items():
         parts.append(f"<h3>{esc(key)}</h3>" + "".join(figure(f) for f in figs))
+    if side_effects:
+        parts.append(f"<h2 id='side-effects'>{esc(side_effects.title)}</h2>"
+                     + table_block(side_effects, side_effects.title) + html_notes(side_effects)
+                     + "<details class='screen-only'><summary>Definitions</summary>"
+                     + definitions(side_effects) + "</details>")
     parts.append("<h2 id='full'>Full tables</h2>")
     for board in boards:
         parts.append(table_block(board, board.title) + html_notes(board))
