@@ -201,3 +201,18 @@ def test_overcorrection_prompt_set():
         load_prompt_set("overcorrection:basis=facts")
     with pytest.raises(PromptSetError, match="occupations='0'"):
         load_prompt_set("overcorrection:occupations=0")
+
+
+def test_parity_l2_is_labelled_fd_in_every_table_header():
+    from bench.metrics.base import Cell
+    from bench.report import tables
+
+    infos = (MetricInfo("parity_l2[skin]", "", False, ""),
+             MetricInfo("parity_l2_diff[skin]", "", False, ""), CLIP)
+    board = tables.Leaderboard("t", infos, {"baseline": {i.name: Cell(0.5, 0.4, 0.6, 9)
+                                                         for i in infos}})
+    md = tables.markdown(board).splitlines()[0]
+    assert md == "| method | parity_l2[skin] (FD) ↓ | parity_l2_diff[skin] ↓ | clipscore ↑ |"
+    assert "parity\\_l2[skin] (FD) $\\downarrow$" in tables.latex(board)
+    assert "parity_<wbr>l2<wbr>[skin] (FD)&nbsp;↓" in tables.html_table(board)
+    assert set(tables.long_frame(board)["metric"]) == {i.name for i in infos}  # CSV: bare names

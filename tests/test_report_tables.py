@@ -257,7 +257,7 @@ def test_report_of_the_reference_bundle_keeps_compare_working_and_filters_column
     assert compare.compare(bundle, out).agrees()
     heads = [line for line in (out / "leaderboard.md").read_text().splitlines()
              if line.startswith("| method")]
-    assert heads == ["| method | clipscore ↑ |", "| method | parity_l2[skin] ↓ | clipscore ↑ |"]
+    assert heads == ["| method | clipscore ↑ |", "| method | parity_l2[skin] (FD) ↓ | clipscore ↑ |"]
     headline = pd.read_csv(out / "headline.csv")
     assert set(headline["metric"]) == {"parity_l2[skin]", "clipscore"}
     # every non-baseline headline cell carries its finding, Holm never below the raw p

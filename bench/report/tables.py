@@ -69,6 +69,17 @@ def arrow(info: MetricInfo) -> str:
     return "↑" if info.higher_is_better else "↓"
 
 
+# The name readers know a metric by from other papers, printed after ours in table headers:
+# parity_l2 is the fairness discrepancy (FD) of ITI-GEN and its successors (docs/metrics.md).
+ALIASES = {"parity_l2": "FD"}
+
+
+def heading(name: str) -> str:
+    """'parity_l2[skin] (FD)'; other names unchanged. Cells and the CSV keep the bare name."""
+    alias = ALIASES.get(name.partition("[")[0])
+    return f"{name} ({alias})" if alias else name
+
+
 def _num(x: float) -> str:
     return f"{x:.3g}"
 
@@ -126,7 +137,7 @@ def subset(board: Leaderboard, keep: Callable[[str], bool] | Sequence[str]) -> L
 
 def markdown(board: Leaderboard, findings: Sequence["Finding"] = ()) -> str:
     """The board as a GFM table, then findings and notes as list items (no heading)."""
-    head = ["method"] + [f"{md_text(i.name)} {arrow(i)}" for i in board.infos]
+    head = ["method"] + [f"{md_text(heading(i.name))} {arrow(i)}" for i in board.infos]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def render(value: str, interval: str, bold: bool) -> str:
@@ -223,7 +234,8 @@ def latex(board: Leaderboard, kind: str = "full", caption: str = "") -> str:
     """A `table` float: booktabs tabular scaled down to \\textwidth when wider, caption, label.
     Needs \\usepackage{booktabs,graphicx}."""
     arrows = {True: r"$\uparrow$", False: r"$\downarrow$"}
-    head = ["method"] + [f"{tex_text(i.name)} {arrows[i.higher_is_better]}" for i in board.infos]
+    head = ["method"] + [f"{tex_text(heading(i.name))} {arrows[i.higher_is_better]}"
+                         for i in board.infos]
     lines = [r"\begin{table}[htbp]", r"\centering",
              r"\caption{" + tex_text(board.title) + (". " + caption if caption else "") + "}",
              r"\label{" + _label(board.title, kind) + "}",
@@ -264,7 +276,8 @@ def _breakable(name: str) -> str:
 def html_table(board: Leaderboard, caption: str | None = None) -> str:
     """A table whose method column stays in view when it scrolls sideways (page.STYLE)."""
     esc = html_text
-    head = "".join(f"<th>{_breakable(esc(i.name))}&nbsp;{arrow(i)}</th>" for i in board.infos)
+    head = "".join(f"<th>{_breakable(esc(heading(i.name)))}&nbsp;{arrow(i)}</th>"
+                   for i in board.infos)
     rows = ["<tr><th scope='row'>" + esc(row[0]) + "</th>"
             + "".join(f"<td>{c}</td>" for c in row[1:]) + "</tr>"
             for row in _rows(board, _html_render)]
