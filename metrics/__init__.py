@@ -16,6 +16,7 @@ METRICS.register("fid-baseline", "bench.metrics.fid:InceptionFeatures")
 METRICS.register("fid", "bench.metrics.fid:InceptionReference")
 METRICS.register("pickscore", "bench.metrics.pickscore:PickScore")  # metrics/pickscore.py
 METRICS.register("hpsv2", "bench.metrics.hpsv2:HPSv2")  # metrics/hpsv2.py
+METRICS.register("imagereward", "bench.metrics.image_reward:ImageReward")  # metrics/image_reward.py
 # Skin tone from pixels, no classifier weights (metrics/skin_tone.py); columns skin_tone.*.
 METRICS.register("skin_tone", "bench.metrics.skin_tone:SkinTone")
 

@@ -8,7 +8,7 @@ reason with the command that fetches it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import pandas as pd
 import torch
@@ -74,11 +74,13 @@ def tensor_specs(path: str | Path, key: str | None = None) -> dict[str, Spec]:
 
 
 def check_tensors(path: str | Path, state: Mapping[str, Spec], expected: Mapping[str, torch.Tensor],
-                  what: str, ignored: tuple[str, ...] = ()) -> None:
+                  what: str, ignored: tuple[str, ...] = (), label: Callable[[str], str] = str) -> None:
     """ValueError (one line) unless `state` (tensor_specs) has exactly the keys of `expected` (plus
-    keys starting with an `ignored` prefix), each floating with the expected shape."""
+    keys starting with an `ignored` prefix), each floating with the expected shape. `label` gives
+    a key's name in the file, for the message, when the keys were renamed."""
     keys = {k for k in state if not k.startswith(ignored)}
-    missing, extra = sorted(set(expected) - keys), sorted(keys - set(expected))
+    missing = sorted(label(k) for k in set(expected) - keys)
+    extra = sorted(label(k) for k in keys - set(expected))
     if missing or extra:
         parts = [f"{len(missing)} missing (e.g. {', '.join(missing[:3])})" if missing else "",
                  f"{len(extra)} unexpected (e.g. {', '.join(extra[:3])})" if extra else ""]
@@ -87,7 +89,7 @@ def check_tensors(path: str | Path, state: Mapping[str, Spec], expected: Mapping
         shape, floating = state[key]
         if shape != tuple(ref.shape) or not floating:
             kind = "floating" if floating else "non-floating"
-            raise ValueError(f"{path}: {what} tensor {key} is {kind} {shape}, "
+            raise ValueError(f"{path}: {what} tensor {label(key)} is {kind} {shape}, "
                              f"expected floating {tuple(ref.shape)}")
 
 
