@@ -105,3 +105,26 @@ def test_hpsv2_refuses_wrong_files_in_one_line(published, tmp_path):
         assert "\n" not in str(e.value) and words in str(e.value), str(e.value)
     with pytest.raises(ValueError):
         HPSv2(version="3")
+
+
+def test_hpsv2_cell_in_a_run(published, tmp_path):
+    """`bench run --metrics hpsv2:...` on tiny-random: a leaderboard cell `hpsv2`, the mean of the
+    per-image scores with its bootstrap CI and n, higher is better, and the file's hash recorded."""
+    import json
+
+    from bench.cli import main
+
+    _, path = published
+    (tmp_path / "p.txt").write_text("a photo of a doctor\na photo of a nurse\n")
+    out = tmp_path / "run"
+    assert main(["run", "--model", "tiny-random", "--steps", "3", "--quiet", "--samples", "2",
+                 "--prompt-set", str(tmp_path / "p.txt"), "--methods", "baseline", "--out", str(out),
+                 "--metrics", f"hpsv2:weights={path},model={SMALL}"]) == 0
+    board = pd.read_csv(out / "leaderboard.csv")
+    cell = board[board.metric == "hpsv2"].iloc[0]
+    scores = pd.read_parquet(out / "scores.parquet")["hpsv2.score"]
+    assert cell.n == 4 and cell.higher_is_better
+    assert cell.value == pytest.approx(scores.mean(), abs=1e-12)
+    assert cell.ci_lo <= cell.value <= cell.ci_hi and cell.ci_lo < cell.ci_hi
+    used = json.loads((out / "report" / "scoring.json").read_text())["used"]
+    assert list(used.values())[0]["hpsv2_weights_sha256"]

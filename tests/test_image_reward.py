@@ -4,9 +4,9 @@
 ViT-L/16 at 224 px: cls_token, pos_embed, patch_embed.proj, blocks.N.{norm1,attn.qkv,attn.proj,
 norm2,mlp.fc1,mlp.fc2}, norm), `blip.text_encoder.*` (BLIP's med.py BERT with cross-attention,
 including the persistent int64 `embeddings.position_ids` buffer), the unused `blip.vision_proj`
-and `blip.text_proj`, and `mlp.layers.{0,2,4,6,7}`. The full model is ~450M parameters (1.7 GB),
-so the file here has the same keys, container and dtypes with a small config: ViT width 128 and
-BERT width 128 (2 heads of 64 each, as the published widths have), 2 layers each, the published
+and `blip.text_proj`, and `mlp.layers.{0,2,4,6,7}`. The full model is 446.7M floats (~1.8 GB), so the file here has
+the same keys, container and dtypes with a small config: ViT width 128 and BERT width 128 (2 heads
+of 64 each, as the published widths have), 2 layers each, the published
 224 px / patch 16 and the MLP's published 1024-128-64-16 widths; the BERT vocabulary is a small
 word list plus BLIP's two added tokens (the published one is bert-base-uncased's 30,522 + 2).
 
@@ -34,10 +34,16 @@ PROMPTS = ["a photo of a doctor", "a watercolor painting of a red fox in the sno
            " ".join(["an old lighthouse at dusk"] * 10)]  # > 35 tokens: cut as the publisher cuts
 
 
-def published_state(vocab: int) -> dict[str, torch.Tensor]:
+def published_state(vocab: int, width: int = W, hidden: int = H, depth: int = DEPTH, layers: int = LAYERS,
+                    specs_only: bool = False) -> dict:
+    """ImageReward.pt's entries: random tensors, or with specs_only their (shape, floating) as
+    tensor_specs gives them (for the full size, which is not built)."""
     gen = torch.Generator().manual_seed(0)
+    W, H, DEPTH, LAYERS = width, hidden, depth, layers  # noqa: N806 (the module's names, resized)
 
-    def rand(*shape: int, scale: float | None = None) -> torch.Tensor:
+    def rand(*shape: int, scale: float | None = None):
+        if specs_only:
+            return (tuple(shape), True)
         std = scale if scale is not None else 1 / math.sqrt(shape[-1])
         return torch.randn(*shape, generator=gen) * std
 
@@ -45,7 +51,8 @@ def published_state(vocab: int) -> dict[str, torch.Tensor]:
         return {f"{prefix}.weight": rand(out, inp), f"{prefix}.bias": rand(out, scale=0.02)}
 
     def norm(prefix: str, width: int) -> dict[str, torch.Tensor]:
-        return {f"{prefix}.weight": 1 + rand(width, scale=0.1), f"{prefix}.bias": rand(width, scale=0.1)}
+        weight = rand(width, scale=0.1)
+        return {f"{prefix}.weight": weight if specs_only else 1 + weight, f"{prefix}.bias": rand(width, scale=0.1)}
 
     v = "blip.visual_encoder."
     state = {v + "cls_token": rand(1, 1, W, scale=0.5), v + "pos_embed": rand(1, 197, W, scale=0.5),
@@ -59,7 +66,7 @@ def published_state(vocab: int) -> dict[str, torch.Tensor]:
     t = "blip.text_encoder."
     state |= {t + "embeddings.word_embeddings.weight": rand(vocab, H, scale=1.0),
               t + "embeddings.position_embeddings.weight": rand(512, H, scale=0.5),
-              t + "embeddings.position_ids": torch.arange(512).expand(1, -1).clone()}
+              t + "embeddings.position_ids": ((1, 512), False) if specs_only else torch.arange(512).expand(1, -1).clone()}
     state |= norm(t + "embeddings.LayerNorm", H)
     for i in range(LAYERS):
         b = f"{t}encoder.layer.{i}."
@@ -213,3 +220,22 @@ def test_image_reward_refuses_wrong_files_and_skips_when_absent(published, tmp_p
     reason = ImageReward().available()  # the package's own cache is found; the tokenizer is not
     assert reason and "bert-base-uncased" in reason
     assert ImageReward(tokenizer=str(root / "tokenizer")).available() is None
+
+
+def test_published_size_is_read_from_the_shapes(tmp_path):
+    """The full ImageReward.pt's shapes (ViT-L/16 at 224: width 1024, 24 blocks; BERT-base with
+    cross-attention to 1024-d image tokens, vocabulary 30,524) pass the check and give BLIP's
+    configuration: 16 and 12 heads, 224 px, patch 16. Networks built on the meta device."""
+    from bench.metrics.image_reward import build_networks, check_parts, split_state
+
+    specs = published_state(30524, width=1024, hidden=768, depth=24, layers=12, specs_only=True)
+    parts = split_state(specs)
+    check_parts(tmp_path / "ImageReward.pt", parts)
+    with torch.device("meta"):
+        vit, bert, head = build_networks(parts)
+    assert (vit.config.num_attention_heads, vit.config.num_hidden_layers, vit.config.image_size,
+            vit.config.patch_size, vit.config.intermediate_size) == (16, 24, 224, 16, 4096)
+    assert (bert.config.num_attention_heads, bert.config.num_hidden_layers, bert.config.vocab_size,
+            bert.config.encoder_hidden_size, bert.config.max_position_embeddings) == (12, 12, 30524, 1024, 512)
+    n = sum(p.numel() for net in (vit, bert, head) for p in net.parameters())
+    assert 440e6 < n < 450e6, n  # 446.2M used + 0.5M in vision_proj/text_proj: ~1.8 GB of float32
