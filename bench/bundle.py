@@ -24,7 +24,8 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from bench.spec import MethodSpec, RunSpec, SpecError
+from bench.manifest import Manifest
+from bench.spec import MethodSpec, SpecError
 from bench.store import RunStore, readable_mode
 
 INFO = "bundle.json"
@@ -56,7 +57,7 @@ def bundle(run_dir: Path, out: Path, images: int | None = DEFAULT_IMAGES) -> dic
     sample = present if images is None else present[:images]
     files.update({f"images/{k}.png": store.image_path(k) for k in sample})
     prompt_files = []
-    for i, entry in enumerate(manifest["spec"].get("prompt_sets") or []):
+    for i, entry in enumerate(manifest.spec.prompt_sets):
         found = prompt_file(entry)
         if found:
             path, options = found
@@ -84,16 +85,16 @@ def prompt_file(entry: str) -> tuple[Path, str] | None:
     return Path(parsed.name), str(MethodSpec("", parsed.params))
 
 
-def _check_prompt_file(entry: str, path: Path, manifest: dict[str, Any]) -> None:
+def _check_prompt_file(entry: str, path: Path, manifest: Manifest) -> None:
     """The file must still hold the prompts the run used, or the bundle would carry others."""
     from bench import runner
 
-    spec = dataclasses.replace(RunSpec.from_dict(manifest["spec"]), prompt_sets=(entry,))
+    spec = dataclasses.replace(manifest.spec, prompt_sets=(entry,))
     if not path.is_file():
         raise BundleError(f"prompt file {path} (prompt set '{entry}') not found; run "
                           "`bench bundle` from the directory the run was started in")
     current = runner.load_prompt_sets(spec)[0]
-    recorded = {s["name"]: s["sha256"] for s in manifest.get("prompt_sets", [])}
+    recorded = {s.name: s.sha256 for s in manifest.prompt_sets}
     if recorded.get(current.name) != current.content_hash():
         raise BundleError(f"prompt file {path} (prompt set '{current.name}') changed since the "
                           "run (its content hash differs from the manifest); restore it before "
@@ -219,20 +220,25 @@ def read_entry(path: Path, z: zipfile.ZipFile, name: str) -> bytes:
                           "`bench bundle`") from None
 
 
-def read_bundle(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def read_bundle(path: Path) -> tuple[Manifest, dict[str, Any]]:
     """(manifest, bundle.json) of a bundle, with the bundled prompt-file entries checked."""
     with open_zip(path) as z:
         try:
-            manifest, info = (json.loads(read_entry(path, z, n)) for n in ("manifest.json", INFO))
+            info = json.loads(read_entry(path, z, INFO))
             files = [f["file"] for f in info["prompt_files"]]
         except (ValueError, KeyError, TypeError) as exc:
-            raise BundleError(f"{path}: unreadable manifest.json or {INFO} ({exc}); rebuild the "
+            raise BundleError(f"{path}: unreadable {INFO} ({exc}); rebuild the "
                               "bundle with `bench bundle`") from None
         bad = [f for f in files if not (str(f).startswith("prompts/") and f in z.namelist())]
-    if bad:
-        raise BundleError(f"{path}: {INFO} names prompt file '{bad[0]}', which is not a prompts/ "
-                          "entry of the bundle; rebuild the bundle with `bench bundle`")
-    return manifest, info
+        if bad:
+            raise BundleError(f"{path}: {INFO} names prompt file '{bad[0]}', which is not a "
+                              "prompts/ entry of the bundle; rebuild the bundle with `bench bundle`")
+        return read_manifest(path, z), info
+
+
+def read_manifest(path: Path, z: zipfile.ZipFile) -> Manifest:
+    return Manifest.from_json(read_entry(path, z, "manifest.json"), f"{path}: manifest.json",
+                              "rebuild the bundle with `bench bundle`")
 
 
 def extract(path: Path, dest: Path, prefix: str = "") -> Path:

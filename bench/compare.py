@@ -30,6 +30,7 @@ from PIL import Image
 
 from bench import bundle, rundir
 from bench.escape import csv_uncell, md_code, md_text
+from bench.manifest import RERUN, Manifest
 from bench.spec import MethodSpec, SpecError
 
 TIMING_METRICS = ("seconds_per_image", "latency_ratio")  # wall clock: differs run to run
@@ -61,6 +62,11 @@ class RunFiles:
     def close(self) -> None:
         if self._zip is not None:
             self._zip.close()
+
+    def manifest(self) -> Manifest:
+        where = f"{self.path}: manifest.json" if self._zip else str(self.path / "manifest.json")
+        fix = "rebuild the bundle with `bench bundle`" if self._zip else RERUN
+        return Manifest.from_json(self.need("manifest.json"), where, fix)
 
     def need(self, name: str) -> bytes:
         data = self.read(name)
@@ -298,18 +304,9 @@ def compare_specs(a: RunFiles, b: RunFiles) -> list[str]:
 
 
 def _resolved_spec(files: RunFiles) -> dict[str, Any]:
-    try:
-        manifest = json.loads(files.need("manifest.json"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{files.path}: manifest.json is damaged ({exc}); rerun the `bench run` "
-                        "command that made it") from None
-    spec = dict(manifest.get("spec") or {}) if isinstance(manifest, dict) else {}
-    if manifest.get("methods") is not None:
-        spec["methods"] = sorted([*manifest["methods"], *manifest.get("skipped_methods", {})])
-    if manifest.get("prompt_sets") is not None:
-        spec["prompt_sets"] = [f"{s['name']} (sha256 {s['sha256'][:12]})"
-                               for s in manifest["prompt_sets"]]
-    return spec
+    manifest = files.manifest()
+    return {**manifest.spec.to_dict(), "methods": sorted(manifest.method_names()),
+            "prompt_sets": [f"{s.name} (sha256 {s.sha256[:12]})" for s in manifest.prompt_sets]}
 
 
 def _brief(value: Any, limit: int = 80) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 from bench import bundle, rundir, runner
 from bench.registry import METRICS
 from bench.scoring import scorer_names
+from bench.manifest import Manifest, Reproduction
 from bench.spec import MethodSpec, RunSpec, SpecError
 from bench.store import RunStore
 
@@ -37,7 +38,7 @@ class Difference:
     blocking: bool
 
 
-def read_source(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def read_source(path: Path) -> tuple[Manifest, dict[str, Any] | None]:
     """(manifest, bundle info or None) from a run directory, a manifest.json or a bundle."""
     if path.suffix == ".zip":
         return bundle.read_bundle(path)
@@ -46,11 +47,8 @@ def read_source(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
         return RunStore(path).manifest(), None
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such run directory, manifest or bundle")
-    try:
-        return json.loads(path.read_text()), None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SpecError(f"{path}: not a JSON manifest ({exc}); pass a run directory, its "
-                        "manifest.json or a bundle .zip") from None
+    return Manifest.from_json(path.read_bytes(), str(path), "pass a run directory, its "
+                              "manifest.json or a bundle .zip"), None
 
 
 def default_out(source: Path) -> Path:
@@ -58,81 +56,74 @@ def default_out(source: Path) -> Path:
     return base.with_name(base.name + "-reproduced")
 
 
-def recorded_dtype(manifest: dict[str, Any]) -> str:
-    """The dtype the run computed in; manifests from before dtypes were recorded ran float16 on
-    cuda and float32 elsewhere."""
-    cuda = str(manifest.get("device", "")).startswith("cuda")
-    return manifest["model"].get("dtype") or ("float16" if cuda else "float32")
-
-
-def reproduced_dtype(manifest: dict[str, Any], spec_dtype: str | None,
+def reproduced_dtype(manifest: Manifest, spec_dtype: str | None,
                      device: str | None) -> str | None:
     """The spec's dtype as written, unless it was the device default (None) and this device's
     default differs from what the run computed in: then that dtype, pinned."""
     from bench.models import resolve_device, resolve_dtype
 
-    recorded = recorded_dtype(manifest)
+    recorded = manifest.dtype
     here = str(resolve_dtype(None, resolve_device(device))).removeprefix("torch.")
     return spec_dtype or (None if recorded == here else recorded)
 
 
-def reproduce_spec(manifest: dict[str, Any], out: Path, device: str | None,
+def reproduce_spec(manifest: Manifest, out: Path, device: str | None,
                    prompt_files: dict[str, str], dtype: str | None = None) -> RunSpec:
     """The manifest's spec with the method list and prompt sets pinned to what the run resolved
     (so `all` or a model's default sets mean the same here), bundled prompt files substituted,
     the whole grid (no shard), the run's dtype unless `dtype` is given, and this machine's
     output directory and device."""
-    spec = RunSpec.from_dict(manifest["spec"])
-    methods = tuple(manifest.get("methods", {})) + tuple(manifest.get("skipped_methods", {}))
+    spec = manifest.spec
+    methods = manifest.method_names()
     sets = tuple(prompt_files.get(e, e) for e in spec.prompt_sets) or tuple(
-        s["name"] for s in manifest.get("prompt_sets", []))
+        s.name for s in manifest.prompt_sets)
     return dataclasses.replace(spec, methods=methods or spec.methods, prompt_sets=sets,
                                out=str(out), device=device, shard=None,
                                executor="local", workers=None,
                                dtype=dtype or reproduced_dtype(manifest, spec.dtype, device))
 
 
-def differences(manifest: dict[str, Any], p: runner.RunPlan) -> list[Difference]:
+def differences(manifest: Manifest, p: runner.RunPlan) -> list[Difference]:
     out: list[Difference] = []
-    recorded = {s["name"]: s for s in manifest.get("prompt_sets", [])}
+    recorded = {s.name: s for s in manifest.prompt_sets}
     for s in p.prompt_sets:
         rec = recorded.pop(s.name, None)
         if rec is None:
             out.append(Difference(f"prompt set '{s.name}' is not in the manifest", True))
-        elif rec["sha256"] != s.content_hash():
+        elif rec.sha256 != s.content_hash():
             out.append(Difference(
-                f"prompt set '{s.name}' changed: content hash {rec['sha256'][:12]} in the "
-                f"manifest, {s.content_hash()[:12]} here ({len(s)} prompts, {rec['prompts']} recorded; "
+                f"prompt set '{s.name}' changed: content hash {rec.sha256[:12]} in the "
+                f"manifest, {s.content_hash()[:12]} here ({len(s)} prompts, {rec.prompts} recorded; "
                 f"source {s.source})", True))
     out += [Difference(f"prompt set '{n}' is in the manifest but not loaded here", True)
             for n in recorded]
-    model = manifest["model"]
-    if model["fingerprint"] != p.model_fp:
-        out.append(Difference(f"model '{model['name']}': fingerprint {model['fingerprint']} in the "
+    model = manifest.model
+    if model.fingerprint != p.model_fp:
+        out.append(Difference(f"model '{model.name}': fingerprint {model.fingerprint} in the "
                               f"manifest, {p.model_fp} here (other weights, config or scheduler)",
                               True))
     out += _method_differences(manifest, p)
-    was_dtype, now_dtype = recorded_dtype(manifest), runner.dtype_name(p.pipe)
+    was_dtype, now_dtype = manifest.dtype, runner.dtype_name(p.pipe)
     if was_dtype != now_dtype:  # the same weights and experiment, computed at another precision
         out.append(Difference(f"dtype {was_dtype} in the manifest, {now_dtype} here: pixels and "
                               "cache keys differ, figures may move within their CIs", False))
-    was, now = str(manifest.get("device", "?")).split(":")[0], str(p.pipe.device).split(":")[0]
+    was, now = manifest.device.split(":")[0], str(p.pipe.device).split(":")[0]
     if was != now:
         out.append(Difference(f"device type {was} in the manifest, {now} here: pixels may differ",
                               False))
     current = runner.versions()
     for key in VERSION_KEYS:
-        a, b = manifest.get("versions", {}).get(key), current.get(key)
+        a, b = manifest.versions.get(key), current.get(key)
         if a != b:
             out.append(Difference(f"{key} {a or 'absent'} in the manifest, {b or 'absent'} here",
                                   False))
     commit = runner.git_commit()
-    if manifest.get("git_commit") and commit and manifest["git_commit"] != commit:
-        out.append(Difference(f"bench git commit {manifest['git_commit'][:12]} in the manifest, "
+    if manifest.git_commit and commit and manifest.git_commit != commit:
+        out.append(Difference(f"bench git commit {manifest.git_commit[:12]} in the manifest, "
                               f"{commit[:12]} here", False))
-    if manifest.get("git_dirty"):
+    if manifest.git_dirty:
         out.append(Difference(f"the run was made from uncommitted changes on top of bench git "
-                              f"commit {str(manifest.get('git_commit'))[:12]}: that commit alone "
+                              f"commit {str(manifest.git_commit)[:12]}: that commit alone "
                               "may not reproduce it", False))
     return out
 
@@ -177,15 +168,15 @@ def scoring_setups(names: list[str], device: str | None) -> dict[str, dict[str, 
     return {"used": used, "skipped": skipped}
 
 
-def _method_differences(manifest: dict[str, Any], p: runner.RunPlan) -> list[Difference]:
+def _method_differences(manifest: Manifest, p: runner.RunPlan) -> list[Difference]:
     out = []
-    recorded = manifest.get("methods", {})
+    recorded = {m: [a.to_dict() for a in ads] for m, ads in manifest.methods.items()}
     for method, adapters in p.adapters.items():
         now = json.loads(json.dumps([{"name": a.name, "params": dataclasses.asdict(a.params)}
                                      for a in adapters], default=str))
         if method not in recorded:
             out.append(Difference(f"method '{method}' was skipped in the original run "
-                                  f"({manifest.get('skipped_methods', {}).get(method)}) and runs "
+                                  f"({manifest.skipped_methods.get(method)}) and runs "
                                   "here", False))
         elif now != recorded[method]:
             changes = [f"{k} {was['params'].get(k)} -> {v}"
@@ -226,10 +217,8 @@ def reproduce(source: Path, out: Path | None = None, allow_drift: bool = False,
               file=sys.stderr)
     runner.execute(p, quiet=quiet)
     store = RunStore(out)
-    store.write_manifest({**store.manifest(), "reproduces": {
-        "source": str(source), "created": manifest.get("created"),
-        "git_commit": manifest.get("git_commit"),
-        "model_fingerprint": manifest["model"]["fingerprint"],
-        "prompt_sets": {new: old for old, new in prompt_files.items()},  # rewritten -> original
-        "differences": [d.message for d in found], "allow_drift": allow_drift}})
+    store.write_manifest(dataclasses.replace(store.manifest(), reproduces=Reproduction(
+        str(source), manifest.created, manifest.git_commit, manifest.model.fingerprint,
+        {new: old for old, new in prompt_files.items()},  # rewritten -> original
+        tuple(d.message for d in found), allow_drift), absent=frozenset()))
     return out

@@ -19,6 +19,8 @@ from typing import Any, Sequence
 
 from bench import rundir
 from bench.executor import GenerationSettings, generate, time_phase
+from bench.manifest import (AdapterRecord, GridRecord, Manifest, ModelRecord, ProtocolRecord,
+                            PromptSetRecord)
 from bench.grid import WorkItem, build_grid, grid_tables, prompt_samples, shard, unique_images
 from bench.models import ModelError, dtype_name, fingerprint, load_pipeline, native_size
 from bench.registry import METHODS
@@ -265,29 +267,28 @@ def dry_run_summary(p: RunPlan) -> str:
     return "\n".join(lines)
 
 
-def manifest(p: RunPlan) -> dict[str, Any]:
-    return {
-        "bench_manifest": 1,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "spec": p.spec.to_dict(),
-        "model": {"name": p.spec.model, "fingerprint": p.model_fp,
-                  "scheduler": type(p.pipe.scheduler).__name__, "dtype": dtype_name(p.pipe)},
-        "size": {"height": p.height, "width": p.width},
-        "png": {"compress_level": PNG_COMPRESS_LEVEL},  # file bytes, never pixels
-        "methods": {m: [{"name": a.name, "params": dataclasses.asdict(a.params)} for a in ads]
-                    for m, ads in p.adapters.items()},
-        "protocol": ({"name": p.spec.protocol, "deviations": p.deviations}
-                     if p.spec.protocol else None),
-        "skipped_methods": p.skipped,
-        "method_warnings": p.warnings,
-        "prompt_sets": [{"name": s.name, "source": s.source, "prompts": len(s),
-                         "sha256": s.content_hash()} for s in p.prompt_sets],
-        "grid": {"images": len(p.grid), "shard": p.spec.shard},  # the whole run's, in any shard
-        "device": str(p.pipe.device),
-        "versions": versions(),
-        "git_commit": git_commit(),
-        "git_dirty": git_dirty(),
-    }
+def manifest(p: RunPlan) -> Manifest:
+    return Manifest(
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        spec=p.spec,
+        model=ModelRecord(p.spec.model, p.model_fp, type(p.pipe.scheduler).__name__,
+                          dtype_name(p.pipe)),
+        height=p.height, width=p.width,
+        png_compress_level=PNG_COMPRESS_LEVEL,  # file bytes, never pixels
+        methods={m: tuple(AdapterRecord(a.name, dataclasses.asdict(a.params)) for a in ads)
+                 for m, ads in p.adapters.items()},
+        protocol=ProtocolRecord(p.spec.protocol, tuple(p.deviations)) if p.spec.protocol else None,
+        skipped_methods=p.skipped,
+        method_warnings={m: tuple(w) for m, w in p.warnings.items()},
+        prompt_sets=tuple(PromptSetRecord(s.name, s.source, len(s), s.content_hash())
+                          for s in p.prompt_sets),
+        grid=GridRecord(len(p.grid), p.spec.shard),  # the whole run's, in any shard
+        device=str(p.pipe.device),
+        versions=versions(),
+        git_commit=git_commit(),
+        git_dirty=git_dirty(),
+        absent=frozenset({"reproduces"}),
+    )
 
 
 def versions() -> dict[str, str]:
@@ -334,7 +335,7 @@ def open_store(spec: RunSpec) -> RunStore:
     """The spec's run directory, checked to hold this spec's run (or none), stale temporary
     files of killed writers swept."""
     store = RunStore(rundir.out_dir(spec))
-    theirs = store.manifest()["spec"] if store.manifest_path.exists() else None
+    theirs = store.manifest().spec.to_dict() if store.manifest_path.exists() else None
     rundir.check_same_run(store.root, spec, theirs)
     sweep_temp(store.root)
     return store

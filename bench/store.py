@@ -19,6 +19,7 @@ never reused. Temporary files left by a killed writer are swept by the next run 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -36,6 +37,7 @@ import pandas as pd
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from bench.manifest import GridRecord, Manifest
 from bench.spec import SpecError
 
 
@@ -145,23 +147,11 @@ class RunStore:
     def manifest_path(self) -> Path:
         return self.root / "manifest.json"
 
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        atomic_write(self.manifest_path, json.dumps(manifest, indent=2, default=str).encode())
+    def write_manifest(self, manifest: Manifest) -> None:
+        manifest.write(self.manifest_path)
 
-    def manifest(self) -> dict[str, Any]:
-        if not self.manifest_path.exists():
-            raise FileNotFoundError(
-                f"{self.root} is not a run directory (no manifest.json); run `bench run --out {self.root}` first")
-        try:
-            data = json.loads(self.manifest_path.read_bytes())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise StoreError(f"{self.manifest_path} is damaged ({_short(exc)}); rerun the `bench "
-                             "run` command that made this run after moving the file away (its "
-                             "finished images are verified and reused)") from None
-        if not isinstance(data, dict) or not isinstance(data.get("spec"), dict):
-            raise StoreError(f"{self.manifest_path} is not a bench manifest (no spec); rerun the "
-                             "`bench run` command that made this run after moving it away")
-        return data
+    def manifest(self) -> Manifest:
+        return Manifest.read(self.manifest_path)
 
     # --- the grid and its prompts ---------------------------------------------------------
     def write_grid(self, grid: pd.DataFrame, prompts: pd.DataFrame) -> None:
@@ -311,12 +301,11 @@ class RunStore:
         if done != grid_rows or not self.manifest_path.exists():
             return
         manifest = self.manifest()
-        if manifest.get("spec", {}).get("shard") is None and manifest.get("grid", {}).get("done"):
+        if manifest.spec.shard is None and manifest.grid.done:
             return
-        manifest["spec"]["shard"] = None
-        manifest["grid"] = {**manifest.get("grid", {}), "images": grid_rows, "done": done,
-                            "shard": None}
-        self.write_manifest(manifest)
+        self.write_manifest(dataclasses.replace(
+            manifest, spec=dataclasses.replace(manifest.spec, shard=None),
+            grid=GridRecord(grid_rows, None, done)))
 
     def images(self) -> pd.DataFrame:
         path = self.root / "images.parquet"

@@ -229,19 +229,26 @@ def test_reproduce_in_another_dtype_is_allowed_drift(tmp_path, prompt_file, caps
         sorted(p.name for p in (src / "images").iterdir())
 
 
-def test_manifests_without_dtype_ran_half_on_cuda():
-    from bench.reproduce import recorded_dtype
+def _manifest(device: str, dtype: str | None):
+    from bench.manifest import GridRecord, Manifest, ModelRecord
+    from bench.spec import RunSpec
 
-    assert recorded_dtype({"model": {}, "device": "cuda:0"}) == "float16"
-    assert recorded_dtype({"model": {}, "device": "cpu"}) == "float32"
-    assert recorded_dtype({"model": {"dtype": "bfloat16"}, "device": "cuda"}) == "bfloat16"
+    return Manifest(created="", spec=RunSpec(), model=ModelRecord("m", "f", None, dtype),
+                    height=8, width=8, methods={}, skipped_methods={}, prompt_sets=(),
+                    grid=GridRecord(0, None), device=device, versions={}, git_commit=None)
+
+
+def test_manifests_without_dtype_ran_half_on_cuda():
+    assert _manifest("cuda:0", None).dtype == "float16"
+    assert _manifest("cpu", None).dtype == "float32"
+    assert _manifest("cuda", "bfloat16").dtype == "bfloat16"
 
 
 def test_reproduce_pins_the_recorded_dtype_only_where_this_device_defaults_otherwise():
     from bench.reproduce import reproduced_dtype
 
-    cpu_run = {"model": {"dtype": "float32"}, "device": "cpu"}
+    cpu_run = _manifest("cpu", "float32")
     assert reproduced_dtype(cpu_run, None, "cpu") is None  # the spec stays as it was written
-    gpu_run = {"model": {"dtype": "float16"}, "device": "cuda:0"}
+    gpu_run = _manifest("cuda:0", "float16")
     assert reproduced_dtype(gpu_run, None, "cpu") == "float16"  # on the CPU, pinned
     assert reproduced_dtype(gpu_run, "bfloat16", "cpu") == "bfloat16"  # the spec's own

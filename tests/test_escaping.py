@@ -369,7 +369,12 @@ def test_html_page_shows_the_text_and_no_injected_element(hostile_run):
 
 
 def test_html_page_escapes_warnings_skipped_entries_and_the_manifest():
-    manifest = {"model": {"name": ATTACK, "fingerprint": ATTACK}, "created": ATTACK}
+    from bench.manifest import GridRecord, Manifest, ModelRecord
+    from bench.spec import RunSpec
+
+    manifest = Manifest(created=ATTACK, spec=RunSpec(), model=ModelRecord(ATTACK, ATTACK),
+                        height=8, width=8, methods={}, skipped_methods={}, prompt_sets=(),
+                        grid=GridRecord(0, None), device=ATTACK, versions={}, git_commit=ATTACK)
     text = page.render(manifest, [], [], {}, {}, {ATTACK: ATTACK}, {ATTACK: ATTACK}, [],
                        {ATTACK: [ATTACK]})
     doc = Tags(text)

@@ -267,9 +267,10 @@ def test_report_of_the_reference_bundle_keeps_compare_working_and_filters_column
 
 def test_settings_header_names_the_per_kind_grid():
     from bench.report.page import images_per_prompt
+    from bench.spec import RunSpec
 
-    assert images_per_prompt({"samples": 4}) == 4
-    spec = {"samples": 4, "samples_by_kind": [["world-occupations.neutral", 24],
-                                              ["world-occupations.group", 2]]}
-    assert images_per_prompt(spec) == ("24 for world-occupations.neutral; "
-                                       "2 for world-occupations.group; 4 otherwise")
+    assert images_per_prompt(RunSpec(samples=4)) == 4
+    spec = RunSpec(samples=4, samples_by_kind=(("world-occupations.group", 2),
+                                               ("world-occupations.neutral", 24)))
+    assert images_per_prompt(spec) == ("2 for world-occupations.group; "
+                                       "24 for world-occupations.neutral; 4 otherwise")

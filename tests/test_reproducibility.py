@@ -249,8 +249,13 @@ def test_bundle_json_cannot_point_prompts_elsewhere(tmp_path, capsys):
 
 
 def _fake_run(root: Path, cells: list[tuple]) -> Path:
+    from bench.manifest import GridRecord, Manifest, ModelRecord
+    from bench.spec import RunSpec
+
     root.mkdir()
-    (root / "manifest.json").write_text("{}")
+    Manifest(created="", spec=RunSpec(), model=ModelRecord("m", "f"), height=8, width=8,
+             methods={}, skipped_methods={}, prompt_sets=(), grid=GridRecord(0, None),
+             device="cpu", versions={}, git_commit=None).write(root / "manifest.json")
     pd.DataFrame({"key": [], "method": [], "prompt_id": [], "seed": []}).to_parquet(
         root / "images.parquet")
     pd.DataFrame(cells, columns=["table", "method", "metric", "value", "ci_lo", "ci_hi", "n",

@@ -11,7 +11,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -32,11 +32,11 @@ def build(run_dir: Path, metrics: str | None = None, device: str | None = None,
     store = RunStore(run_dir)
     manifest = store.manifest()
     if score:  # a misspelt scorer is refused before anything in the run directory is rewritten
-        requested = split_method_list(metrics) if metrics else manifest["spec"].get("metrics", ["all"])
-        names = scorer_names(manifest["model"]["name"], requested)
+        requested = split_method_list(metrics) if metrics else list(manifest.spec.metrics)
+        names = scorer_names(manifest.model.name, requested)
         check_scorers(names, device)
     sweep_temp(store.root)
-    done, planned = len(store.consolidate()), manifest.get("grid", {}).get("images")
+    done, planned = len(store.consolidate()), manifest.grid.images
     manifest = store.manifest()  # consolidating the last shard's images completes it
     if planned and done < planned:  # shards still running, or a run was killed
         print(f"bench: warning: {planned - done} of the run's {planned} images are not generated "
@@ -48,7 +48,7 @@ def build(run_dir: Path, metrics: str | None = None, device: str | None = None,
         scoring = json.loads(scoring_path.read_text()) if scoring_path.exists() else {}
     skipped_metrics = scoring.get("skipped", {})
     table = joined_table(store)
-    warnings: dict[str, list[str]] = manifest.get("method_warnings", {})
+    warnings = manifest.method_warnings
     boards = [with_warnings(b, warnings)
               for b in boards_mod.leaderboards(table, confusions(table), store.timing())]
     parts = board_tables(table)
@@ -66,12 +66,12 @@ def build(run_dir: Path, metrics: str | None = None, device: str | None = None,
     figures = make_plots(store.root, table, boards)
     drill = [page.drill_down(part, h) for h, part in zip(heads, parts)]
     html_text = page.render(manifest, heads, shown, found, figures,
-                            manifest.get("skipped_methods", {}), skipped_metrics, drill, warnings,
+                            manifest.skipped_methods, skipped_metrics, drill, warnings,
                             n_images=len(table), side_effects=effects)
     out = store.root / "report" / "index.html"
     atomic_write(out, html_text.encode())
     atomic_write(scoring_path, json.dumps(scoring, indent=1, default=str).encode())
-    for name, reason in {**manifest.get("skipped_methods", {}), **skipped_metrics}.items():
+    for name, reason in {**manifest.skipped_methods, **skipped_metrics}.items():
         if not quiet:
             print(f"skipped {name}: {reason}")
     if not quiet:
@@ -79,7 +79,8 @@ def build(run_dir: Path, metrics: str | None = None, device: str | None = None,
     return out
 
 
-def with_warnings(board: tables.Leaderboard, warnings: dict[str, list[str]]) -> tables.Leaderboard:
+def with_warnings(board: tables.Leaderboard,
+                  warnings: Mapping[str, Sequence[str]]) -> tables.Leaderboard:
     """The board with its methods' run warnings first among its notes."""
     found = [w for m in board.methods() for w in warnings.get(m, [])]
     return dataclasses.replace(board, notes=(*found, *board.notes)) if found else board

@@ -15,17 +15,19 @@ from __future__ import annotations
 import base64
 import dataclasses
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from bench.escape import html_text
+from bench.manifest import Manifest
 from bench.report import boards as boards_mod
 from bench.report import findings as findings_mod
 from bench.report.plots import Figure
 from bench.report.tables import NOTATION, Leaderboard, html_notes, html_table
 from bench.metrics import stats
+from bench.spec import RunSpec
 
 esc = html_text
 PRINT_COLUMNS = 6  # metric columns per table in print
@@ -76,35 +78,32 @@ def figure(fig: Figure, kind: str = "plot") -> str:
     return f"<figure class='{kind}'>{_img(path)}<figcaption>{esc(caption)}</figcaption></figure>"
 
 
-def images_per_prompt(spec: dict[str, Any]) -> str | None:
+def images_per_prompt(spec: RunSpec) -> str | int:
     """'24 for world-occupations.neutral, 2 for ...; 4 otherwise' when the grid is sized by
     prompt kind, else the uniform count."""
-    by_kind = spec.get("samples_by_kind") or []
-    if not by_kind:
-        return spec.get("samples")
-    kinds = "; ".join(f"{n} for {kind}" for kind, n in by_kind)
-    return f"{kinds}; {spec.get('samples')} otherwise"
+    if not spec.samples_by_kind:
+        return spec.samples
+    kinds = "; ".join(f"{n} for {kind}" for kind, n in spec.samples_by_kind)
+    return f"{kinds}; {spec.samples} otherwise"
 
 
-def settings(manifest: dict[str, Any], n_images: int | None = None) -> str:
+def settings(manifest: Manifest, n_images: int | None = None) -> str:
     """The run's settings as a two-column table (only what the manifest records)."""
-    spec, model = manifest.get("spec", {}), manifest.get("model", {})
-    sampler, size = spec.get("sampler") or {}, manifest.get("size") or {}
-    protocol = manifest.get("protocol") or spec.get("protocol")
+    spec, model = manifest.spec, manifest.model
     rows = [
-        ("model", f"{model.get('name')} (fingerprint {model.get('fingerprint')})"),
-        ("scheduler", model.get("scheduler") or sampler.get("scheduler")),
-        ("dtype", manifest.get("dtype") or model.get("dtype") or spec.get("dtype")),
+        ("model", f"{model.name} (fingerprint {model.fingerprint})"),
+        ("scheduler", model.scheduler or spec.sampler.scheduler),
+        ("dtype", model.dtype or spec.dtype),
         ("images per prompt", images_per_prompt(spec)),
-        ("steps", sampler.get("steps")),
-        ("guidance", ", ".join(f"{g:g}" for g in spec.get("guidance") or []) or None),
-        ("seed", spec.get("seed")),
-        ("resolution", f"{size['width']}x{size['height']}" if size.get("width") else None),
-        ("protocol", protocol.get("name") if isinstance(protocol, dict) else protocol),
+        ("steps", spec.sampler.steps),
+        ("guidance", ", ".join(f"{g:g}" for g in spec.guidance) or None),
+        ("seed", spec.seed),
+        ("resolution", f"{manifest.width}x{manifest.height}" if manifest.width else None),
+        ("protocol", manifest.protocol.name if manifest.protocol else spec.protocol),
         ("images in the run", n_images),
-        ("device", manifest.get("device")),
-        ("created", manifest.get("created")),
-        ("code commit", manifest.get("git_commit")),
+        ("device", manifest.device),
+        ("created", manifest.created),
+        ("code commit", manifest.git_commit),
     ]
     body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>"
                    for k, v in rows if v not in (None, ""))
@@ -210,11 +209,11 @@ def _cell(x: float | None) -> str:
     return "–" if x is None or not np.isfinite(x) else f"{x:.3g}"
 
 
-def render(manifest: dict[str, Any], heads: Sequence[Leaderboard], boards: Sequence[Leaderboard],
+def render(manifest: Manifest, heads: Sequence[Leaderboard], boards: Sequence[Leaderboard],
            found: dict[str, list[findings_mod.Finding]],
            figures: dict[str, list[Figure]], skipped_methods: dict[str, str],
            skipped_metrics: dict[str, str], drill: Sequence[str],
-           warnings: dict[str, list[str]] | None = None, n_images: int | None = None,
+           warnings: Mapping[str, Sequence[str]] | None = None, n_images: int | None = None,
            side_effects: Leaderboard | None = None) -> str:
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>"
              "<meta name='viewport' content='width=device-width'><title>bench report</title>"
