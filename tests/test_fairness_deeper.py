@@ -216,3 +216,15 @@ def test_parity_l2_is_labelled_fd_in_every_table_header():
     assert "parity\\_l2[skin] (FD) $\\downarrow$" in tables.latex(board)
     assert "parity_<wbr>l2<wbr>[skin] (FD)&nbsp;↓" in tables.html_table(board)
     assert set(tables.long_frame(board)["metric"]) == {i.name for i in infos}  # CSV: bare names
+
+
+def test_intersectional_parity_paired_difference_against_the_baseline():
+    base = [("White", "male")] * 4
+    even = [("White", "male"), ("White", "female"), ("Black", "male"), ("Black", "female")]
+    t = pd.DataFrame(_rows("baseline", "p0", base, **NEUTRAL) + _rows("baseline", "p1", base, **NEUTRAL)
+                     + _rows("even", "p0", even, **NEUTRAL) + _rows("even", "p1", base, **NEUTRAL))
+    cells = IntersectionalParity(["fairface.race", "fairface.gender"], [RACES, GENDERS],
+                                 ["race", "gender"]).compute(t)["even"]
+    one = math.sqrt(3) / 2  # parity_l2 of one joint group out of 4
+    assert cells["parity_l2_diff[race*gender]"].value == pytest.approx((0 - one) / 2)
+    assert cells["parity_l2_diff[race*gender]"].n == 2
