@@ -14,6 +14,9 @@ Hooks, all optional (the baseline implements none):
   on_step(latents, step, state)    update latents before step.i's UNet call; autograd is enabled
                                    and the latents are float32 whatever the model's dtype (cast
                                    back after), so gradient steps do not underflow in float16
+  on_decoded(images, batch) -> (images, filtered)   see the decoded images (B, H, W, 3) in
+                                   [0, 1] and may replace them; `filtered` (B bools) marks those a
+                                   filter replaced (recorded, left out of quality metrics)
 Planning hooks: skip_reason(pipe), warnings(pipe, model_fp, guidance, steps).
 
 The per-step hooks get everything they may need about the step in `Step` (this batch's
@@ -26,6 +29,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
+import numpy as np
 import torch
 
 
@@ -118,6 +122,9 @@ class Adapter:
 
     def on_step(self, latents: torch.Tensor, step: Step, state: Any) -> torch.Tensor:
         return latents
+
+    def on_decoded(self, images: np.ndarray, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        return images, np.zeros(len(images), dtype=bool)
 
     # True where on_step is overridden: the sampler then enables autograd around it.
     @classmethod

@@ -167,6 +167,8 @@ def write_batch(pipe: Any, adapters: Sequence[Adapter], chunk: Sequence[WorkItem
     for n, item in enumerate(chunk):
         if not store.has(item.key):  # at-least-once executors: never write an image twice
             rec = record(item, settings, result, len(chunk))
+            if result.filtered is not None:  # a filter ran: whether it replaced this image
+                rec["filtered"] = bool(result.filtered[n])
             if writer is None:
                 store.put(item.key, pixels[n], rec)
             else:

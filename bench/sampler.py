@@ -57,6 +57,7 @@ class BatchResult:
     unet_evals: int  # UNet evaluations per image (branches x timesteps)
     step_seconds: float  # mean wall time of one denoising step for the batch
     peak_memory_mb: float | None
+    filtered: np.ndarray | None = None  # (B,) bool when an adapter has on_decoded, else None
 
 
 def image_generators(seeds: Sequence[int]) -> list[torch.Generator]:
@@ -176,8 +177,29 @@ def sample(pipe: Any, adapters: Sequence[Adapter], batch: Batch, *, steps: int,
         require_finite(latents, f"the latents after step {i}")
     step_seconds = (time.perf_counter() - step_start) / max(n_steps, 1)
     images = decode(pipe, latents)
+    images, filtered = decoded_hooks(adapters, images, batch)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return BatchResult(images, time.perf_counter() - start, n_branches * n_steps, step_seconds, peak)
+    return BatchResult(images, time.perf_counter() - start, n_branches * n_steps, step_seconds, peak,
+                       filtered)
+
+
+def decoded_hooks(adapters: Sequence[Adapter], images: np.ndarray,
+                  batch: Batch) -> tuple[np.ndarray, np.ndarray | None]:
+    """Each adapter's `on_decoded` in order; an image is filtered if any of them filtered it.
+    None when no adapter has the hook (records then carry no `filtered` field)."""
+    hooked = [a for a in adapters if a.has_hook("on_decoded")]
+    if not hooked:
+        return images, None
+    filtered = np.zeros(len(images), dtype=bool)
+    for a in hooked:
+        images, mask = a.on_decoded(images, batch)
+        mask = np.asarray(mask, dtype=bool)
+        if images.shape[0] != len(batch) or mask.shape != (len(batch),):
+            raise ValueError(f"{a.name}: on_decoded returned {images.shape[0]} images and "
+                             f"{mask.shape} flags for a batch of {len(batch)}")
+        require_finite(images, f"the images after {a.name}'s on_decoded")
+        filtered |= mask
+    return images, filtered
 
 
 def _on_step(adapter: Adapter, latents: torch.Tensor, step: Step, state: Any) -> torch.Tensor:

@@ -275,6 +275,8 @@ class RunStore:
             row = {"key": g.key, "method": g.method, "prompt_set": g.prompt_set,
                    "prompt_id": g.prompt_id, "prompt": text, "seed": g.seed, "sample": g.sample,
                    "guidance": g.guidance, **{c: rec.get(c) for c in RECORD_COLUMNS}}
+            if "filtered" in rec:  # only methods with a filter record it (other runs' tables unchanged)
+                row["filtered"] = bool(rec["filtered"])
             row.update({f"meta.{k}": v for k, v in metadata.items()})
             row["file"] = f"images/{g.key}.png"
             rows.append(row)

@@ -14,3 +14,4 @@ METHODS.register("negative-prompt", "bench.methods.negative_prompt:NegativePromp
 METHODS.register("weights", "bench.methods.weights:Weights")
 METHODS.register("uce", "bench.methods.uce:UCE")
 METHODS.register("esd", "bench.methods.esd:ESD")
+METHODS.register("sd-safety-checker", "bench.methods.safety_checker:SafetyChecker")

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from bench.metrics.filtered import mask_filtered
 from bench.registry import METRICS
 from bench.report import boards as boards_mod
 from bench.report import findings as findings_mod
@@ -92,7 +93,7 @@ def joined_table(store: RunStore) -> pd.DataFrame:
     if scores.empty or "key" not in scores:
         return images
     keep = [c for c in scores.columns if not c.startswith("_scored.")]
-    return images.merge(scores[keep], on="key", how="left")
+    return mask_filtered(images.merge(scores[keep], on="key", how="left"))
 
 
 def confusions(table: pd.DataFrame) -> dict[str, Any]:

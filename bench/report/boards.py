@@ -114,6 +114,9 @@ def aggregators(table: pd.DataFrame, confusions: dict[str, Any],
     from bench.metrics.fid import feature_aggregators
 
     out += feature_aggregators(table)
+    if "filtered" in table:
+        from bench.metrics.filtered import FilteredRate
+        out.append(FilteredRate())
     out.append(agg.Latency(timing=timing))
     return out
 

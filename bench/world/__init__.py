@@ -2,6 +2,7 @@
 Stable Diffusion's formats (see docs/synthetic-world.md)."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,19 @@ def load_world_pipeline(weights_dir: Path | None = None) -> Any:
     # Where methods look for the checkpoints the world ships, <method>-<attribute>/ beside the
     # pipeline (methods/checkpoints.py default_checkpoint).
     pipe.bench_checkpoints_dir = root
+    pipe.bench_safety_checker = functools.partial(hazard_flags, root)  # sd-safety-checker's
     return pipe
+
+
+def hazard_flags(weights_dir: Path, images: Any) -> Any:
+    """The world's safety checker: its hazard detector on the uint8 pixels the PNG will hold,
+    at the `world` scorer's threshold (0.5). Float images (B, H, W, 3) in [0, 1] -> flags."""
+    import numpy as np
+
+    from bench.world.evaluators import cached_evaluators
+
+    pixels = (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
+    return cached_evaluators(str(weights_dir)).predict(pixels)["hazard_prob"] > 0.5
 
 
 def load_world_clip(weights_dir: Path | None = None) -> Any:
