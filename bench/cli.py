@@ -145,7 +145,7 @@ def parser() -> argparse.ArgumentParser:
                            epilog="examples:\n  bench train fair-mapping --model world --attribute "
                                   "skin --out ckpt/fm\n  bench train rs-corrector --help",
                            formatter_class=fmt)
-    train.add_argument("method", choices=["fair-mapping", "rs-corrector", "uce"])
+    train.add_argument("method", choices=["fair-mapping", "rs-corrector", "uce", "esd"])
     train.add_argument("args", nargs=argparse.REMAINDER, help="the trainer's own flags")
 
     world = sub.add_parser("world", help="build the synthetic-portrait world",
@@ -382,6 +382,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         from bench.methods.fair_mapping_train import main as train_main
     elif a.method == "uce":
         from bench.methods.uce_train import main as train_main
+    elif a.method == "esd":
+        from bench.methods.esd_train import main as train_main
     else:
         from bench.methods.rs_corrector_train import main as train_main
     return train_main(a.args) or 0

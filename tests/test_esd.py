@@ -106,8 +106,10 @@ def test_checkpoint_applies_and_restores_bit_exactly(tiny_pipe, tmp_path, monkey
 
     monkeypatch.setattr(bench.models, "load_pipeline", lambda *a, **k: tiny_pipe)
     out = tmp_path / "esd"
-    assert train_main(["--model", "tiny-random", "--concept", "a cat", "--iterations", "3",
-                       "--lr", "1e-3", "--ddim-steps", "4", "--eta", "2", "--out", str(out)]) == 0
+    from bench.cli import main
+
+    assert main(["train", "esd", "--model", "tiny-random", "--concept", "a cat", "--iterations", "3",
+                 "--lr", "1e-3", "--ddim-steps", "4", "--eta", "2", "--out", str(out)]) == 0
     card = json.loads((out / "card.json").read_text())
     assert {k: card[k] for k in ("method", "concept", "variant", "eta", "iterations", "lr")} == {
         "method": "esd", "concept": "a cat", "variant": "x", "eta": 2.0, "iterations": 3, "lr": 1e-3}
