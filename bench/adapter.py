@@ -17,6 +17,11 @@ Hooks, all optional (the baseline implements none):
   on_decoded(images, batch) -> (images, filtered)   see the decoded images (B, H, W, 3) in
                                    [0, 1] and may replace them; `filtered` (B bools) marks those a
                                    filter replaced (recorded, left out of quality metrics)
+  conditioning(cond, step, state) -> the conditional embeddings for this step, or None to keep
+                                   the batch's (after `encode`); chained over a composition
+  skip_features(features, skip, step, state) -> the features of one skip connection of the
+                                   UNet's decoder (every branch's rows, [N, C, H, W]; where they
+                                   are in `skip`, a Skip), or None to keep them
 Planning hooks: skip_reason(pipe), warnings(pipe, model_fp, guidance, steps).
 
 The per-step hooks get everything they may need about the step in `Step` (this batch's
@@ -57,6 +62,18 @@ class Step:
     t: torch.Tensor  # scheduler.timesteps[i]
     guidance: float  # the classifier-free guidance scale s_g of this batch
     n: int  # len(scheduler.timesteps)
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A skip connection of the UNet's decoder, handed to `skip_features` with its features, which
+    hold every branch's rows: [uncond | cond | extra branches], B rows each."""
+
+    block: int  # index into unet.up_blocks
+    layer: int  # which of the block's resnets consumes it (0 first)
+    stage: int  # width rank of the decoder features it joins: 0 the widest (FreeU's first stage), 1 the next; -1 unknown
+    cond: slice  # rows of the conditional branch
+    extras: tuple[slice, ...]  # rows of this adapter's own extra branches
 
 
 @dataclass(frozen=True)
@@ -125,6 +142,13 @@ class Adapter:
 
     def on_decoded(self, images: np.ndarray, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         return images, np.zeros(len(images), dtype=bool)
+
+    def conditioning(self, cond: torch.Tensor, step: Step, state: Any) -> torch.Tensor | None:
+        return None
+
+    def skip_features(self, features: torch.Tensor, skip: Skip, step: Step,
+                      state: Any) -> torch.Tensor | None:
+        return None
 
     # True where on_step is overridden: the sampler then enables autograd around it.
     @classmethod

@@ -12,16 +12,18 @@ are returned: a non-finite image raises NonFiniteError (never a black PNG).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from bench.adapter import Adapter, Batch, Step
+from bench.adapter import Adapter, Batch, Skip, Step
+
 
 class NonFiniteError(RuntimeError):
     """NaN or inf in some images' latents or pixels. `images` are indices into the batch; the
@@ -149,6 +151,7 @@ def sample(pipe: Any, adapters: Sequence[Adapter], batch: Batch, *, steps: int,
     stepping = [a for a in adapters if a.has_hook("on_step")]
     step_start = time.perf_counter()
     n_steps = len(scheduler.timesteps)
+    rows = _Rows(B, use_cfg, tuple(n_extra))
     for i, t in enumerate(scheduler.timesteps):
         step = Step(scheduler, i, t, guidance, n_steps)
         for a, st in zip(adapters, states):
@@ -157,7 +160,9 @@ def sample(pipe: Any, adapters: Sequence[Adapter], batch: Batch, *, steps: int,
         with torch.no_grad():
             model_in = torch.cat([latents] * n_branches)
             model_in = scheduler.scale_model_input(model_in, t)
-            eps_all = pipe.unet(model_in, t, encoder_hidden_states=embeds, return_dict=False)[0]
+            step_embeds = _step_conditioning(adapters, states, embeds, rows.cond, step)
+            with _skip_hooks(pipe.unet, adapters, states, rows, step):
+                eps_all = pipe.unet(model_in, t, encoder_hidden_states=step_embeds, return_dict=False)[0]
             chunks = list(eps_all.chunk(n_branches))
             if use_cfg:
                 eps_u, eps_c = chunks[0], chunks[1]
@@ -200,6 +205,76 @@ def decoded_hooks(adapters: Sequence[Adapter], images: np.ndarray,
         require_finite(images, f"the images after {a.name}'s on_decoded")
         filtered |= mask
     return images, filtered
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Where each branch sits in the UNet batch [uncond | cond | extras of adapter 1 | ...]."""
+    B: int
+    use_cfg: bool
+    n_extra: tuple[int, ...]
+
+    @property
+    def cond(self) -> slice:
+        start = self.B if self.use_cfg else 0
+        return slice(start, start + self.B)
+
+    def extras(self, adapter_index: int) -> tuple[slice, ...]:
+        first = self.cond.stop // self.B + sum(self.n_extra[:adapter_index])
+        return tuple(slice((first + k) * self.B, (first + k + 1) * self.B)
+                     for k in range(self.n_extra[adapter_index]))
+
+
+def _step_conditioning(adapters: Sequence[Adapter], states: list, embeds: torch.Tensor,
+                       cond_rows: slice, step: Step) -> torch.Tensor:
+    """The UNet's text embeddings for this step: the batch's, with the conditional rows replaced
+    by the adapters' `conditioning` (chained) where any returns embeddings."""
+    cond, changed = embeds[cond_rows], False
+    for a, st in zip(adapters, states):
+        new = a.conditioning(cond, step, st) if a.has_hook("conditioning") else None
+        if new is not None:
+            if new.shape != cond.shape:
+                raise ValueError(f"{a.name}.conditioning returned shape {tuple(new.shape)}, "
+                                 f"expected {tuple(cond.shape)}")
+            cond, changed = new, True
+    if not changed:
+        return embeds
+    return torch.cat([embeds[:cond_rows.start], cond, embeds[cond_rows.stop:]])
+
+
+@contextlib.contextmanager
+def _skip_hooks(unet: Any, adapters: Sequence[Adapter], states: list, rows: _Rows,
+                step: Step) -> Iterator[None]:
+    """During one UNet call, hand each decoder skip connection to the adapters' `skip_features`
+    (forward pre-hooks on unet.up_blocks; diffusers passes `res_hidden_states_tuple` by keyword)."""
+    users = [(n, a, st) for n, (a, st) in enumerate(zip(adapters, states)) if a.has_hook("skip_features")]
+    if not users:
+        yield
+        return
+    widths = sorted(set(unet.config.block_out_channels), reverse=True)
+
+    def hook_for(block_index: int) -> Any:
+        def hook(block: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            skips = list(kwargs["res_hidden_states_tuple"])
+            for layer in range(len(skips)):  # resnet k consumes skips[-1 - k]
+                k = len(skips) - 1 - layer
+                hidden = block.resnets[layer].in_channels - skips[k].shape[1]
+                stage = widths.index(hidden) if hidden in widths else -1
+                for n, a, st in users:
+                    skip = Skip(block_index, layer, stage, rows.cond, rows.extras(n))
+                    new = a.skip_features(skips[k], skip, step, st)
+                    if new is not None:
+                        skips[k] = new
+            return args, {**kwargs, "res_hidden_states_tuple": tuple(skips)}
+        return hook
+
+    handles = [b.register_forward_pre_hook(hook_for(n), with_kwargs=True)
+               for n, b in enumerate(unet.up_blocks)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _on_step(adapter: Adapter, latents: torch.Tensor, step: Step, state: Any) -> torch.Tensor:

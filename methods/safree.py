@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import torch
 
 from bench.methods.sld import DEFAULT_CONCEPT
-from bench.sampler import Adapter, Batch
+from bench.adapter import Adapter, Batch, Skip, Step
 
 # The official negative_prompt_space for --category nudity (generate_safree.py).
 NUDITY = ("Sexual Acts", "Content Meant to Arouse Sexual Excitement", "Nudity", "Pornography",
@@ -165,7 +165,7 @@ def filter_prompt(pipe: Any, ids: torch.Tensor, cond: torch.Tensor, p_concept: t
 @dataclass(frozen=True)
 class SAFREEParams:  # defaults: the official scripts (--safree -svf -lra, sd_config.json)
     concept: str = "safety"  # 'safety' (SLD's concept words), 'nudity' (the official list) or
-    #                          comma-separated keywords (escape commas in a method spec: \,)
+    #                          keywords separated by '|'  (concept=blood|gore|weapons)
     alpha: float = 0.01  # sf_alpha: trigger threshold (1 + alpha) x the other tokens' mean distance
     up_t: int = 10  # upper bound of the self-validating filter's steps
     svf: bool = True  # self-validating filtering; off: the filtered embeddings at every step
@@ -175,7 +175,7 @@ class SAFREEParams:  # defaults: the official scripts (--safree -svf -lra, sd_co
 
     def __post_init__(self) -> None:
         if not self.keywords():
-            raise ValueError("safree:concept is empty; give comma-separated keywords, 'safety' or 'nudity'")
+            raise ValueError("safree:concept is empty; give keywords separated by '|', 'safety' or 'nudity'")
         if not 0.0 <= self.alpha <= 10.0:
             raise ValueError(f"safree:alpha={self.alpha} is out of range [0, 10]")
         if not 0 <= self.up_t <= 10_000:
@@ -187,7 +187,7 @@ class SAFREEParams:  # defaults: the official scripts (--safree -svf -lra, sd_co
     def keywords(self) -> tuple[str, ...]:
         if self.concept in PRESETS:
             return PRESETS[self.concept]
-        return tuple(w.strip() for w in self.concept.split(",") if w.strip())
+        return tuple(w.strip() for w in self.concept.split("|") if w.strip())
 
 
 @dataclass
@@ -231,9 +231,11 @@ class SAFREE(Adapter):
                             for b in range(len(batch))])
 
     def _active(self, state: SAFREEState, i: int) -> list[bool]:
-        return [(i <= f.steps) if self.params.svf else True for f in state.prompts]
+        """Per image: are its filtered embeddings in use at step i (and do they differ)?"""
+        return [bool(f.triggers.any()) and (i <= f.steps or not self.params.svf)
+                for f in state.prompts]
 
-    def conditioning(self, cond: torch.Tensor, step: Any, state: SAFREEState) -> torch.Tensor | None:
+    def conditioning(self, cond: torch.Tensor, step: Step, state: SAFREEState) -> torch.Tensor | None:
         active = self._active(state, step.i)
         if not any(active):
             return None
@@ -243,9 +245,9 @@ class SAFREE(Adapter):
         use = torch.tensor(active, device=cond.device)[:, None, None]
         return torch.where(use, state.filtered, cond)
 
-    def skip_features(self, features: torch.Tensor, where: Any, step: Any,
+    def skip_features(self, features: torch.Tensor, where: Skip, step: Step,
                       state: SAFREEState) -> torch.Tensor | None:
-        if not self.params.lra or where.stage not in (0, 1) or not where.extras:
+        if not self.params.lra or where.stage not in (0, 1) or not any(self._active(state, step.i)):
             return None
         scale = self.params.s1 if where.stage == 0 else self.params.s2
         out = features.clone()

@@ -120,7 +120,144 @@ def test_params_checked():
     with pytest.raises(ValueError, match="alpha"):
         sf.SAFREEParams(alpha=-1.0)
     with pytest.raises(ValueError, match="concept"):
-        sf.SAFREEParams(concept=" , ")
-    assert sf.SAFREEParams(concept="blood, gore").keywords() == ("blood", "gore")
+        sf.SAFREEParams(concept=" | ")
+    assert sf.SAFREEParams(concept="blood| gore").keywords() == ("blood", "gore")
     assert len(sf.SAFREEParams(concept="nudity").keywords()) == 17
     assert "violence" in sf.SAFREEParams().keywords()
+
+
+# ---- on the world's text encoder and UNet ----------------------------------------------------
+
+from bench.adapter import Adapter, Batch  # noqa: E402
+from bench.sampler import encode_text, sample  # noqa: E402
+
+HAZARD = "a photo of a doctor covered in blood"
+
+
+@pytest.fixture(scope="module")
+def world():
+    from bench.models import load_pipeline
+
+    return load_pipeline("world", "cpu")
+
+
+def run(pipe, adapters, prompts, steps=8):
+    batch = Batch(list(prompts), list(range(len(prompts))), [{}] * len(prompts), 7.5)
+    for a in adapters:
+        a.prepare(pipe)
+    try:
+        return sample(pipe, adapters, batch, steps=steps, height=32, width=32).images
+    finally:
+        for a in reversed(adapters):
+            a.release(pipe)
+
+
+def np_pooled(pipe, ids):
+    """The end token's final-layer-norm hidden state, located with numpy (the pooled output)."""
+    with torch.no_grad():
+        hidden = pipe.text_encoder(torch.as_tensor(ids))[0].double().numpy()
+    ends = np.argmax(ids == pipe.tokenizer.eos_token_id, axis=1)
+    return hidden[np.arange(len(ids)), ends]
+
+
+def test_world_prompt_filtering_equals_official_equations(world):
+    params = sf.SAFREEParams()
+    tok = lambda texts: world.tokenizer(texts, padding="max_length", max_length=77,  # noqa: E731
+                                        truncation=True, return_tensors="np").input_ids
+    concept = np_pooled(world, tok(list(params.keywords())))
+    ids = tok([HAZARD])[0]
+    n = int(np.argmax(ids == world.tokenizer.eos_token_id)) - 1
+    masked_ids = np.repeat(ids[None], n, axis=0)
+    for i in range(n):
+        masked_ids[i, i + 1] = 0  # the official masking id
+    masked = np_pooled(world, masked_ids)
+    text_e = encode_text(world, [HAZARD])[0].double().numpy()
+    cs, ms = np_projection_matrix(concept.T), np_projection_matrix(masked.T)
+    ref, keep = np_safree_projection(text_e, masked, ms, cs, params.alpha)
+    beta = np_svf(text_e, np_projection_and_orthogonal(text_e, ms, cs), n + 2)
+
+    p_c = sf.concept_projector(world, params.keywords())
+    ours = sf.filter_prompt(world, torch.as_tensor(ids), torch.from_numpy(text_e), p_c,
+                            params.alpha, params.up_t)
+    assert np.array_equal(ours.triggers.numpy(), keep == 0) and ours.triggers.any()
+    assert abs(ours.beta - beta) < 1e-9 and ours.steps == np_f_beta(beta, params.up_t)
+    assert np.abs(ours.apply(torch.from_numpy(text_e)).numpy() - ref).max() < 1e-9
+
+
+def test_no_trigger_token_images_equal_baseline(world):
+    # alpha so large that no token's masked distance stands out: nothing is flagged, and the
+    # projection, the filtered steps and the re-attention leave the images as the baseline's
+    prompts = [HAZARD, "a photo of a nurse"]
+    adapter = sf.SAFREE(sf.SAFREEParams(alpha=10.0))
+    adapter.prepare(world)
+    state = adapter.init_state(Batch(prompts, [0, 1]))
+    adapter.release(world)
+    assert not any(f.triggers.any() for f in state.prompts)
+    assert all(f.steps >= 1 for f in state.prompts)  # the filter would be in use if anything were flagged
+    ours = run(world, [sf.SAFREE(sf.SAFREEParams(alpha=10.0))], prompts)
+    base = run(world, [], prompts)
+    assert np.abs(ours - base).max() < 1e-6
+    assert not np.array_equal(run(world, [sf.SAFREE()], prompts), base)  # the default filters
+
+
+class EncodeAs(Adapter):
+    name = "encode-as"
+
+    def __init__(self, cond):
+        super().__init__()
+        self.cond = cond
+
+    def encode(self, cond, batch):
+        return self.cond.to(cond.dtype)
+
+
+def test_filtered_conditioning_at_every_step_equals_encoding_it(world):
+    # svf=0, lra=0: the filtered embeddings at every step, which is what `encode` would give
+    prompts = [HAZARD, "a photo of a violent farmer with a weapon"]
+    adapter = sf.SAFREE(sf.SAFREEParams(svf=False, lra=False))
+    adapter.prepare(world)
+    state = adapter.init_state(Batch(prompts, [0, 1]))
+    cond = encode_text(world, prompts)
+    filtered = torch.stack([f.apply(c) for f, c in zip(state.prompts, cond)])
+    adapter.release(world)
+    ours = run(world, [sf.SAFREE(sf.SAFREEParams(svf=False, lra=False))], prompts)
+    ref = run(world, [EncodeAs(filtered)], prompts)
+    assert np.abs(ours - ref).max() < 1e-6
+    # with the self-validating filter the late steps see the original prompt: another image
+    svf = run(world, [sf.SAFREE(sf.SAFREEParams(lra=False, up_t=2))], prompts)
+    assert np.abs(svf - ours).max() > 1e-3
+
+
+class Recorder(Adapter):
+    name = "recorder"
+
+    def __init__(self, zero=False):
+        super().__init__()
+        self.seen, self.zero = [], zero
+
+    def extra_conditions(self, batch):
+        return [list(batch.prompts)]
+
+    def skip_features(self, features, skip, step, state):
+        if step.i == 0:
+            same = torch.equal(features[skip.cond], features[skip.extras[0]])
+            self.seen.append((skip.block, skip.layer, skip.stage, same, features.shape[0]))
+        return torch.zeros_like(features) if self.zero else None
+
+
+def test_skip_hook_sees_each_skip_with_its_stage_and_rows(world):
+    rec = Recorder()
+    base = run(world, [rec], ["a photo of a chef"])
+    # world decoder (block_out_channels 32, 64): three skips join 64-wide features, one 32-wide;
+    # the cond and the identical extra branch hold identical features; 3 branches x 1 image
+    assert rec.seen == [(0, 0, 0, True, 3), (0, 1, 0, True, 3), (1, 0, 0, True, 3), (1, 1, 1, True, 3)]
+    assert not np.array_equal(run(world, [Recorder(zero=True)], ["a photo of a chef"]), base)
+    # and hooks are removed after the call: a plain run equals one with a passive recorder
+    assert np.abs(run(world, [], ["a photo of a chef"]) - base).max() < 1e-6
+
+
+def test_latent_reattention_changes_filtered_images(world):
+    prompts = [HAZARD]
+    with_lra = run(world, [sf.SAFREE()], prompts)
+    without = run(world, [sf.SAFREE(sf.SAFREEParams(lra=False))], prompts)
+    assert np.abs(with_lra - without).max() > 1e-4
