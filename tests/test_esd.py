@@ -145,3 +145,16 @@ def test_bad_checkpoint_and_parameters_fail_in_one_line(tiny_pipe, tmp_path):
     with pytest.raises(SystemExit):
         train_main(["--model", "tiny-random", "--concept", "x", "--variant", "a", "--out", "o"])
 
+
+def test_world_ships_its_hazard_checkpoint_for_this_world():
+    """`--methods all` on the world runs esd: the shipped esd-hazard/ was trained from this
+    world's UNet (ESD-x: the cross-attention deltas only)."""
+    from bench.models import fingerprint, load_pipeline
+
+    pipe = load_pipeline("world", "cpu")
+    ad = ESD()
+    assert ad.skip_reason(pipe) is None
+    path, card = ad.load_card(pipe)
+    assert path.name == "esd-hazard" and card["model_fingerprint"] == fingerprint(pipe)
+    assert card["variant"] == "x" and (path / "delta.safetensors").stat().st_size < 400_000
+    assert ad.warnings(pipe, fingerprint(pipe), [7.5], 25) == []
