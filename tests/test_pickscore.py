@@ -28,8 +28,6 @@ PROMPTS = ["a photo of a doctor", "a watercolor of a red fox in the snow", "a ph
 def published(tmp_path_factory):
     """A small CLIPModel saved as PickScore_v1 is (safetensors) and a processor directory."""
     from transformers import CLIPConfig, CLIPModel
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
     from bench.models import clip_tokenizer
 
     root = tmp_path_factory.mktemp("pickscore")
@@ -42,9 +40,14 @@ def published(tmp_path_factory):
         projection_dim=32, logit_scale_init_value=4.6052)
     net = CLIPModel(config).eval().requires_grad_(False)
     net.save_pretrained(root / "model", safe_serialization=True)
-    CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(
-        root / "processor")
     clip_tokenizer().save_pretrained(root / "processor")
+    # laion/CLIP-ViT-H-14-laion2B-s32B-b79K's preprocessor_config.json is in the legacy format
+    # (integer size and crop_size, CLIPFeatureExtractor): written so, it must read as shortest side
+    # 224 and a 224 x 224 crop.
+    (root / "processor" / "preprocessor_config.json").write_text(json.dumps({
+        "crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+        "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": MEAN.tolist(),
+        "image_std": STD.tolist(), "resample": 3, "size": 224}))
     return net, root
 
 
