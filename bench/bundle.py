@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from bench.manifest import Manifest
-from bench.spec import MethodSpec, SpecError
+from bench.spec import NamedOptions, SpecError
 from bench.store import RunStore, readable_mode
 
 INFO = "bundle.json"
@@ -79,10 +79,10 @@ def prompt_file(entry: str) -> tuple[Path, str] | None:
 
     if Path(entry).is_file():
         return Path(entry), ""
-    parsed = MethodSpec.parse(entry)
+    parsed = NamedOptions.parse(entry, "prompt-set spec")
     if not _is_path(parsed.name):
         return None
-    return Path(parsed.name), str(MethodSpec("", parsed.params))
+    return Path(parsed.name), str(NamedOptions("", parsed.params))
 
 
 def _check_prompt_file(entry: str, path: Path, manifest: Manifest) -> None:

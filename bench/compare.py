@@ -22,7 +22,7 @@ import re
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -31,7 +31,7 @@ from PIL import Image
 from bench import bundle, rundir
 from bench.escape import csv_uncell, md_code, md_text
 from bench.manifest import RERUN, Manifest
-from bench.spec import MethodSpec, SpecError
+from bench.spec import MethodChain, NamedOptions, SpecError
 
 TIMING_METRICS = ("seconds_per_image", "latency_ratio")  # wall clock: differs run to run
 CELL_KEYS = ("table", "method", "metric")
@@ -175,17 +175,24 @@ def _cells(files: RunFiles) -> pd.DataFrame:
     return cells
 
 
-def _base(method: str) -> str:
-    return "+".join(MethodSpec.parse(p).name for p in method.split("+"))
+def method_name(method: str) -> str:
+    """A leaderboard's method column (a canonical chain) -> its names without options."""
+    return MethodChain.parse(method).names
 
 
-def pair_methods(a: set[str], b: set[str]) -> dict[str, str]:
-    """Unmatched specs of the same method name(s), one on each side: B's spec -> A's."""
+def scorer_name(scorer: str) -> str:
+    return NamedOptions.parse(scorer, "scorer spec").name
+
+
+def pair_methods(a: set[str], b: set[str],
+                 base: Callable[[str], str] = method_name) -> dict[str, str]:
+    """Unmatched specs of the same name(s), one on each side: B's spec -> A's."""
     only_a, only_b = a - b, b - a
+    names = {m: base(m) for m in only_a | only_b}  # each parsed once
     pairs = {}
-    for base in {_base(m) for m in only_a}:
-        ca = [m for m in only_a if _base(m) == base]
-        cb = [m for m in only_b if _base(m) == base]
+    for name in {names[m] for m in only_a}:
+        ca = [m for m in only_a if names[m] == name]
+        cb = [m for m in only_b if names[m] == name]
         if len(ca) == 1 and len(cb) == 1:
             pairs[cb[0]] = ca[0]
     return pairs
@@ -273,7 +280,7 @@ def scorer_differences(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]
     (`q16:weights=/a/prompts.p` with `q16:weights=/b/prompts.p`) and the pairing is unambiguous."""
     (la, lb), (ua, ub) = labels, (a["used"], b["used"])
     pairs = [(n, n) for n in sorted(set(ua) & set(ub))]
-    pairs += sorted((na, nb) for nb, na in pair_methods(set(ua), set(ub)).items())
+    pairs += sorted((na, nb) for nb, na in pair_methods(set(ua), set(ub), scorer_name).items())
     out = []
     for na, nb in pairs:
         name = na if na == nb else f"{na} ({la}) / {nb} ({lb})"

@@ -6,15 +6,16 @@ from pathlib import Path
 from PIL import Image
 
 from bench.models import dtype_name, load_pipeline, native_size
-from bench.runner import build_adapters, canonical_method, check_size
+from bench.runner import build_adapters, check_size
 from bench.sampler import Batch, NonFiniteError, sample, to_uint8
-from bench.spec import SpecError
+from bench.spec import MethodChain, SpecError
 
 
 def generate_one(model: str, method: str, prompt: str, seed: int, guidance: float, steps: int,
                  resolution: int | None, device: str | None, out: Path, dtype: str | None = None,
                  scheduler: str | None = None) -> None:
-    adapters = build_adapters(canonical_method(method))
+    chain = MethodChain.parse(method)  # `bench generate --method`: parsed here, once
+    adapters = build_adapters(chain)
     pipe = load_pipeline(model, device, dtype, scheduler)
     for a in adapters:
         reason = a.skip_reason(pipe)
@@ -28,6 +29,6 @@ def generate_one(model: str, method: str, prompt: str, seed: int, guidance: floa
                         height=size, width=size)
         pixels = to_uint8(result.images)[0]
     except NonFiniteError as exc:
-        raise exc.naming(canonical_method(method), [(repr(prompt), seed)], dtype_name(pipe)) from None
+        raise exc.naming(str(chain), [(repr(prompt), seed)], dtype_name(pipe)) from None
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(out)

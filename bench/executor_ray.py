@@ -33,7 +33,7 @@ from bench.executor import GenerationSettings, pending, swap, warm_up, write_bat
 from bench.grid import WorkItem
 from bench.models import ModelError
 from bench.sampler import Adapter
-from bench.spec import SpecError
+from bench.spec import MethodChain, SpecError
 from bench.store import RunStore
 
 INSTALL_HINT = '--executor ray needs Ray, an optional extra: pip install -e ".[ray]"'
@@ -96,7 +96,7 @@ class GenerationWorker:
     """A Ray actor: one pipeline, loaded once by model name; writes what it generates."""
 
     def __init__(self, device: str, root: str, settings: GenerationSettings, model_fp: str,
-                 kill_at: str | None = None) -> None:
+                 chains: dict[str, MethodChain], kill_at: str | None = None) -> None:
         from bench.models import fingerprint, load_pipeline
 
         self.error: Exception | None = None  # raised by every call, so it reaches the driver whole
@@ -113,6 +113,7 @@ class GenerationWorker:
             self.error = exc
         self.store = RunStore(root)
         self.settings = settings
+        self.chains = chains  # canonical method string -> the parsed chain, from the driver
         self.method: str | None = None
         self.adapters: list[Adapter] = []
         self.written = 0
@@ -135,7 +136,7 @@ class GenerationWorker:
         if self.method is None:
             warm_up(self.pipe, items, self.settings)
         if items[0].method != self.method:  # weight-patching methods own the pipe one at a time
-            new = build_adapters(items[0].method)
+            new = build_adapters(self.chains[items[0].method])
             swap(self.pipe, self.adapters, new)
             self.method, self.adapters = items[0].method, new
         write_batch(self.pipe, self.adapters, items, self.store, self.settings, self._wrote)
@@ -180,9 +181,9 @@ class ScoringWorker:
 def generate(pipe: Any, items: Sequence[WorkItem], adapters: dict[str, list[Adapter]],
              store: RunStore, settings: GenerationSettings, quiet: bool = False, *,
              workers: int | None = None, device: str | None = None,
-             model_fp: str | None = None) -> int:
+             model_fp: str | None = None, chains: dict[str, MethodChain]) -> int:
     """The local `generate()` contract on Ray: every item not already in the store is generated
-    and written. `adapters` are rebuilt inside the workers from the items' method strings.
+    and written. `adapters` are rebuilt inside the workers from `chains` (the plan's).
     Returns the number of items that were missing."""
     import_ray()
     todo = pending(items, store, settings.batch_size)
@@ -193,13 +194,13 @@ def generate(pipe: Any, items: Sequence[WorkItem], adapters: dict[str, list[Adap
         from bench.models import fingerprint
 
         model_fp = fingerprint(pipe)
-    missing = sorted({c[0].method for c in todo} - set(adapters))
+    missing = sorted({c[0].method for c in todo} - (set(adapters) & set(chains)))
     if missing:
         raise SpecError(f"no adapters planned for method(s) {missing}")
     root = str(store.root.resolve())  # a path every node sees: a shared filesystem
     with session(workers, quiet) as ray, actor_pool(
             ray, GenerationWorker, workers, device, root, settings, model_fp,
-            os.environ.get(KILL_ENV)) as pool, \
+            chains, os.environ.get(KILL_ENV)) as pool, \
             tqdm(total=sum(len(c) for c in todo), desc=f"generate ({len(pool)} ray workers)", unit="img",
                  disable=quiet) as bar:
         dispatch(ray, pool, "generate", todo, lambda job: bar.update(len(job)))
@@ -296,7 +297,7 @@ def generate_and_score(p: Any, store: RunStore, settings: GenerationSettings,
         torch.cuda.empty_cache()
     with session(spec.workers, quiet):  # one Ray for both stages
         generate(p.pipe, p.items, p.adapters, store, settings, quiet, workers=spec.workers,
-                 device=spec.device, model_fp=p.model_fp)
+                 device=spec.device, model_fp=p.model_fp, chains=p.chains)
         if spec.shard:  # shards score nothing: `bench report RUN` scores once all shards are in
             return
         store.consolidate()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.registry import PROTOCOLS
-from bench.spec import MethodSpec, RunSpec, SpecError
+from bench.spec import NamedOptions, RunSpec, SpecError
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class Protocol:
         if spec.limit:
             notes.append(f"limit {spec.limit} (protocol: every prompt)")
         for entry in spec.prompt_sets:
-            ps = MethodSpec.parse(entry)  # the same name[:key=value] syntax
+            ps = NamedOptions.parse(entry, "prompt-set spec")
             if ps.name != self.prompt_set:
                 raise SpecError(f"--protocol {self.name}: prompt set '{entry}' is not "
                                 f"{self.prompt_set}, and the protocol's figures describe "

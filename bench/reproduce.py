@@ -22,7 +22,7 @@ from bench import bundle, rundir, runner
 from bench.registry import METRICS
 from bench.scoring import scorer_names
 from bench.manifest import Manifest, Reproduction
-from bench.spec import MethodSpec, RunSpec, SpecError
+from bench.spec import NamedOptions, RunSpec, SpecError
 from bench.store import RunStore
 
 VERSION_KEYS = ("bench", "python", "torch", "diffusers", "transformers", "open_clip_torch", "numpy")
@@ -158,7 +158,7 @@ def scoring_setups(names: list[str], device: str | None) -> dict[str, dict[str, 
     used: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     for name in names:
-        spec = MethodSpec.parse(name)
+        spec = NamedOptions.parse(name, "metric spec")
         scorer = METRICS.get(spec.name)(device=device, **spec.param_dict())
         reason = scorer.available()
         if reason:

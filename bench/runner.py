@@ -26,7 +26,7 @@ from bench.models import ModelError, dtype_name, fingerprint, load_pipeline, nat
 from bench.registry import METHODS
 from bench.sampler import Adapter, Batch
 from bench.scoring import check_scorers, scorer_names
-from bench.spec import MethodSpec, RunSpec, SpecError, split_method_list
+from bench.spec import MethodChain, RunSpec, SpecError, split_method_list
 from bench.store import PNG_COMPRESS_LEVEL, RunStore, sweep_temp
 from bench.prompt_sets.base import PromptSet, check_metadata_types
 
@@ -50,34 +50,27 @@ def resolve_samples(spec: RunSpec) -> RunSpec:
     return dataclasses.replace(spec, samples_by_kind=default)
 
 
-def canonical_method(text: str) -> str:
-    """'fair-mapping + sld-strong:warmup=5' -> canonical '+'-joined specs with sorted params."""
-    return "+".join(str(MethodSpec.parse(p)) for p in text.split("+"))
-
-
-def expand_methods(methods: Sequence[str]) -> list[str]:
-    out: list[str] = []
+def expand_methods(methods: Sequence[str]) -> list[MethodChain]:
+    """The spec's method strings ('all', 'a,b:k=v') parsed, once, into distinct chains."""
+    out: list[MethodChain] = []
     for m in methods:
         for spec in split_method_list(m):
-            if spec == "all":
-                out.extend(n for n in METHODS.names() if n not in out)
-            else:
-                out.append(canonical_method(spec))
+            names = METHODS.names() if spec == "all" else [spec]
+            out.extend(MethodChain.parse(n) for n in names)
     return list(dict.fromkeys(out))
 
 
-def build_adapters(method: str) -> list[Adapter]:
+def build_adapters(chain: MethodChain) -> list[Adapter]:
     adapters = []
-    for part in method.split("+"):
-        ms = MethodSpec.parse(part)
-        cls = METHODS.get(ms.name)
+    for call in chain.calls:
+        cls = METHODS.get(call.name)
         try:
-            adapters.append(cls.from_strings(ms.param_dict()))
+            adapters.append(cls.from_strings(call.param_dict()))
         except (TypeError, ValueError) as exc:
-            raise SpecError(f"method '{part}': {exc}") from exc
+            raise SpecError(f"method '{call}': {exc}") from exc
     negatives = [a.name for a in adapters if a.has_hook("negative")]
     if len(negatives) > 1:
-        raise SpecError(f"method '{method}': {' and '.join(negatives)} both set the negative "
+        raise SpecError(f"method '{chain}': {' and '.join(negatives)} both set the negative "
                         f"prompt; compose at most one of them")
     return adapters
 
@@ -101,7 +94,8 @@ class RunPlan:
     height: int
     width: int
     prompt_sets: list[PromptSet]
-    adapters: dict[str, list[Adapter]]
+    adapters: dict[str, list[Adapter]]  # by canonical method string (cache keys, tables)
+    chains: dict[str, MethodChain] = field(default_factory=dict)  # every method, run or skipped
     skipped: dict[str, str] = field(default_factory=dict)
     warnings: dict[str, list[str]] = field(default_factory=dict)
     grid: list[WorkItem] = field(default_factory=list)  # every position of the whole run
@@ -121,15 +115,15 @@ def plan(spec: RunSpec, dry_run: bool = False) -> RunPlan:
         parse_shard(spec.shard)  # these before the prompt sets and the model load
     check_out_dir(rundir.out_dir(spec))
     sets = load_prompt_sets(spec)
-    methods = expand_methods(spec.methods)
-    adapters = {m: build_adapters(m) for m in methods}
+    chains = {str(c): c for c in expand_methods(spec.methods)}
+    adapters = {m: build_adapters(c) for m, c in chains.items()}
     check_scorers(scorer_names(spec.model, spec.metrics), spec.device)
     try:
         pipe = load_pipeline(spec.model, spec.device, spec.dtype, spec.sampler.scheduler)
     except ModelError as exc:
         if not dry_run:
             raise
-        return _plan_unloaded(spec, sets, adapters, deviations, str(exc))
+        return _plan_unloaded(spec, sets, adapters, chains, deviations, str(exc))
     size = native_size(pipe)
     height, width = spec.sampler.height or size, spec.sampler.width or size
     check_size(pipe, height, width)
@@ -139,7 +133,7 @@ def plan(spec: RunSpec, dry_run: bool = False) -> RunPlan:
         if reason:
             skipped[m] = reason
             del adapters[m]
-    p = RunPlan(spec, pipe, fingerprint(pipe), height, width, sets, adapters, skipped)
+    p = RunPlan(spec, pipe, fingerprint(pipe), height, width, sets, adapters, chains, skipped)
     p.warnings = {m: found for m, ads in adapters.items()
                   if (found := [w for a in ads
                                 for w in a.warnings(pipe, p.model_fp, spec.guidance, spec.sampler.steps)]
@@ -171,11 +165,11 @@ def _protocol_deviations(spec: RunSpec) -> list[str]:
 
 
 def _plan_unloaded(spec: RunSpec, sets: list[PromptSet], adapters: dict[str, list[Adapter]],
-                   deviations: list[str], reason: str) -> RunPlan:
+                   chains: dict[str, MethodChain], deviations: list[str], reason: str) -> RunPlan:
     """The grid a dry run can count without weights: no fingerprint (cache keys are
     placeholders), no skip reasons or warnings, no UNet cost; the size only if the spec gives it."""
     height, width = spec.sampler.height or 0, spec.sampler.width or 0
-    p = RunPlan(spec, None, "model-not-loaded", height, width, sets, adapters,
+    p = RunPlan(spec, None, "model-not-loaded", height, width, sets, adapters, chains,
                 deviations=deviations, unloaded=reason)
     p.grid = build_grid(p.model_fp, list(adapters), sets, spec.samples, spec.seed,
                         spec.guidance, spec.sampler, height, width,

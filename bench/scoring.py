@@ -14,7 +14,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from bench.registry import METRICS
-from bench.spec import MethodSpec, SpecError
+from bench.spec import NamedOptions, SpecError
 from bench.store import RunStore
 from bench.metrics.base import Scorer
 
@@ -42,7 +42,7 @@ def check_scorers(names: Sequence[str], device: str | None) -> None:
     Constructing a scorer checks its options; `check()` then reads those of its weight files that
     are present (missing ones stay a skip with a reason); models load when it first scores."""
     for name in names:
-        spec = MethodSpec.parse(name)
+        spec = NamedOptions.parse(name, "metric spec")
         cls = METRICS.get(spec.name)  # unknown name: one line with close-name suggestions
         if not (isinstance(cls, type) and issubclass(cls, Scorer)):
             raise SpecError(f"metric '{name}' is an aggregator, not a per-image scorer; "
@@ -92,7 +92,7 @@ def plan_scoring(store: RunStore, names: Sequence[str], device: str | None) -> S
     images, scores = store.images(), store.scores()
     plan = ScoringPlan()
     for name in names:
-        spec = MethodSpec.parse(name)
+        spec = NamedOptions.parse(name, "metric spec")
         cls = METRICS.get(spec.name)
         scorer = cls(device=device, **spec.param_dict())
         reason = scorer.available()

@@ -1,8 +1,10 @@
 r"""Frozen run specifications. They serialise into the run directory's manifest and back.
 
-A method spec is written `name[:key=value,...]` on the command line (`sld-strong:warmup=5`; a
-comma inside a value is written `\,`); its
-canonical string (sorted keys) is part of every cache key, so equal specs share cached images.
+Methods, scorers, prompt sets and bundled prompt files are named with options as
+`name[:key=value,...]` (`sld-strong:warmup=5`, `q16:weights=prompts.p`; a comma inside a value is
+written `\,`): `NamedOptions`. A method is a `MethodChain` of them joined by `+`, parsed once
+where a spec enters; its canonical string (sorted keys) is part of every cache key, so equal
+specs share cached images.
 """
 from __future__ import annotations
 
@@ -38,20 +40,23 @@ def split_method_list(text: str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class MethodSpec:
+class NamedOptions:
+    """`name[:key=value,...]`: a method call, a scorer, a prompt set or a prompt file with its
+    options, values as written (each component's own type converts them)."""
     name: str
     params: tuple[tuple[str, str], ...] = ()  # sorted (key, value-as-written) pairs
 
     @classmethod
-    def parse(cls, text: str) -> "MethodSpec":
+    def parse(cls, text: str, what: str = "spec") -> "NamedOptions":
+        """`what` names the kind in errors ("method spec", "scorer spec")."""
         name, _, rest = text.strip().partition(":")
         if not name:
-            raise SpecError(f"empty method spec in '{text}'; write name[:key=value,...]")
+            raise SpecError(f"empty {what} in '{text}'; write name[:key=value,...]")
         params: dict[str, str] = {}
         for part in filter(None, (p.strip() for p in split_unescaped(rest))):
             key, eq, value = part.partition("=")
             if not eq or not key:
-                raise SpecError(f"method spec '{text}': '{part}' is not key=value")
+                raise SpecError(f"{what} '{text}': '{part}' is not key=value")
             params[key.strip()] = value.strip().replace("\\,", ",")
         return cls(name, tuple(sorted(params.items())))
 
@@ -63,6 +68,28 @@ class MethodSpec:
 
     def param_dict(self) -> dict[str, str]:
         return dict(self.params)
+
+
+@dataclass(frozen=True)
+class MethodChain:
+    """A method as a run composes it: calls joined by `+` (`fair-mapping+sld-strong:warmup=5`),
+    applied in order. Parsed once where a spec enters (`runner.expand_methods`, `bench
+    generate`); the runner, the adapters and the Ray workers receive this object. Its canonical
+    string names the method in cache keys, tables and manifests only."""
+    calls: tuple[NamedOptions, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> "MethodChain":
+        # Split on every '+' as bench always has: the canonical string is part of cache keys.
+        return cls(tuple(NamedOptions.parse(part, "method spec") for part in text.split("+")))
+
+    def __str__(self) -> str:
+        return "+".join(str(c) for c in self.calls)
+
+    @property
+    def names(self) -> str:
+        """The registered names without options (`fair-mapping+sld-strong`)."""
+        return "+".join(c.name for c in self.calls)
 
 
 # The weights' dtypes a run can use (torch dtype names). None in a spec -> float16 on cuda,

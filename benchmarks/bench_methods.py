@@ -16,6 +16,7 @@ import torch
 from bench.models import load_pipeline, native_size
 from bench.registry import METHODS
 from bench.runner import build_adapters
+from bench.spec import MethodChain
 from bench.sampler import Batch, sample
 
 
@@ -33,7 +34,7 @@ def main() -> None:
     names = METHODS.names() if a.methods == "all" else a.methods.split(",")
     adapters, skipped = {}, {}
     for name in names:
-        ads = build_adapters(name)
+        ads = build_adapters(MethodChain.parse(name))
         reason = next((r for x in ads if (r := x.skip_reason(pipe))), None)
         if reason:
             skipped[name] = reason

@@ -7,7 +7,7 @@ import inspect
 from pathlib import Path
 
 from bench.registry import PROMPT_SETS
-from bench.spec import MethodSpec
+from bench.spec import NamedOptions
 from bench.prompt_sets.base import PromptSet, PromptSetError
 from bench.prompt_sets.files import READERS, load_prompt_file
 
@@ -40,7 +40,7 @@ def load_prompt_set(spec: str) -> PromptSet:
                              "or a prompt file")
     if Path(spec).is_file():  # a path that itself contains ':' or ','
         return load_prompt_file(spec)
-    parsed = MethodSpec.parse(spec)
+    parsed = NamedOptions.parse(spec, "prompt-set spec")
     options = parsed.param_dict()
     if _is_path(parsed.name):
         _check_options(parsed.name, ["limit"], options)
@@ -51,4 +51,4 @@ def load_prompt_set(spec: str) -> PromptSet:
         _check_options(parsed.name, _option_names(loader), options)
         prompt_set = loader(**options)
         base = parsed.name
-    return dataclasses.replace(prompt_set, name=str(MethodSpec(base, parsed.params)))
+    return dataclasses.replace(prompt_set, name=str(NamedOptions(base, parsed.params)))

@@ -123,12 +123,13 @@ def test_on_step_runs_in_float32_and_is_cast_back(dtype):
 
 def test_rs_corrector_in_half_precision_gives_finite_images():
     from bench.runner import build_adapters
+    from bench.spec import MethodChain
 
     # In float16 its normalised gradient step divided 0 by 0 (pow(2) underflows) and the
     # images came out black; the hook now runs in float32. 4 images, the corrected steps 0-5.
     for dtype in ("float16", "bfloat16"):
         pipe = load_pipeline("world", "cpu", dtype)
-        adapters = build_adapters("rs-corrector")
+        adapters = build_adapters(MethodChain.parse("rs-corrector"))
         for a in adapters:
             a.prepare(pipe)
         prompts = ["a photo of a doctor", "a photo of a nurse", "a photo of a chef", "a photo of a pilot"]

@@ -23,7 +23,7 @@ from bench.escape import (csv_cell, csv_uncell, html_text, md_code, md_text, mpl
                           tex_text)
 from bench.report import boards as boards_mod
 from bench.report import joined_table, page, plots, tables
-from bench.spec import MethodSpec
+from bench.spec import MethodChain
 from bench.store import RunStore
 from bench.metrics.base import Cell, MetricInfo, Scorer
 
@@ -178,7 +178,7 @@ def hostile_run(tmp_path_factory):
         boards = [b for b in boards_mod.leaderboards(joined_table(store), {}, store.timing())]
     finally:
         METRICS._entries = saved
-    return out, boards, str(MethodSpec.parse(method))
+    return out, boards, str(MethodChain.parse(method))
 
 
 def test_hostile_run_has_the_hostile_strings_in_its_boards(hostile_run):

@@ -17,7 +17,7 @@ from PIL import Image
 from bench import runner
 from bench.cli import main
 from bench.executor import GenerationSettings, generate
-from bench.spec import RunSpec, SamplerSpec, split_method_list
+from bench.spec import MethodChain, RunSpec, SamplerSpec, split_method_list
 from bench.store import RunStore
 
 FAST = ["--model", "tiny-random", "--steps", "3", "--metrics", "none", "--quiet"]
@@ -266,14 +266,14 @@ def test_config_file_and_flag_override(tmp_path):
 def test_method_list_parsing():
     assert split_method_list("baseline,sld-strong:warmup=5,threshold=0.1,debias-vl") == [
         "baseline", "sld-strong:warmup=5,threshold=0.1", "debias-vl"]
-    assert runner.canonical_method("a:z=1,b=2 + c") == "a:b=2,z=1+c"
+    assert str(MethodChain.parse("a:z=1,b=2 + c")) == "a:b=2,z=1+c"
     # A comma inside a value (SLD's concept) is escaped as \, and survives the round trip.
     specs = split_method_list(r"sld-strong:concept=blood\, gore,warmup=3,baseline")
     assert specs[1] == "baseline"
-    from bench.spec import MethodSpec
-    parsed = MethodSpec.parse(specs[0])
+    from bench.spec import NamedOptions
+    parsed = NamedOptions.parse(specs[0])
     assert parsed.param_dict() == {"concept": "blood, gore", "warmup": "3"}
-    assert MethodSpec.parse(str(parsed)) == parsed
+    assert NamedOptions.parse(str(parsed)) == parsed
 
 
 def test_html_report_escapes_prompts(tmp_path, prompt_file):

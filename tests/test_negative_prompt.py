@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bench.runner import build_adapters
+from bench.spec import MethodChain
 from bench.sampler import Batch, sample
 from bench.spec import SpecError
 from bench.methods.negative_prompt import NegativePrompt, NegativePromptParams
@@ -47,6 +48,6 @@ def test_default_is_sld_concept_and_empty_refused():
 
 def test_two_negatives_refused_at_planning():
     with pytest.raises(SpecError, match="both set the negative prompt"):
-        build_adapters("negative-prompt+negative-prompt:text=x")
-    assert [a.name for a in build_adapters("negative-prompt+sld-strong")] == ["negative-prompt",
+        build_adapters(MethodChain.parse("negative-prompt+negative-prompt:text=x"))
+    assert [a.name for a in build_adapters(MethodChain.parse("negative-prompt+sld-strong"))] == ["negative-prompt",
                                                                               "sld-strong"]

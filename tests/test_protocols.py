@@ -114,14 +114,14 @@ def test_run_under_protocol_notes_deviations_and_records_them(tmp_path, i2p_file
 
 def test_protocol_nudenet_option_is_the_i2p_evaluation_in_nudenet3_names():
     from bench.protocols import I2P_NUDENET
-    from bench.spec import MethodSpec
+    from bench.spec import NamedOptions
     from bench.metrics.nudenet import EXPOSED, NudeNet
 
     # The authors' I2P evaluation counts these NudeNet 2 classes at NudeNet 2's 0.6
     v2 = {"EXPOSED_ANUS": "ANUS_EXPOSED", "EXPOSED_BUTTOCKS": "BUTTOCKS_EXPOSED",
           "EXPOSED_BREAST_F": "FEMALE_BREAST_EXPOSED", "EXPOSED_GENITALIA_F": "FEMALE_GENITALIA_EXPOSED",
           "EXPOSED_GENITALIA_M": "MALE_GENITALIA_EXPOSED"}
-    scorer = NudeNet(**MethodSpec.parse(I2P_NUDENET).param_dict())
+    scorer = NudeNet(**NamedOptions.parse(I2P_NUDENET).param_dict())
     assert set(scorer.classes) == set(v2.values()) == set(EXPOSED)
     assert scorer.threshold == NudeNet().threshold == 0.6
     assert scorer.available() is None  # every class exists in the installed NudeNet 3
