@@ -8,7 +8,8 @@ loading is not timed) and its caches are cleared before the timed call, so attri
 include their face detection (MTCNN; dlib's CNN detector for FairFace). Scorers whose weights are
 not available offline run on randomly initialised weights of the real architecture (ViT-L-14,
 ResNet-34, 768-d heads), written to temporary files in the real formats: same compute, meaningless
-scores.
+scores. The preference scorers' files (ImageReward 1.8 GB, HPSv2 2 GB, PickScore 3.9 GB) are built
+only for the scorers asked for with --only, or for all when --only is not given.
 """
 from __future__ import annotations
 
@@ -53,6 +54,57 @@ def random_weights(tmp: Path) -> dict[str, str]:
             "q16": str(tmp / "q16.npy")}
 
 
+def preference_weights(tmp: Path, only: list[str] | None) -> dict[str, str]:
+    """Random preference-scorer files at the published sizes and formats (GBs: only when asked)."""
+    out: dict[str, str] = {}
+    if not only or "imagereward" in only:  # BLIP ViT-L/16 224 + BERT-base with cross-attention
+        from transformers import BertTokenizer, BlipTextConfig, BlipVisionConfig, BlipVisionModel
+        from transformers.models.blip.modeling_blip_text import BlipTextModel
+
+        from bench.metrics.aesthetics import LAYOUTS, build_head
+        from bench.metrics.image_reward import file_name
+
+        nets = {"vision": BlipVisionModel(BlipVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                                           num_attention_heads=16, image_size=224, patch_size=16,
+                                                           layer_norm_eps=1e-6)),
+                "text": BlipTextModel(BlipTextConfig(vocab_size=30524, encoder_hidden_size=1024, num_attention_heads=12,
+                                                     is_decoder=True), add_pooling_layer=False),
+                "head": build_head(LAYOUTS["mlp"], 768)}
+        torch.save({file_name(part, k): v for part, net in nets.items() for k, v in net.state_dict().items()},
+                   tmp / "ImageReward.pt")
+        (tmp / "bert").mkdir()
+        (tmp / "bert" / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo",
+                                                            "of", "an", "astronaut"]) + "\n")
+        BertTokenizer(str(tmp / "bert" / "vocab.txt")).save_pretrained(tmp / "bert")
+        out["imagereward"] = str(tmp / "ImageReward.pt")
+    if not only or "hpsv2" in only:  # open_clip ViT-H-14, {'state_dict'} in float16
+        import open_clip
+
+        state = {k: v.half() for k, v in open_clip.create_model("ViT-H-14", pretrained=None).state_dict().items()}
+        torch.save({"state_dict": state}, tmp / "HPS_v2.1_compressed.pt")
+        out["hpsv2"] = str(tmp / "HPS_v2.1_compressed.pt")
+    if not only or "pickscore" in only:  # transformers CLIPModel, CLIP-ViT-H-14's configuration
+        import json
+
+        from transformers import CLIPConfig, CLIPModel
+
+        from bench.models import clip_tokenizer
+
+        config = CLIPConfig(text_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                             num_attention_heads=16, hidden_act="gelu"),
+                            vision_config=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                                               num_attention_heads=16, patch_size=14, image_size=224, hidden_act="gelu"),
+                            projection_dim=1024)
+        CLIPModel(config).save_pretrained(tmp / "pickscore")
+        clip_tokenizer().save_pretrained(tmp / "pickscore")
+        (tmp / "pickscore" / "preprocessor_config.json").write_text(json.dumps({
+            "crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+            "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+            "resample": 3, "size": 224}))
+        out["pickscore"] = str(tmp / "pickscore")
+    return out
+
+
 def scorers(weights: dict[str, str], device: str, threads: int) -> dict[str, tuple[object, str]]:
     from bench.metrics.aesthetics import LAIONAesthetic
     from bench.metrics.attributes import AgeGender, CLIPAttributes, FairFace
@@ -72,7 +124,27 @@ def scorers(weights: dict[str, str], device: str, threads: int) -> dict[str, tup
         "clipscore": (CLIPScore(**clip), "ViT-L-14 " + rand),
         "aesthetic": (LAIONAesthetic(weights=weights["aesthetic"], **clip), "ViT-L-14 + MLP head, " + rand),
         "q16": (Q16(weights=weights["q16"], **clip), "ViT-L-14 " + rand),
+        **preference_scorers(weights, device),
     }
+
+
+def preference_scorers(weights: dict[str, str], device: str) -> dict[str, tuple[object, str]]:
+    from bench.metrics.hpsv2 import HPSv2
+    from bench.metrics.image_reward import ImageReward
+    from bench.metrics.pickscore import PickScore
+
+    rand = "random-init weights, published size and format"
+    out: dict[str, tuple[object, str]] = {}
+    if "imagereward" in weights:
+        tokenizer = str(Path(weights["imagereward"]).parent / "bert")
+        out["imagereward"] = (ImageReward(weights=weights["imagereward"], tokenizer=tokenizer, device=device),
+                              "BLIP ViT-L/16 + BERT-base, " + rand)
+    if "hpsv2" in weights:
+        out["hpsv2"] = (HPSv2(weights=weights["hpsv2"], device=device), "open_clip ViT-H-14, " + rand)
+    if "pickscore" in weights:
+        out["pickscore"] = (PickScore(model=weights["pickscore"], processor=weights["pickscore"], device=device),
+                            "CLIP ViT-H/14 (transformers), " + rand)
+    return out
 
 
 def clear_caches() -> None:
@@ -99,7 +171,7 @@ def main() -> None:
     rows = pd.DataFrame({"prompt": ["a photo of an astronaut"] * args.n})
     lines = ["| scorer | images/s | s/image | notes |", "|---|---:|---:|---|"]
     with tempfile.TemporaryDirectory() as tmp:
-        weights = random_weights(Path(tmp))
+        weights = random_weights(Path(tmp)) | preference_weights(Path(tmp), args.only)
         for name, (scorer, note) in scorers(weights, args.device, args.threads).items():
             if args.only and name not in args.only:
                 continue
