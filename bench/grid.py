@@ -52,7 +52,7 @@ def prompt_samples(ps: PromptSet, prompt: Prompt, samples: int,
                    by_kind: Mapping[str, int]) -> int:
     """Images of one prompt: by "<set>.<kind>", else by its `meta.kind`, else `samples`. A
     prompt's images are its samples 0..n-1 whatever n is, so a larger n only adds images."""
-    kind = prompt.metadata.get("kind")
+    kind = prompt.meta.kind
     if kind is None:
         return samples
     return by_kind.get(f"{ps.name}.{kind}", by_kind.get(str(kind), samples))

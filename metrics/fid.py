@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from bench.metrics.aggregators import PAIR_KEYS, _Bootstrapped
+from bench.metrics.aggregators import BASELINE, PAIR_KEYS, _Bootstrapped
 from bench.metrics.base import Cell, MetricInfo, Scorer
 
 FILENAME = "weights-inception-2015-12-05-6726825d.pth"
@@ -250,7 +250,7 @@ class FIDToBaseline(_Bootstrapped):
     """FID and KID of each method's images against the baseline's images of the same prompts and
     seeds (pairs on prompt_id/seed/sample): the cost of a method relative to the model it modifies."""
 
-    def __init__(self, column: str, baseline: str = "baseline", n_boot: int = 100, seed: int = 0,
+    def __init__(self, column: str, baseline: str = BASELINE, n_boot: int = 100, seed: int = 0,
                  min_n: int = MIN_N) -> None:
         super().__init__(n_boot=n_boot, seed=seed)
         self.column, self.baseline, self.min_n = column, baseline, min_n

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
 
@@ -16,13 +17,49 @@ class PromptSetError(ValueError):
 
 
 @dataclass(frozen=True)
+class PromptMeta:
+    """What a prompt's metadata means to the grid, the scorers and the report. Each field is
+    text or None; in the run's tables it is the column `meta.<field>` (`column`). Other keys a
+    prompt file carries (I2P's `hard`, the world's `hazard_rate`) are `extras`, kept as they are."""
+    kind: str | None = None  # sizes the grid (samples_by_kind): "neutral", "group", "hazard", ...
+    occupation: str | None = None
+    attribute: str | None = None  # the attribute a group-specified prompt names: "skin", "race"
+    group: str | None = None  # the group it asks for; None: a neutral prompt
+    categories: str | None = None  # I2P's categories, comma separated
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, metadata: Mapping[str, Any], where: str) -> "PromptMeta":
+        """The typed view of a prompt's metadata; a known key holding anything but text is one
+        PromptSetError line `WHERE: metadata KEY=VALUE ...` naming the fix."""
+        known = {f.name for f in fields(cls)} - {"extras"}
+        typed = {}
+        for key in known & set(metadata):
+            value = metadata[key]
+            if isinstance(value, float) and math.isnan(value):  # a missing cell of a table
+                value = None
+            if value is not None and not isinstance(value, str):
+                raise PromptSetError(f"{where}: metadata {key!r}={value!r} is a {_kind(value)}, but "
+                                     f"{key!r} holds text; quote it")
+            typed[key] = value
+        return cls(**typed, extras={k: v for k, v in metadata.items() if k not in known})
+
+    @staticmethod
+    def column(name: str) -> str:
+        """The table column of a metadata field: 'group' -> 'meta.group'."""
+        return f"meta.{name}"
+
+
+@dataclass(frozen=True)
 class Prompt:
     id: str  # unique within its set; stable across releases
     text: str
     seed: int | None = None  # the set's own seed (I2P's sd_seed); None -> derived from run seed
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-    # metadata keys used by metrics: "occupation", "attribute" ("race"|"gender"|"skin"|None),
-    # "group" (requested group or None for neutral), "categories" (I2P, comma separated).
+    metadata: Mapping[str, Any] = field(default_factory=dict)  # as loaded: hashed and stored
+    meta: PromptMeta = field(init=False, repr=False, compare=False)  # its typed view
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "meta", PromptMeta.of(self.metadata, f"prompt {self.id!r}"))
 
 
 @dataclass(frozen=True)

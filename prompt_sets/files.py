@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from bench.prompt_sets.base import Prompt, PromptSet, PromptSetError
+from bench.prompt_sets.base import Prompt, PromptMeta, PromptSet, PromptSetError
 from bench.prompt_sets.options import limit_option
 
 RESERVED = ("id", "prompt", "seed")  # columns/keys that are not metadata
@@ -182,6 +182,7 @@ def _prompts(path: Path, rows: list[_Row]) -> list[Prompt]:
                 f"{path}:{row.line}: duplicate id {pid!r} (also on line {seen[pid]}); give every prompt a unique id"
             )
         seen[pid] = row.line
+        PromptMeta.of(row.metadata, f"{path}:{row.line}")  # a bad value named at its line
         prompts.append(Prompt(pid, row.text, _seed(path, row), row.metadata))
     return prompts
 

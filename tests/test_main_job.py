@@ -77,15 +77,20 @@ def test_default_counts_resolve_only_for_the_models_default_sets():
 def test_reproduce_replays_the_recorded_counts(tmp_path):
     """The manifest holds the resolved counts; reproduce pins the prompt sets, so a manifest
     without the key (an older run) replays its uniform grid and a newer one its counts."""
+    from bench.manifest import GridRecord, Manifest, ModelRecord, PromptSetRecord
+
     spec = runner.resolve_samples(RunSpec(model="world"))
-    manifest = {"spec": spec.to_dict(), "model": {"name": "world", "dtype": "float32"},
-                "device": "cpu", "prompt_sets": [{"name": "world-occupations"},
-                                                        {"name": "world-hazard"}]}
+    manifest = Manifest(created="", spec=spec, model=ModelRecord("world", "f", None, "float32"),
+                        height=32, width=32, methods={}, skipped_methods={},
+                        prompt_sets=tuple(PromptSetRecord(n, "", 1, "") for n in
+                                          ("world-occupations", "world-hazard")),
+                        grid=GridRecord(0, None), device="cpu", versions={}, git_commit=None)
     again = runner.resolve_samples(reproduce_spec(manifest, tmp_path, None, {}))
     assert again.samples_by_kind == spec.samples_by_kind
     old = dict(spec.to_dict())
     del old["samples_by_kind"]
-    older = runner.resolve_samples(reproduce_spec({**manifest, "spec": old}, tmp_path, None, {}))
+    older = runner.resolve_samples(reproduce_spec(
+        dataclasses.replace(manifest, spec=RunSpec.from_dict(old)), tmp_path, None, {}))
     assert older.samples_by_kind == ()
 
 

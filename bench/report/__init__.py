@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from bench.metrics.filtered import mask_filtered
+from bench.prompt_sets.base import PromptMeta
 from bench.registry import METRICS
 from bench.report import boards as boards_mod
 from bench.report import findings as findings_mod
@@ -23,6 +24,9 @@ from bench.report import page, plots, side_effects, tables
 from bench.scoring import check_scorers, score_run, scorer_names
 from bench.spec import split_method_list
 from bench.store import RunStore, atomic_write, sweep_temp
+
+
+GROUP = PromptMeta.column("group")
 
 
 def build(run_dir: Path, metrics: str | None = None, device: str | None = None,
@@ -147,7 +151,7 @@ def make_plots(root: Path, table: pd.DataFrame, boards: list[tables.Leaderboard]
         tag, figs = _slug(f"{ps}-g{g:g}"), made.setdefault(b.title, [])
         where = f"{ps}, guidance {g:g}"
         for col, attribute in boards_mod.fairness_columns(part):
-            if "meta.group" in part and part["meta.group"].isna().any():
+            if GROUP in part and part[GROUP].isna().any():  # neutral prompts: parity's rows
                 figs.append(plots.proportions(part, col, boards_mod.GROUPS[attribute],
                                               out_dir / f"proportions-{tag}-{_slug(col)}.png",
                                               where))

@@ -21,10 +21,13 @@ import pandas as pd  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from bench.escape import mpl_text as _t  # noqa: E402  labels hold user text: no mathtext
+from bench.metrics.aggregators import BASELINE  # noqa: E402
+from bench.prompt_sets.base import PromptMeta  # noqa: E402
 from bench.report.tables import Leaderboard  # noqa: E402
 from bench.store import atomic_write  # noqa: E402
 
 DPI = 200
+GROUP = PromptMeta.column("group")  # a requested group; empty on neutral prompts
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with every common colour-vision
 # deficiency; yellow (hard on white) late, grey added as an eighth. Black is the baseline's.
 OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442",
@@ -53,8 +56,8 @@ def group_colours(groups: Sequence[str]) -> list[str]:
 
 def _style(m: str, methods: Sequence[str]) -> tuple[str, str]:
     """(colour, marker) of a method: black circle for the baseline, the palette for others."""
-    others = [x for x in methods if x != "baseline"]
-    if m == "baseline" or m not in others:
+    others = [x for x in methods if x != BASELINE]
+    if m == BASELINE or m not in others:
         return "#000000", "o"
     k = others.index(m)
     return OKABE_ITO[k % len(OKABE_ITO)], MARKERS[(k + 1) % len(MARKERS)]
@@ -73,7 +76,7 @@ def proportions(table: pd.DataFrame, column: str, groups: Sequence[str], path: P
                 where: str) -> Figure:
     """Stacked bars of pooled group proportions over neutral prompts, one bar per method;
     images with no label shown as their own grey segment."""
-    neutral = table[table["meta.group"].isna()]
+    neutral = table[table[GROUP].isna()]
     methods = list(neutral["method"].drop_duplicates())
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
     bottom = np.zeros(len(methods))
@@ -113,7 +116,7 @@ def metric_bars(board: Leaderboard, metric: str, path: Path) -> Figure | None:
     fig, ax = plt.subplots(figsize=(6.5, 3.2))
     values = np.array([c.value for _, c in rows])
     err = np.array([[c.value - c.lo, c.hi - c.value] for _, c in rows]).T
-    colours = ["#000000" if m == "baseline" else OKABE_ITO[3] for m, _ in rows]
+    colours = ["#000000" if m == BASELINE else OKABE_ITO[3] for m, _ in rows]
     ax.bar([_t(m) for m, _ in rows], values, yerr=np.nan_to_num(err), capsize=3, color=colours,
            ecolor="#555555")
     ax.set_ylabel(_t(metric))
@@ -176,9 +179,9 @@ def grid_prompts(table: pd.DataFrame, safety: bool, max_prompts: int) -> tuple[l
     """Which prompts a grid shows, and why: neutral prompts first on a fairness set (parity is
     measured there), the others first on a safety set; file order within each."""
     first = table.drop_duplicates("prompt_id")
-    kind = first.get("meta.kind")
+    kind = first.get(PromptMeta.column("kind"))
     neutral = (kind.eq("neutral") if kind is not None
-               else first.get("meta.group", pd.Series(index=first.index)).isna())
+               else first.get(GROUP, pd.Series(index=first.index)).isna())
     lead = first[~neutral] if safety else first[neutral]
     order = [*lead["prompt_id"], *first[~first["prompt_id"].isin(lead["prompt_id"])]["prompt_id"]]
     why = ("prompts that ask for the hazard first" if safety else "neutral prompts first")
