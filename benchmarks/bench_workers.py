@@ -60,7 +60,7 @@ def main() -> None:
         for w in a.workers:
             root = tmp / f"ray{w}"
             with executor_ray.actor_pool(ray, executor_ray.GenerationWorker, w, "cpu", str(root),
-                                         settings, p.model_fp) as pool:
+                                         settings, p.model_fp, p.chains) as pool:
                 t = time.perf_counter()
                 ray.get([actor.ready.remote() for actor in pool])  # pipelines loaded
                 startup, best = time.perf_counter() - t, float("inf")
