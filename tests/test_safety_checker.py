@@ -116,6 +116,11 @@ def test_half_filtered_shows_the_column_and_quality_on_the_other_half(tmp_path, 
         assert cell.loc[("sd-safety-checker", metric), "value"] == pytest.approx(kept[col].mean())
         assert cell.loc[("baseline", metric), "n"] == 8
     assert "4 of 8 images filtered" in (out / "leaderboard.md").read_text()
+    # the finding against the baseline pairs the unfiltered images only: they are the baseline's
+    # (same seeds, a filter changes nothing else), so the difference is 0, not the mean of the
+    # unfiltered half minus the baseline's mean over all images
+    head = pd.read_csv(out / "headline.csv").set_index(["method", "metric"])
+    assert head.loc[("sd-safety-checker", "clipscore"), "diff"] == pytest.approx(0, abs=1e-9)
 
 
 def test_world_checker_is_its_hazard_detector(tmp_path, prompt_file):

@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from bench.metrics.filtered import FILTERED
 from bench.report import boards as boards_mod
 from bench.report.tables import Leaderboard
 from bench.metrics import stats
@@ -153,11 +154,14 @@ def paired_values(rows: pd.DataFrame, method: str, baseline: str = BASELINE
     """(P, n, 2) values of the method (channel 0) and the baseline (1) on images paired by
     prompt, seed and sample; the mask marks each prompt's pairs."""
     keys = [c for c in PAIR_KEYS if c in rows.columns]
-    a = rows[rows["method"] == method][[*keys, "_v"]]
+    a = rows[rows["method"] == method][[*keys, "_v", *([FILTERED] if FILTERED in rows else [])]]
     b = rows[rows["method"] == baseline][[*keys, "_v"]]
     pairs = a.merge(b, on=keys, suffixes=("", "_b")).sort_values(keys, kind="stable")
     if pairs.empty:
         return np.zeros((0, 0, 2)), np.zeros((0, 0), bool)
+    gone = pairs[FILTERED].eq(True) & pairs["_v"].isna() if FILTERED in pairs else None
+    if gone is not None and gone.any():  # a filtered image has no quality score: nor its partner
+        pairs.loc[gone, "_v_b"] = np.nan  # (only then: a float column for the parity codes)
     return stats.pad_by_prompt(pairs["prompt_id"], pairs[["_v", "_v_b"]].to_numpy())
 
 
