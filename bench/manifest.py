@@ -125,7 +125,6 @@ class Manifest:
                                   "deviations": list(self.protocol.deviations)}),
             "method_warnings": lambda: {m: list(w) for m, w in self.method_warnings.items()},
             "git_dirty": lambda: self.git_dirty,
-            "reproduces": lambda: _reproduction_dict(self.reproduces),
         }
         model = {"name": self.model.name, "fingerprint": self.model.fingerprint}
         model.update({k: v for k, v in (("scheduler", self.model.scheduler),
@@ -150,13 +149,14 @@ class Manifest:
             "versions": dict(self.versions),
             "git_commit": self.git_commit,
             "git_dirty": None,
-            "reproduces": None,
         }
         for key, make in optional.items():
             if key in self.absent:
                 del plain[key]
             else:
                 plain[key] = make()
+        if self.reproduces is not None:  # only `bench reproduce` writes it
+            plain["reproduces"] = _reproduction_dict(self.reproduces)
         return {**plain, **self.extras}
 
     def to_json(self) -> bytes:
@@ -190,9 +190,10 @@ class Manifest:
         return _Reader(data, where, fix).manifest()
 
 
-OPTIONAL_KEYS = ("png", "protocol", "method_warnings", "git_dirty", "reproduces")
+OPTIONAL_KEYS = ("png", "protocol", "method_warnings", "git_dirty")
 KNOWN_KEYS = ("bench_manifest", "created", "spec", "model", "size", "methods", "skipped_methods",
-              "prompt_sets", "grid", "device", "versions", "git_commit", *OPTIONAL_KEYS)
+              "prompt_sets", "grid", "device", "versions", "git_commit", "reproduces",
+              *OPTIONAL_KEYS)
 
 
 def _reproduction_dict(r: Reproduction | None) -> dict[str, Any] | None:

@@ -220,5 +220,5 @@ def reproduce(source: Path, out: Path | None = None, allow_drift: bool = False,
     store.write_manifest(dataclasses.replace(store.manifest(), reproduces=Reproduction(
         str(source), manifest.created, manifest.git_commit, manifest.model.fingerprint,
         {new: old for old, new in prompt_files.items()},  # rewritten -> original
-        tuple(d.message for d in found), allow_drift), absent=frozenset()))
+        tuple(d.message for d in found), allow_drift)))
     return out

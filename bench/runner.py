@@ -281,7 +281,6 @@ def manifest(p: RunPlan) -> Manifest:
         versions=versions(),
         git_commit=git_commit(),
         git_dirty=git_dirty(),
-        absent=frozenset({"reproduces"}),
     )
 
 
