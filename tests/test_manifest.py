@@ -106,7 +106,25 @@ def test_a_mistyped_manifest_is_one_line_naming_file_and_key(bundled, tmp_path, 
     (run / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ManifestError, match="^" + str(run / "manifest.json")):
         Manifest.read(run / "manifest.json")
-    for args in (["report", str(run)], ["bundle", str(run), "--out", str(tmp_path / "b.zip")]):
+    for args in (["report", str(run)], ["bundle", str(run), "--out", str(tmp_path / "b.zip")],
+                 ["reproduce", str(run), "--out", str(tmp_path / "again")]):
         assert main(args) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"{run / 'manifest.json'}: key {named}" in err, err
+    assert not (tmp_path / "b.zip").exists() and not (tmp_path / "again").exists()
+
+
+def test_a_bundles_mistyped_manifest_is_one_line_naming_the_entry(bundled, tmp_path, capsys):
+    data = json.loads(bundled)
+    data["grid"]["images"] = "3168"
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(BUNDLE) as src, zipfile.ZipFile(bad, "w") as z:
+        for name in src.namelist():
+            z.writestr(name, json.dumps(data) if name == "manifest.json" else src.read(name))
+    for args in (["reproduce", str(bad), "--out", str(tmp_path / "again")],
+                 ["compare", str(bad), str(BUNDLE)]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and (f"{bad}: manifest.json: key 'grid.images' is \"3168\", "
+                                         "expected a whole number; rebuild the bundle") in err, err
+    assert not (tmp_path / "again").exists()
