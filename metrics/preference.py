@@ -21,11 +21,14 @@ def cached_file(repo: str, filename: str) -> Path | None:
     if local.is_dir():
         path = local / filename
         return path if path.is_file() else None
-    if repo.count("/") != 1 or repo.startswith((".", "/", "~")):
-        return None  # neither a directory nor a hub id
+    if repo.count("/") > 1 or repo.startswith((".", "/", "~")):
+        return None  # neither a directory nor a hub id ("org/name", or a legacy "bert-base-uncased")
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(repo, filename)
+    try:
+        found = try_to_load_from_cache(repo, filename)
+    except ValueError:  # HFValidationError: not a valid repo id
+        return None
     return Path(found) if isinstance(found, str) else None
 
 

@@ -220,6 +220,13 @@ def test_image_reward_refuses_wrong_files_and_skips_when_absent(published, tmp_p
     reason = ImageReward().available()  # the package's own cache is found; the tokenizer is not
     assert reason and "bert-base-uncased" in reason
     assert ImageReward(tokenizer=str(root / "tokenizer")).available() is None
+    # The default tokenizer from the HF cache, under its legacy id (no organisation).
+    repo = tmp_path / "hub" / "models--bert-base-uncased"
+    (repo / "snapshots" / ("1" * 40)).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("1" * 40)
+    (repo / "snapshots" / ("1" * 40) / "vocab.txt").symlink_to(root / "vocab.txt")
+    assert ImageReward().available() is None
 
 
 def test_published_size_is_read_from_the_shapes(tmp_path):
