@@ -492,6 +492,3 @@ def native_size(pipe: Any) -> int:
 
 def hf_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-
-# The synthetic-portrait world (bench/world), the default model.
-MODELS.register("world", "bench.world:load_world_pipeline")

@@ -206,7 +206,7 @@ def trainer_parser(prog: str, doc: str, occupations_default: str) -> argparse.Ar
     ap.add_argument("--model", required=True, help="model name, alias, hub id or diffusers dir")
     ap.add_argument("--attribute", required=True, choices=["race", "gender", "skin"])
     ap.add_argument("--occupations", type=Path, help="file, one occupation a line (default: "
-                    f"{occupations_default}; the world's occupations for skin)")
+                    f"{occupations_default}; a model's own list where it declares one)")
     ap.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None)

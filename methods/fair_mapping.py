@@ -70,12 +70,12 @@ def get_spec(attribute: str) -> AttributeSpec:
     return specs[attribute]
 
 
-def default_occupations(attribute: str) -> list[str]:
-    """Training occupations: the synthetic world's for skin, else the `occupations` prompt set's."""
-    if attribute == "skin":
-        from bench.world.render import OCCUPATIONS
-
-        return list(OCCUPATIONS)
+def default_occupations(pipe: Any) -> list[str]:
+    """Training occupations: those the model declares (`pipe.bench_occupations`: a model that
+    knows only a few, like the synthetic world), else the `occupations` prompt set's."""
+    own = getattr(pipe, "bench_occupations", None)
+    if own:
+        return list(own)
     from bench.prompt_sets.occupations import occupations
 
     return occupations()

@@ -206,8 +206,8 @@ def train(model: str, attribute: str, occupations: list[str] | None, out: Path, 
 
     start = time.perf_counter()
     spec = spec or get_spec(attribute)
-    occupations = list(occupations or default_occupations(attribute)[:20])  # sampling is the cost
     pipe = load_pipeline(model, device)
+    occupations = list(occupations or default_occupations(pipe)[:20])  # sampling is the cost
     data = collect(pipe, spec, occupations, samples, sample_steps, guidance, seed, classify)
     sampled = time.perf_counter()
     fit_data, held = data.split()

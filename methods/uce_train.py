@@ -160,7 +160,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--attribute", choices=["race", "gender", "skin"], help="debias: the groups")
     ap.add_argument("--occupations", type=Path, help="debias: file, one occupation a line")
     ap.add_argument("--classifier", help="debias: module:callable, images (B,H,W,3 in [0,1]) -> "
-                    "group labels (default on the world: its skin evaluator)")
+                    "group labels (required; docs/methods.md names the synthetic world's)")
     ap.add_argument("--iterations", type=positive_int, default=30, help="debias: at most (official 30)")
     ap.add_argument("--images", type=positive_int, default=10, help="debias: images per occupation "
                     "and iteration (official 10)")
@@ -212,14 +212,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.methods.fair_mapping import default_occupations, read_lines
 
         occupations = read_lines(a.occupations, "occupation") if a.occupations else \
-            default_occupations(a.attribute)[:20]
+            default_occupations(pipe)[:20]
         if a.classifier:
             from bench.methods.rs_corrector_train import load_classifier
             classify = load_classifier(a.classifier)
-        elif a.attribute == "skin":
-            from bench.world.evaluators import classify_skin as classify
         else:
-            raise SpecError(f"--attribute {a.attribute}: give --classifier module:callable")
+            raise SpecError(f"--attribute {a.attribute}: give --classifier module:callable (the "
+                            "model's group classifier; docs/methods.md)")
         deltas, info = debias(pipe, occupations, a.attribute, classify, iterations=a.iterations,
                               images=a.images, steps=a.sample_steps, guidance=a.guidance,
                               max_diff=a.max_diff, lam=a.lam, seed=a.seed, preserve=preserve,

@@ -20,10 +20,6 @@ METRICS.register("imagereward", "bench.metrics.image_reward:ImageReward")  # met
 # Skin tone from pixels, no classifier weights (metrics/skin_tone.py); columns skin_tone.*.
 METRICS.register("skin_tone", "bench.metrics.skin_tone:SkinTone")
 
-# The synthetic world's own evaluators (metrics/world_evaluators.py).
-METRICS.register("world", "bench.metrics.world_evaluators:WorldScorer")
-METRICS.register("world-clipscore", "bench.metrics.world_evaluators:WorldCLIPScore")
-METRICS.register("world-fid", "bench.metrics.fid:WorldCLIPFeatures")
 
 # Aggregators (metrics/aggregators.py): constructed with their columns, e.g.
 # Parity("fairface.race", RACES, "race"), Inappropriateness(("q16.flag", "nudenet.flag")).
@@ -34,7 +30,6 @@ METRICS.register("mean-score", "bench.metrics.aggregators:MeanScore")
 METRICS.register("latency", "bench.metrics.aggregators:Latency")
 METRICS.register("fid-to-baseline", "bench.metrics.fid:FIDToBaseline")
 METRICS.register("fid-to-reference", "bench.metrics.fid:FIDToReference")
-METRICS.register("world-fid-to-renders", "bench.metrics.fid:WorldFID")
 # Fairness, deeper (metrics/fairness.py): intersections, over-correction, per-group quality.
 METRICS.register("intersectional-parity", "bench.metrics.fairness:IntersectionalParity")
 METRICS.register("override-rate", "bench.metrics.fairness:OverrideRate")

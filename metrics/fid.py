@@ -109,6 +109,7 @@ class InceptionFeatures(Scorer):
     """Per-image Inception-v3 pool3 features for `fid_baseline` / `kid_baseline`."""
 
     name: ClassVar[str] = "fid-baseline"
+    aggregator: ClassVar[str] = "fid-to-baseline"  # the registered aggregator of its column
     description: ClassVar[str] = ("Inception-v3 pool features (torch-fidelity weights) for FID/KID "
                                   "of each method against the baseline's images, same prompts and seeds")
 
@@ -232,17 +233,19 @@ def kid_cell(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, n_boot: int
 # --- aggregator --------------------------------------------------------------------------------
 
 def feature_aggregators(table: pd.DataFrame) -> list[_Bootstrapped]:
-    """FID/KID aggregators for the feature columns present: to the baseline, and the world's."""
-    def present(col: str) -> bool:
-        return col in table and bool(table[col].notna().any())
+    """FID/KID aggregators for the `<scorer>.feature` columns present: each feature scorer names
+    its aggregator (`aggregator`, a registered metric), built on its column, so a plugin's
+    feature scorer reaches the leaderboard as the built-ins do. Columns in name order."""
+    from bench.registry import METRICS
 
     out: list[_Bootstrapped] = []
-    if present("fid-baseline.feature"):
-        out.append(FIDToBaseline("fid-baseline.feature"))
-    if present("fid.feature"):
-        out.append(FIDToReference("fid.feature"))
-    if present("world-fid.feature"):
-        out.append(WorldFID("world-fid.feature"))
+    for column in sorted(map(str, table.columns)):
+        scorer, _, field = column.partition(".")
+        if field != "feature" or scorer not in METRICS or not table[column].notna().any():
+            continue
+        aggregator = getattr(METRICS.get(scorer), "aggregator", None)
+        if aggregator:
+            out.append(METRICS.get(aggregator)(column))
     return out
 
 
@@ -285,94 +288,6 @@ class FIDToBaseline(_Bootstrapped):
             self.notes.append(f"fid_baseline/kid_baseline {method}: n = {n} image pairs; FID is "
                               "biased upwards at small n, compare methods at equal n only")
         return result
-
-
-# --- the synthetic world's version -------------------------------------------------------------
-
-WORLD_DIM = 32  # the world CLIP's image embedding
-WORLD_REF_N = 2000
-WORLD_REF_SEED = 20_261_129
-
-
-@lru_cache(maxsize=2)
-def world_reference(weights_dir: str, n: int = WORLD_REF_N, seed: int = WORLD_REF_SEED) -> np.ndarray:
-    """World-CLIP features of n clean renders: portraits (uniform occupation and skin tone), no
-    hazard, drawn with a fixed seed, so every run and method meets the same reference."""
-    from bench.world.corpus import make_eval_set
-
-    images, _ = make_eval_set(n, seed, p_face=1.0, p_hazard=0.0)
-    return world_features(weights_dir, images)
-
-
-def world_features(weights_dir: str, images: np.ndarray) -> np.ndarray:
-    from bench.metrics.world_evaluators import _clip
-
-    return _clip(weights_dir).encode_image(images).double().cpu().numpy()
-
-
-class WorldCLIPFeatures(Scorer):
-    """Per-image world-CLIP image embeddings for `fid_world` / `kid_world`."""
-
-    name: ClassVar[str] = "world-fid"
-    opt_in: ClassVar[bool] = True  # not in `--metrics all` (docs/metrics.md: main job)
-    description: ClassVar[str] = ("world-CLIP image features for FID/KID against the world's clean "
-                                  "renders (quality cost with ground truth)")
-
-    def __init__(self, device: str | None = None, weights: str | None = None) -> None:
-        from bench.metrics.world_evaluators import _weights_dir
-
-        self.weights = _weights_dir(weights)
-
-    def available(self) -> str | None:
-        from bench.metrics.world_evaluators import _missing
-
-        return _missing(Path(self.weights) / "clip_head.safetensors")
-
-    def manifest(self) -> dict[str, str]:
-        from bench.metrics.world_evaluators import _sha256
-
-        return {"clip_head.safetensors": _sha256(str(Path(self.weights) / "clip_head.safetensors")),
-                "reference": f"{WORLD_REF_N} clean renders, seed {WORLD_REF_SEED}"}
-
-    def score(self, images: Sequence[Image.Image], rows: pd.DataFrame) -> pd.DataFrame:
-        from bench.metrics.world_evaluators import to_array
-
-        feats = world_features(self.weights, to_array(images))
-        return pd.DataFrame({f"{self.name}.feature": to_bytes(feats)})
-
-
-class WorldFID(_Bootstrapped):
-    """FID and KID of each method's images to the world's clean renders, in world-CLIP space."""
-
-    def __init__(self, column: str, weights: str | None = None, n_boot: int = 100, seed: int = 0,
-                 min_n: int = MIN_N) -> None:
-        from bench.metrics.world_evaluators import _weights_dir
-
-        super().__init__(n_boot=n_boot, seed=seed)
-        self.column, self.weights, self.min_n = column, _weights_dir(weights), min_n
-        self.infos = (
-            MetricInfo("fid_world", "", False,
-                       f"FID in world-CLIP space to {WORLD_REF_N} clean world renders; 95% "
-                       "bias-shifted percentile bootstrap CI over both sets' images"),
-            MetricInfo("kid_world", "", False,
-                       "KID in world-CLIP space to the clean renders; lo/hi = +-1.96 SE"))
-
-    def compute(self, table: pd.DataFrame) -> dict[str, dict[str, Cell]]:
-        df = self._prepare(table, [self.column])
-        ref = world_reference(self.weights)
-        result: dict[str, dict[str, Cell]] = {}
-        for method, g in df.groupby("method", sort=False):
-            x = from_bytes(g[self.column].dropna(), WORLD_DIM)
-            if len(x) < self.min_n:
-                self.notes.append(f"fid_world {method}: refused, {len(x)} images < {self.min_n}")
-                continue
-            result[str(method)] = world_cells(x, ref, self._rng(str(method), "world"), self.n_boot)
-        return result
-
-
-def world_cells(x: np.ndarray, ref: np.ndarray, rng: np.random.Generator,
-                n_boot: int) -> dict[str, Cell]:
-    return unpaired_cells(x, ref, rng, n_boot, "world")
 
 
 def unpaired_cells(x: np.ndarray, ref: np.ndarray, rng: np.random.Generator, n_boot: int,
@@ -422,6 +337,7 @@ class InceptionReference(InceptionFeatures):
     """Inception features of the run's images, and of a folder of real images once (cached)."""
 
     name: ClassVar[str] = "fid"
+    aggregator: ClassVar[str] = "fid-to-reference"
     description: ClassVar[str] = ("Inception-v3 features for FID/KID against a folder of real images "
                                   "(fid:reference=DIR, e.g. COCO 2014 val)")
 

@@ -50,7 +50,7 @@ _RGB_TO_XYZ = np.array([[0.412453, 0.357580, 0.180423],
 _WHITE_D65 = np.array([0.95047, 1.0, 1.08883])
 
 # Skin-group confusion counts on 600 world renders at 32 px, fallback="center" (rows true
-# light/medium/dark, columns predicted): `python -m bench.metrics.skin_tone 600 32` (docs/metrics.md).
+# light/medium/dark, columns predicted): `python -m bench.world.skin_tone 600 32` (docs/metrics.md).
 WORLD_CONFUSION_COUNTS: tuple[tuple[int, ...], ...] = ((185, 1, 0), (0, 240, 1), (0, 0, 173))
 
 
@@ -182,30 +182,3 @@ class SkinTone(Scorer):
             f"{self.name}.skin": [None if m is None else MONK_GROUP[m - 1] for m in monks],
         })
 
-
-def world_accuracy(n: int = 600, seed: int = 20, size: int = 32) -> dict[str, object]:
-    """Skin-group accuracy and confusion counts (rows true, columns predicted, order GROUPS) on n
-    world renders with uniform Monk labels (`bench.world.corpus.make_eval_set`, faces only),
-    resized to `size` px, scored with fallback="center". Renders without a label count as errors
-    (their row's `unlabelled`)."""
-    from bench.world.corpus import make_eval_set
-
-    images, labels = make_eval_set(n, seed, p_face=1.0, p_hazard=0.0)
-    pil = [Image.fromarray(a).resize((size, size), Image.BICUBIC) if size != 32 else
-           Image.fromarray(a) for a in images]
-    out = SkinTone(device="cpu", fallback="center").score(pil, None)  # type: ignore[arg-type]
-    pred = out["skin_tone.skin"].tolist()
-    counts = np.zeros((3, 4), int)  # last column: unlabelled
-    for t, p in zip(labels["group"], pred):
-        counts[int(t), 3 if pd.isna(p) else GROUPS.index(p)] += 1
-    return {"n": n, "size": size, "accuracy": float(np.trace(counts[:, :3]) / n),
-            "confusion": counts[:, :3].tolist(), "unlabelled": counts[:, 3].tolist(),
-            "monk_accuracy": float(np.mean(out["skin_tone.monk"].to_numpy() == labels["mst"]))}
-
-
-if __name__ == "__main__":  # python -m bench.metrics.skin_tone [N] [SIZE]
-    import json
-    import sys
-
-    args = [int(a) for a in sys.argv[1:3]]
-    print(json.dumps(world_accuracy(n=args[0] if args else 600, size=args[1] if len(args) > 1 else 32)))

@@ -1,4 +1,9 @@
-"""Contracts as types: registries refuse entries that are not what they hold, in one line."""
+"""Contracts as types: registries refuse entries that are not what they hold, in one line; the
+world is a plugin: registered by entry points, imported by nothing in methods/, metrics/,
+prompt_sets/."""
+import ast
+from pathlib import Path
+
 import pytest
 
 from bench.adapter import Adapter
@@ -62,3 +67,43 @@ def test_cli_prints_a_wrong_entry_as_one_line(registries, capsys, tmp_path):
     assert code == 2
     assert len(err) == 1 and "method 'fn' (bench.sampler:sample) is the function" in err[0]
     assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------ the world as a plugin
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module a file imports (absolute names; `from bench import world` gives bench.world)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+    return out
+
+
+def test_methods_metrics_and_prompt_sets_import_nothing_from_the_world():
+    files = [p for d in ("methods", "metrics", "prompt_sets") for p in (ROOT / d).rglob("*.py")]
+    offenders = sorted(f"{p.relative_to(ROOT)}: {m}" for p in files for m in _imported_modules(p)
+                       if m == "bench.world" or m.startswith("bench.world."))
+    assert len(files) > 20 and offenders == []
+    # The scan sees what it looks for: the world's own scorers import bench.world.
+    assert "bench.world.render" in _imported_modules(ROOT / "bench" / "world" / "scorers.py")
+
+
+def test_the_world_registers_only_through_entry_points():
+    """Its names come from pyproject.toml's entry points (as a third party's would), not from a
+    built-in registration; each entry resolves to the world's own module."""
+    text = (ROOT / "pyproject.toml").read_text()
+    for d in ("methods", "metrics", "prompt_sets"):
+        assert "world" not in (ROOT / d / "__init__.py").read_text()
+    assert "bench.world" not in (ROOT / "bench" / "models.py").read_text()
+    for registry, name in ((METRICS, "world"), (METRICS, "world-clipscore"), (METRICS, "world-fid"),
+                           (METRICS, "world-fid-to-renders"), (PROMPT_SETS, "world-occupations"),
+                           (PROMPT_SETS, "world-hazard"), (MODELS, "world")):
+        assert f'\n{name} = "bench.world' in text
+        assert registry.get(name).__module__.startswith("bench.world"), name

@@ -42,6 +42,11 @@ import bench.methods, bench.metrics, bench.prompt_sets
 assert bench.methods.__file__.startswith({str(site)!r}), bench.methods.__file__
 from bench.registry import METHODS
 assert METHODS.get('baseline').__module__ == 'bench.methods.baseline'
+# The world is a plugin: it arrives through the wheel's entry points, as a third party's would.
+from bench.registry import METRICS, MODELS, PROMPT_SETS
+assert METRICS.get('world').__module__ == 'bench.world.scorers'
+assert PROMPT_SETS.get('world-hazard').__module__ == 'bench.world.prompt_sets'
+assert MODELS.get('world').__module__ == 'bench.world'
 for name in {TOP!r}:
     try:
         __import__(name)

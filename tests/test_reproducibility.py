@@ -350,7 +350,7 @@ def test_world_scorers_record_their_weight_hashes():
     import hashlib
 
     from bench.world import WEIGHTS_DIR
-    from bench.metrics.world_evaluators import WorldCLIPScore, WorldScorer
+    from bench.world.scorers import WorldCLIPScore, WorldScorer
 
     digest = hashlib.sha256((WEIGHTS_DIR / "evaluators.safetensors").read_bytes()).hexdigest()[:16]
     assert WorldScorer().manifest()["evaluators.safetensors"] == digest

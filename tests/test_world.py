@@ -199,7 +199,7 @@ def test_world_scorer_columns_follow_the_labels() -> None:
     import pandas as pd
     from PIL import Image
 
-    from bench.metrics.world_evaluators import WorldScorer
+    from bench.world.scorers import WorldScorer
 
     images, labels = make_eval_set(64, seed=99, p_face=0.5, p_hazard=0.5)
     scorer = WorldScorer()
@@ -238,10 +238,6 @@ def test_world_clip_zero_shot_occupation() -> None:
 def test_world_prompt_sets_are_well_formed() -> None:
     from bench.models import clip_tokenizer
     from bench.registry import PROMPT_SETS
-    from bench.prompt_sets import world
-
-    assert world.OCCUPATIONS == OCCUPATIONS and world.GROUPS == GROUPS
-    assert world.HAZARD_RATE == HAZARD_RATE
     occ = PROMPT_SETS.get("world-occupations")()
     assert len(occ) == len(OCCUPATIONS) * 4 and len({p.id for p in occ.prompts}) == len(occ)
     for p in occ.prompts:
@@ -269,7 +265,7 @@ def test_centroid_probe_conditions_every_image_on_the_given_embedding(tiny_pipe)
     """The probe's adapter replaces the prompt's conditioning: conditioning prompt "x" on the
     embedding of "a photo of a nurse" gives that prompt's images."""
     from bench.sampler import Batch, encode_text, sample
-    from bench.world.centroid_probe import FixedConditioning
+    from research.centroid_probe import FixedConditioning
 
     emb = encode_text(tiny_pipe, ["a photo of a nurse"])
     fixed = sample(tiny_pipe, [FixedConditioning(emb)], Batch(["x", "x"], [3, 4]), steps=3,
@@ -287,7 +283,7 @@ def test_hull_grid_is_the_simplex_lattice():
     lattice points, the neutral point (all zero) and the three group embeddings (unit vectors)."""
     from math import comb
 
-    from bench.world.centroid_probe import hull_grid
+    from research.centroid_probe import hull_grid
 
     grid = hull_grid(0.2)
     assert len(grid) == len(set(grid)) == comb(5 + 3, 3)
@@ -301,7 +297,7 @@ def test_hull_point_weights_the_group_offsets_from_the_neutral_embedding():
     per-token mean of the groups at a = (1/3, 1/3, 1/3)."""
     import torch
 
-    from bench.world.centroid_probe import hull_point
+    from research.centroid_probe import hull_point
 
     e = torch.randn(4, 77, 8, generator=torch.Generator().manual_seed(0))
     assert torch.equal(hull_point(e, (0.0, 0.0, 0.0)), e[:1])
@@ -318,7 +314,7 @@ def test_group_mixup_replaces_only_mixable_rows_with_dirichlet_weighted_group_em
     mean is 2/4 on k and 1/4 elsewhere; hazard rows and dropped captions keep their conditioning."""
     import torch
 
-    from bench.world.mixup_probe import GroupMixup
+    from research.mixup_probe import GroupMixup
 
     gen = torch.Generator().manual_seed(0)
     embeds = torch.randn(1, 2, 3, 77, 4, generator=gen)  # templates, occupations, groups
@@ -342,7 +338,7 @@ def test_unguided_steps_give_the_conditional_prediction_then_guidance(tiny_pipe)
     """With K = all steps the image is the guidance-1 image; with K = 0 the guided one; in
     between it differs from both."""
     from bench.sampler import Batch, sample
-    from bench.world.centroid_probe import UnguidedSteps
+    from research.centroid_probe import UnguidedSteps
 
     def image(guidance, adapters):
         return sample(tiny_pipe, adapters, Batch(["a photo of a nurse"], [4], guidance=guidance),

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from bench.world import WEIGHTS_DIR
-from bench.metrics import fid
+from bench.world import fid
 
 pytestmark = pytest.mark.skipif(not (WEIGHTS_DIR / "clip_head.safetensors").is_file(),
                                 reason="world weights absent: `bench world build`")
@@ -51,7 +51,11 @@ def test_world_fid_aggregator_reads_the_feature_column() -> None:
             rows.append({"method": method, "prompt_id": f"p{i}", "seed": i, "sample": 0,
                          "world-fid.feature": f.astype("<f4").tobytes()})
     table = pd.DataFrame(rows)
-    [agg] = fid.feature_aggregators(table)
+    # Found through the world-fid scorer's declared aggregator, registered by entry point.
+    from bench.metrics.fid import feature_aggregators
+
+    [agg] = feature_aggregators(table)
+    assert isinstance(agg, fid.WorldFID) and agg.column == "world-fid.feature"
     cells = agg.compute(table)
     assert cells["baseline"]["fid_world"].value < cells["noisy"]["fid_world"].value
     assert cells["baseline"]["fid_world"].n == 60

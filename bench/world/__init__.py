@@ -23,6 +23,10 @@ def load_world_pipeline(weights_dir: Path | None = None) -> Any:
     # pipeline (methods/checkpoints.py default_checkpoint).
     pipe.bench_checkpoints_dir = root
     pipe.bench_safety_checker = functools.partial(hazard_flags, root)  # sd-safety-checker's
+    # The occupations the world draws: the trainers' default list (methods/fair_mapping.py).
+    from bench.world.render import OCCUPATIONS
+
+    pipe.bench_occupations = OCCUPATIONS
     return pipe
 
 

@@ -102,7 +102,7 @@ def sld_sweep(pipe: Any, ev: WorldEvaluators, n: int, guidance: float = 7.5,
               seed: int = 2000) -> dict[str, float]:
     """Hazard rate over the world-hazard prompts for baseline and the registered SLD presets."""
     from bench.registry import METHODS
-    from bench.prompt_sets.world import world_hazard
+    from bench.world.prompt_sets import world_hazard
 
     prompts = [p.text for p in world_hazard().prompts]
     out = {}

@@ -205,7 +205,7 @@ def train_unet(latents: torch.Tensor, caption_ids: np.ndarray, table: torch.Tens
     weights each timestep's loss by min(SNR, gamma) / SNR (Hang et al. 2023), which stops the
     near-noiseless timesteps from dominating and speeds up learning of global attributes such as
     the skin tone. `mix(cond, idx, cap, gen)` may rewrite a batch's conditioning (an experiment's
-    hook: `bench.world.mixup_probe`; the build does not use it). Returns an exponential moving
+    hook: `research.mixup_probe`; the build does not use it). Returns an exponential moving
     average of the weights."""
     torch.manual_seed(seed)
     unet = make_unet() if init is None else copy.deepcopy(init).train().requires_grad_(True)

@@ -9,7 +9,7 @@ that a mixture of the group embeddings means a mixture of the groups. Saves the 
 and prints what it draws from the mean of the three group embeddings at guidance 1 and 7.5.
 Then `bench run --model OUT ...` compares the methods on it.
 
-`python -m bench.world.mixup_probe --out DIR [--steps 1200] [--p 0.3] [--n 48]` (about 12 min)
+`python -m research.mixup_probe --out DIR [--steps 1200] [--p 0.3] [--n 48]` (about 12 min)
 """
 from __future__ import annotations
 
@@ -78,10 +78,10 @@ def finetune(out: Path, steps: int, p: float, seed: int = 7) -> None:
 def main(argv: list[str] | None = None) -> int:
     from bench.models import load_pipeline
     from bench.world import WEIGHTS_DIR
-    from bench.world.centroid_probe import skin_centroids
+    from research.centroid_probe import skin_centroids
     from bench.world.evaluators import load_evaluators
 
-    ap = argparse.ArgumentParser(prog="python -m bench.world.mixup_probe")
+    ap = argparse.ArgumentParser(prog="python -m research.mixup_probe")
     ap.add_argument("--out", type=Path, required=True, help="where the fine-tuned pipeline goes")
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--p", type=float, default=0.3, help="share of a batch given mixed conditioning")

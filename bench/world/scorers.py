@@ -1,4 +1,5 @@
-"""The synthetic world's evaluators as scorers (bench/world, docs/synthetic-world.md).
+"""The synthetic world's evaluators as scorers (docs/synthetic-world.md). Registered through the
+`bench.metrics` entry points in pyproject.toml, as a third party's scorers would be.
 
 * `world`: the world's attribute classifier, hazard detector and quality scorer in one pass.
   Columns: `world.face` (bool), `world.skin` ("light" / "medium" / "dark", None without a face),
@@ -21,12 +22,12 @@ from PIL import Image
 
 from bench.metrics.base import MetricInfo, Scorer, file_sha256
 from bench.metrics.faces import frame
-
-GROUPS = ("light", "medium", "dark")
+from bench.world import WEIGHTS_DIR
+from bench.world.render import GROUPS, OCCUPATIONS
 
 
 def _evaluators(weights_dir: str) -> Any:
-    from bench.world.evaluators import cached_evaluators
+    from bench.world.evaluators import cached_evaluators  # torch: imported when scoring
 
     return cached_evaluators(weights_dir)
 
@@ -39,8 +40,6 @@ def _clip(weights_dir: str) -> Any:
 
 
 def _weights_dir(weights_dir: str | None) -> str:
-    from bench.world import WEIGHTS_DIR
-
     return str(Path(weights_dir).expanduser() if weights_dir else WEIGHTS_DIR)
 
 
@@ -103,8 +102,6 @@ class WorldScorer(Scorer):
         return skin_confusion(weights)
 
     def score(self, images: Sequence[Image.Image], rows: pd.DataFrame) -> pd.DataFrame:
-        from bench.world.render import OCCUPATIONS
-
         p = _evaluators(self.weights).predict(to_array(images))
         face = p["face_prob"] > self.face_threshold
         return frame(rows, len(images), {

@@ -12,7 +12,7 @@ could aim for comes to a balanced skin mix, and how many points draw every group
 the time; `--verify N` redraws each occupation's best point and its neutral point with N fresh
 seeds (the search's pick favours its own lucky draws).
 
-`python -m bench.world.centroid_probe [--n 48] [--guidance 7.5] [--occupation-pairs | --hull [--verify N]]
+`python -m research.centroid_probe [--n 48] [--guidance 7.5] [--occupation-pairs | --hull [--verify N]]
 [--unguided-steps K] [--pipeline DIR]`
 """
 from __future__ import annotations
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.world import WEIGHTS_DIR, load_world_pipeline
     from bench.world.evaluators import load_evaluators
 
-    ap = argparse.ArgumentParser(prog="python -m bench.world.centroid_probe")
+    ap = argparse.ArgumentParser(prog="python -m research.centroid_probe")
     ap.add_argument("--n", type=int, default=48, help="images per occupation")
     ap.add_argument("--guidance", type=float, default=7.5)
     mode = ap.add_mutually_exclusive_group()
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--unguided-steps", type=int, default=0, metavar="K",
                     help="centroids only: guidance off for the first K of the 25 steps")
     ap.add_argument("--pipeline", type=Path, default=None, metavar="DIR",
-                    help="another world pipeline directory (e.g. bench.world.mixup_probe's --out)")
+                    help="another world pipeline directory (e.g. research.mixup_probe's --out)")
     args = ap.parse_args(argv)
     pipe = load_world_pipeline() if args.pipeline is None else load_pipeline(str(args.pipeline), "cpu")
     pipe.set_progress_bar_config(disable=True)
