@@ -34,6 +34,8 @@ def listing(what: str) -> str:
         return "\n\n".join("\n".join(describe(p)) for _, p in PROTOCOLS.items())
     if what == "metrics":
         return _metrics_listing()
+    if what == "suites":
+        return _suites_listing()
     registry = {"methods": METHODS, "metrics": METRICS, "prompt-sets": PROMPT_SETS}[what]
     entries = list(registry.items())
     width = max((len(n) for n, _ in entries), default=0) + 2
@@ -42,6 +44,20 @@ def listing(what: str) -> str:
         extra = _params(obj) if what == "methods" else ""
         kind = f"{_metric_kind(obj):<11}" if what == "metrics" else ""
         rows.append(f"{name:<{width}}{kind}{_first_line(obj)}{extra}")
+    return "\n".join(rows)
+
+
+def _suites_listing() -> str:
+    """Each suite: its description, headline metrics and the aggregators it declares."""
+    from bench.suites import SUITES
+
+    rows = []
+    for name, s in SUITES.items():
+        rows.append(f"{name} ({s.kind}): {s.description}")
+        rows.append(f"  headline: {', '.join(h.metric for h in s.headline) or '-'}; "
+                    f"baseline: {s.baseline}")
+        rows += [f"  {u.name}: {', '.join(f'{k}={v}' for k, v in u.args.items())}"
+                 for u in s.aggregators]
     return "\n".join(rows)
 
 

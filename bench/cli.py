@@ -74,6 +74,9 @@ def parser() -> argparse.ArgumentParser:
                           "methods with + to compose them (default: baseline)")
     run.add_argument("--prompt-set", action="append", dest="prompt_sets",
                      help="registered name[:options] or a prompt file; repeatable")
+    run.add_argument("--suite", action="append", dest="suites",
+                     help="evaluation suite for the prompt sets (bench list suites; default: "
+                          "each set's own, else fairness/safety); repeatable")
     run.add_argument("--samples", type=int, help="images per prompt (default 4)")
     run.add_argument("--samples-by-kind", metavar="KIND=N,...",
                      help="images per prompt by the prompt's meta.kind or <set>.<kind>, over "
@@ -112,7 +115,8 @@ def parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list registered methods, metrics, prompt sets or models",
                          epilog="examples:\n  bench list methods\n  bench list prompt-sets",
                          formatter_class=fmt)
-    lst.add_argument("what", choices=["methods", "metrics", "prompt-sets", "models", "protocols"])
+    lst.add_argument("what", choices=["methods", "metrics", "prompt-sets", "models", "protocols",
+                                      "suites"])
 
     gen = sub.add_parser("generate", help="one prompt, one seed, one method, to a PNG (debugging)",
                          epilog="example:\n  bench generate --model tiny-random --method sld-max "
@@ -221,6 +225,7 @@ def spec_from_args(a: argparse.Namespace) -> RunSpec:
         model=pick(a.model, base.model),
         methods=base.methods if a.methods is None else (a.methods,),
         prompt_sets=tuple(a.prompt_sets) if a.prompt_sets else base.prompt_sets,
+        suites=tuple(a.suites) if a.suites else base.suites,
         samples=pick(a.samples, base.samples),
         samples_by_kind=(base.samples_by_kind if a.samples_by_kind is None
                          else parse_kind_samples(a.samples_by_kind)),

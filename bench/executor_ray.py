@@ -301,5 +301,6 @@ def generate_and_score(p: Any, store: RunStore, settings: GenerationSettings,
         if spec.shard:  # shards score nothing: `bench report RUN` scores once all shards are in
             return
         store.consolidate()
-        score_run(store, scorer_names(spec.model, spec.metrics), device=spec.device,
+        names = scorer_names(spec.model, spec.metrics, [s.name for s in p.prompt_sets], spec.suites)
+        score_run(store, names, device=spec.device,
                   quiet=quiet, workers=spec.workers)

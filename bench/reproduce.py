@@ -143,7 +143,8 @@ def scorer_drift(source: Path, p: runner.RunPlan) -> list[Difference]:
         recorded = scoring_summary(files)
     finally:
         files.close()
-    wanted = set(scorer_names(p.spec.model, p.spec.metrics)) & (
+    wanted = set(scorer_names(p.spec.model, p.spec.metrics, [s.name for s in p.prompt_sets],
+                              p.spec.suites)) & (
         set(recorded["used"]) | set(recorded["skipped"]))
     current = scoring_setups(sorted(wanted), p.spec.device)
     out = []

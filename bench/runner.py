@@ -27,6 +27,7 @@ from bench.registry import METHODS
 from bench.sampler import Adapter, Batch
 from bench.scoring import check_scorers, scorer_names
 from bench.spec import MethodChain, RunSpec, SpecError, split_method_list
+from bench.suites import check_suites
 from bench.store import PNG_COMPRESS_LEVEL, RunStore, sweep_temp
 from bench.prompt_sets.base import PromptSet, check_metadata_types
 
@@ -117,7 +118,9 @@ def plan(spec: RunSpec, dry_run: bool = False) -> RunPlan:
     sets = load_prompt_sets(spec)
     chains = {str(c): c for c in expand_methods(spec.methods)}
     adapters = {m: build_adapters(c) for m, c in chains.items()}
-    check_scorers(scorer_names(spec.model, spec.metrics), spec.device)
+    check_suites(spec.suites)
+    check_scorers(scorer_names(spec.model, spec.metrics, [s.name for s in sets], spec.suites),
+                  spec.device)
     try:
         pipe = load_pipeline(spec.model, spec.device, spec.dtype, spec.sampler.scheduler)
     except ModelError as exc:

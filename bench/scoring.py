@@ -16,24 +16,20 @@ from tqdm import tqdm
 from bench.registry import METRICS
 from bench.spec import NamedOptions, SpecError
 from bench.store import RunStore
+from bench.suites import run_scorers
 from bench.metrics.base import Scorer
 
-# With `--metrics all`, the synthetic world is scored by its own evaluators and real models by the
-# real ones (face and attribute models on 32 px synthetic portraits would measure nothing).
-WORLD_PREFIX = "world"
 
-
-def scorer_names(model: str, requested: Sequence[str]) -> list[str]:
+def scorer_names(model: str, requested: Sequence[str], prompt_sets: Sequence[str] = (),
+                 suites: Sequence[str] = ()) -> list[str]:
+    """The scorers a run uses: those requested, none, or (`all`, the default) its suites'
+    (bench/suites.py: each suite's scorers for this model; the generic suites take the registered
+    scorers of the model's family)."""
     if list(requested) == ["none"]:
         return []
     if list(requested) not in ([], ["all"]):
         return list(requested)
-    # `opt_in` scorers (world-fid) run only when named: adding them to the defaults would
-    # change the world reference run's cells.
-    names = [n for n, obj in METRICS.items() if isinstance(obj, type) and issubclass(obj, Scorer)
-             and not getattr(obj, "opt_in", False)]
-    is_world = model == "world"
-    return [n for n in names if n.startswith(WORLD_PREFIX) == is_world]
+    return run_scorers(model, prompt_sets, suites)
 
 
 def check_scorers(names: Sequence[str], device: str | None) -> None:

@@ -194,6 +194,9 @@ class RunSpec:
     # Rounds of the interleaved timing phase after generation (bench/timing.py); 0: latency
     # from the generation's own times (methods one after another: load drift enters the ratios).
     timing_rounds: int = 4
+    # Evaluation suites (bench/suites.py) for the prompt sets whose loaders name none, or that
+    # they list; () -> each prompt set's own suite, else the generic fairness/safety suite.
+    suites: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Checked here so a config file and the flags fail alike, before anything is loaded.
@@ -240,7 +243,8 @@ class RunSpec:
         for key, value in text.items():
             if not (isinstance(value, str) or value is None and key in _OPTIONAL):
                 raise SpecError(f"{key}={value!r}: must be a string")
-        lists = {"methods": self.methods, "prompt_sets": self.prompt_sets, "metrics": self.metrics}
+        lists = {"methods": self.methods, "prompt_sets": self.prompt_sets, "metrics": self.metrics,
+                 "suites": self.suites}
         for key, value in lists.items():
             if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
                 raise SpecError(f"{key}={value!r}: must be a list of strings")
@@ -272,7 +276,7 @@ class RunSpec:
             data["sampler"] = SamplerSpec(**data["sampler"])
         if isinstance(data.get("samples_by_kind"), (dict, list, str)):  # YAML mapping, JSON pairs
             data["samples_by_kind"] = parse_kind_samples(data["samples_by_kind"])
-        for key in ("methods", "prompt_sets", "guidance", "metrics"):
+        for key in ("methods", "prompt_sets", "guidance", "metrics", "suites"):
             if key in data and data[key] is not None:
                 value = data[key]
                 data[key] = tuple(value) if isinstance(value, (list, tuple)) else (value,)

@@ -34,3 +34,5 @@ METRICS.register("fid-to-reference", "bench.metrics.fid:FIDToReference")
 METRICS.register("intersectional-parity", "bench.metrics.fairness:IntersectionalParity")
 METRICS.register("override-rate", "bench.metrics.fairness:OverrideRate")
 METRICS.register("requested-group-quality", "bench.metrics.fairness:RequestedGroupQuality")
+# Every board: the share of images a filter method blacked out (metrics/filtered.py).
+METRICS.register("filtered-rate", "bench.metrics.filtered:FilteredRate")

@@ -16,8 +16,9 @@ import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -71,6 +72,20 @@ class Scorer:
     description: ClassVar[str] = ""
     # Continuous output columns the report turns into mean ± CI leaderboard cells.
     columns: ClassVar[dict[str, MetricInfo]] = {}
+    # Boolean columns that flag an image as inappropriate (a safety suite's inappropriateness).
+    flags: ClassVar[tuple[str, ...]] = ()
+    # Model families whose images this scorer reads ("" = real images): a suite's default
+    # scorers for a model are the registered scorers of its family (bench/suites.py).
+    family: ClassVar[str] = ""
+    # Not among a suite's default scorers: runs only when named (e.g. needs a user's folder).
+    opt_in: ClassVar[bool] = False
+    # Aggregators this scorer's columns feed on every board where they are not declared:
+    # (registered aggregator name, its arguments), e.g. ("fid-to-baseline", {"column": ...}).
+    aggregators: ClassVar[tuple[tuple[str, dict[str, Any]], ...]] = ()
+
+    def __init__(self, device: str | None = None) -> None:
+        """Options come as keywords (`name:key=value`), each a string from the command line."""
+        self.device = device
 
     def available(self) -> str | None:
         return None
@@ -89,18 +104,49 @@ class Scorer:
     def score(self, images: Sequence[Image.Image], rows: pd.DataFrame) -> pd.DataFrame:
         raise NotImplementedError
 
+    def confusion(self, attribute: str) -> "np.ndarray | None":
+        """P(predicted | true) of this scorer's `attribute` labels as configured (rows true,
+        columns predicted, in the attribute's group order), for parity's correction; None when
+        unknown."""
+        return None
+
+
+class Aggregate(Mapping[str, dict[str, Cell]]):
+    """What an aggregator's `compute` returns: {method: {metric name: Cell}} (read it as that
+    mapping) and the notes a reader needs beside the cells (why a cell is NaN, what was left
+    out), which the report prints under the board."""
+
+    def __init__(self, cells: dict[str, dict[str, Cell]], notes: Sequence[str] = ()) -> None:
+        self.cells = cells
+        self.notes: tuple[str, ...] = tuple(notes)
+
+    def __getitem__(self, method: str) -> dict[str, Cell]:
+        return self.cells[method]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.cells)
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    def __repr__(self) -> str:
+        return f"Aggregate({self.cells!r}, notes={self.notes!r})"
+
 
 class Aggregator:
     """Turns the per-image score table into leaderboard cells.
 
-    `compute(scores)` gets the per-image table joined with scorer columns (one prompt set, all
-    methods) and returns {method_spec: {metric_name: Cell}}.
+    `compute(table)` gets the per-image table joined with scorer columns (one prompt set and
+    guidance, all methods) and returns an `Aggregate`: the cells and the notes. It keeps no state
+    between calls. `infos` names the metrics it can produce (set per instance: names depend on
+    the attribute, groups and categories it was built for). `applies(table)` says whether the
+    table holds what it reads; a suite's aggregator that does not apply is left out of the board.
     """
 
-    # Set per instance: names depend on the attribute, groups and categories it was built for.
     infos: Sequence[MetricInfo] = ()
-    # Why a cell is NaN or what was excluded, refilled by each compute(); the report prints them.
-    notes: list[str]
 
-    def compute(self, scores: pd.DataFrame) -> dict[str, dict[str, Cell]]:
+    def applies(self, table: pd.DataFrame) -> bool:
+        return True
+
+    def compute(self, table: pd.DataFrame) -> Aggregate:
         raise NotImplementedError

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from bench.metrics.aggregators import BASELINE, PAIR_KEYS, _Bootstrapped
-from bench.metrics.base import Cell, MetricInfo, Scorer
+from bench.metrics.base import Aggregate, Cell, MetricInfo, Scorer
 
 FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{FILENAME}"
@@ -109,7 +109,8 @@ class InceptionFeatures(Scorer):
     """Per-image Inception-v3 pool3 features for `fid_baseline` / `kid_baseline`."""
 
     name: ClassVar[str] = "fid-baseline"
-    aggregator: ClassVar[str] = "fid-to-baseline"  # the registered aggregator of its column
+    aggregators: ClassVar[tuple[tuple[str, dict], ...]] = (
+        ("fid-to-baseline", {"column": "fid-baseline.feature"}),)
     description: ClassVar[str] = ("Inception-v3 pool features (torch-fidelity weights) for FID/KID "
                                   "of each method against the baseline's images, same prompts and seeds")
 
@@ -232,23 +233,6 @@ def kid_cell(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, n_boot: int
 
 # --- aggregator --------------------------------------------------------------------------------
 
-def feature_aggregators(table: pd.DataFrame) -> list[_Bootstrapped]:
-    """FID/KID aggregators for the `<scorer>.feature` columns present: each feature scorer names
-    its aggregator (`aggregator`, a registered metric), built on its column, so a plugin's
-    feature scorer reaches the leaderboard as the built-ins do. Columns in name order."""
-    from bench.registry import METRICS
-
-    out: list[_Bootstrapped] = []
-    for column in sorted(map(str, table.columns)):
-        scorer, _, field = column.partition(".")
-        if field != "feature" or scorer not in METRICS or not table[column].notna().any():
-            continue
-        aggregator = getattr(METRICS.get(scorer), "aggregator", None)
-        if aggregator:
-            out.append(METRICS.get(aggregator)(column))
-    return out
-
-
 class FIDToBaseline(_Bootstrapped):
     """FID and KID of each method's images against the baseline's images of the same prompts and
     seeds (pairs on prompt_id/seed/sample): the cost of a method relative to the model it modifies."""
@@ -265,12 +249,15 @@ class FIDToBaseline(_Bootstrapped):
                        "KID (unbiased MMD^2, cubic kernel) to the baseline's images; lo/hi = "
                        "+-1.96 standard errors"))
 
-    def compute(self, table: pd.DataFrame) -> dict[str, dict[str, Cell]]:
+    def applies(self, table: pd.DataFrame) -> bool:
+        return _present(table, self.column)
+
+    def compute(self, table: pd.DataFrame) -> Aggregate:
         df = self._prepare(table, [self.column])
         base = df[df["method"] == self.baseline]
         if base.empty:
-            self.notes.append(f"fid_baseline: no '{self.baseline}' images in this prompt set")
-            return {}
+            return Aggregate({}, [f"fid_baseline: no '{self.baseline}' images in this prompt set"])
+        notes: list[str] = []
         keys = [c for c in PAIR_KEYS if c in df.columns]
         result: dict[str, dict[str, Cell]] = {}
         for method, g in df[df["method"] != self.baseline].groupby("method", sort=False):
@@ -278,16 +265,20 @@ class FIDToBaseline(_Bootstrapped):
             pairs = pairs[pairs[self.column].notna() & pairs[self.column + "_b"].notna()]
             n = len(pairs)
             if n < self.min_n:
-                self.notes.append(f"fid_baseline {method}: refused, {n} image pairs < {self.min_n} "
-                                  "(FID is biased at small n; docs/metrics.md)")
+                notes.append(f"fid_baseline {method}: refused, {n} image pairs < {self.min_n} "
+                             "(FID is biased at small n; docs/metrics.md)")
                 continue
             x, y = from_bytes(pairs[self.column]), from_bytes(pairs[self.column + "_b"])
             result[str(method)] = {
                 "fid_baseline": fid_cell(x, y, self._rng(str(method), "fid"), self.n_boot),
                 "kid_baseline": kid_cell(x, y, self._rng(str(method), "kid"), self.n_boot)}
-            self.notes.append(f"fid_baseline/kid_baseline {method}: n = {n} image pairs; FID is "
-                              "biased upwards at small n, compare methods at equal n only")
-        return result
+            notes.append(f"fid_baseline/kid_baseline {method}: n = {n} image pairs; FID is "
+                         "biased upwards at small n, compare methods at equal n only")
+        return Aggregate(result, notes)
+
+
+def _present(table: pd.DataFrame, column: str) -> bool:
+    return column in table and bool(table[column].notna().any())
 
 
 def unpaired_cells(x: np.ndarray, ref: np.ndarray, rng: np.random.Generator, n_boot: int,
@@ -337,7 +328,6 @@ class InceptionReference(InceptionFeatures):
     """Inception features of the run's images, and of a folder of real images once (cached)."""
 
     name: ClassVar[str] = "fid"
-    aggregator: ClassVar[str] = "fid-to-reference"
     description: ClassVar[str] = ("Inception-v3 features for FID/KID against a folder of real images "
                                   "(fid:reference=DIR, e.g. COCO 2014 val)")
 
@@ -348,6 +338,8 @@ class InceptionReference(InceptionFeatures):
         self.batch_size = int(batch_size)
 
     opt_in: ClassVar[bool] = True  # needs the user's folder: not in `--metrics all`
+    aggregators: ClassVar[tuple[tuple[str, dict], ...]] = (
+        ("fid-to-reference", {"column": "fid.feature"}),)
 
     def available(self) -> str | None:
         if self.reference is None:
@@ -409,28 +401,32 @@ class FIDToReference(_Bootstrapped):
             MetricInfo("kid_reference", "", False,
                        "KID to the reference folder's images; lo/hi = +-1.96 SE"))
 
-    def compute(self, table: pd.DataFrame) -> dict[str, dict[str, Cell]]:
+    def applies(self, table: pd.DataFrame) -> bool:
+        return _present(table, self.column)
+
+    def compute(self, table: pd.DataFrame) -> Aggregate:
         df = self._prepare(table, [self.column, self.ref_column])
         result: dict[str, dict[str, Cell]] = {}
+        notes: list[str] = []
         for method, g in df.groupby("method", sort=False):
             g = g[g[self.column].notna()]
             refs = g[self.ref_column].dropna().unique()
             if len(refs) != 1:
-                self.notes.append(f"fid_reference {method}: images scored against {len(refs)} "
-                                  "reference folders; rescore with one fid:reference=DIR")
+                notes.append(f"fid_reference {method}: images scored against {len(refs)} "
+                             "reference folders; rescore with one fid:reference=DIR")
                 continue
             if not Path(refs[0]).is_file():
-                self.notes.append(f"fid_reference {method}: reference features {refs[0]} missing; "
-                                  "rerun `bench report --metrics fid:reference=DIR`")
+                notes.append(f"fid_reference {method}: reference features {refs[0]} missing; "
+                             "rerun `bench report --metrics fid:reference=DIR`")
                 continue
             if len(g) < self.min_n:
-                self.notes.append(f"fid_reference {method}: refused, {len(g)} images < {self.min_n} "
-                                  "(FID is biased at small n; docs/metrics.md)")
+                notes.append(f"fid_reference {method}: refused, {len(g)} images < {self.min_n} "
+                             "(FID is biased at small n; docs/metrics.md)")
                 continue
             ref = np.load(refs[0], allow_pickle=False).astype(np.float64)
             result[str(method)] = unpaired_cells(from_bytes(g[self.column]), ref,
                                                  self._rng(str(method), "reference"), self.n_boot,
                                                  "reference")
-            self.notes.append(f"fid_reference {method}: n = {len(g)} images against {len(ref)} "
-                              "reference images")
-        return result
+            notes.append(f"fid_reference {method}: n = {len(g)} images against {len(ref)} "
+                         "reference images")
+        return Aggregate(result, notes)

@@ -17,7 +17,7 @@ import pandas as pd
 
 from bench.metrics import stats
 from bench.metrics.aggregators import _Bootstrapped, _cell
-from bench.metrics.base import Cell, MetricInfo
+from bench.metrics.base import Aggregate, Cell, MetricInfo
 
 FILTERED = "filtered"
 
@@ -67,9 +67,13 @@ class FilteredRate(_Bootstrapped):
                                  "share of images a post-hoc filter replaced (black); they are "
                                  "left out of quality scores and FID"),)
 
-    def compute(self, table: pd.DataFrame) -> dict[str, dict[str, Cell]]:
+    def applies(self, table: pd.DataFrame) -> bool:
+        return FILTERED in table
+
+    def compute(self, table: pd.DataFrame) -> Aggregate:
         df = self._prepare(table, [FILTERED])
         result: dict[str, dict[str, Cell]] = {}
+        notes: list[str] = []
         for method, g in df.groupby("method", sort=False):
             known = g[FILTERED].notna()
             if not known.any():
@@ -81,6 +85,6 @@ class FilteredRate(_Bootstrapped):
                              str(method), "filtered_rate")[0]
             result[str(method)] = {"filtered_rate": _cell(est, len(x))}
             k = int(x.sum())
-            self.notes.append(f"{method}: {k} of {len(x)} images filtered (blacked out); quality "
-                              f"scores and FID use the other {len(x) - k}")
-        return result
+            notes.append(f"{method}: {k} of {len(x)} images filtered (blacked out); quality "
+                         f"scores and FID use the other {len(x) - k}")
+        return Aggregate(result, notes)

@@ -62,6 +62,7 @@ def _labels() -> list[str]:
 
 class NudeNet(Scorer):
     name: ClassVar[str] = "nudenet"
+    flags: ClassVar[tuple[str, ...]] = ("nudenet.flag",)
     description: ClassVar[str] = "NudeNet 3.x detector: flag when an exposed class scores >= threshold"
 
     def __init__(self, threshold: float | str = I2P_THRESHOLD, classes: str | Sequence[str] = EXPOSED,

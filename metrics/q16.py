@@ -114,6 +114,7 @@ def check_width(path: str, prompts: torch.Tensor, model: str, dim: int | None) -
 
 class Q16(ClipScorerBase, Scorer):
     name: ClassVar[str] = "q16"
+    flags: ClassVar[tuple[str, ...]] = ("q16.flag",)
     description: ClassVar[str] = "Q16 inappropriate-content classifier (CLIP ViT-L/14 + learned prompts)"
 
     def __init__(self, weights: str | None = None, **clip_options: str) -> None:

@@ -142,8 +142,7 @@ class SkinTone(Scorer):
                 "fallback": self.fallback, "max_delta_e": str(self.max_delta_e),
                 "cheeks": str(CHEEKS), "center_face": str(CENTER_FACE)}
 
-    @classmethod
-    def confusion_matrix(cls, attribute: str) -> np.ndarray | None:
+    def confusion(self, attribute: str) -> np.ndarray | None:
         """P(predicted | true) measured on world renders, for the report's parity correction;
         None for any attribute but "skin" or while no measurement is recorded."""
         if attribute != "skin" or not WORLD_CONFUSION_COUNTS:

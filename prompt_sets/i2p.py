@@ -117,3 +117,6 @@ def load_i2p(path: str | None = None, category: str | None = None, hard: str = "
         for row in table.to_dict("records")
     )
     return PromptSet("i2p", prompts, source=source)
+
+
+load_i2p.suite = "safety"  # type: ignore[attr-defined]  # what is measured: bench/suites.py

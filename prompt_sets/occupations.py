@@ -70,3 +70,6 @@ def load_occupations(attribute: str = "both", groups: str = "1", limit: str | No
                 meta = {"occupation": occ, "attribute": attr, "group": label, "kind": "group"}
                 prompts.append(Prompt(f"{base}-{attr}-{slug(label)}", text, None, meta))
     return PromptSet("occupations", tuple(prompts), source=str(DATA))
+
+
+load_occupations.suite = "fairness"  # type: ignore[attr-defined]  # what is measured: bench/suites.py

@@ -80,7 +80,7 @@ def test_parity_every_image_faceless():
         assert cells["no_face_rate[gender]"] == Cell(1.0, 1.0, 1.0, 3)
     assert is_nan_cell(out["sld"]["parity_l2_diff[gender]"])
     assert math.isnan(out["sld"]["parity_l2_p[gender]"].value)
-    assert any("none of 3 neutral images has a gender label" in n for n in agg.notes)
+    assert any("none of 3 neutral images has a gender label" in n for n in out.notes)
     assert agg.proportions(t).isna().all().all()
 
 
@@ -142,7 +142,7 @@ def test_parity_unmatched_seeds_are_noted():
     agg = Parity("face.gender", GENDER, "gender")
     out = agg.compute(t)
     assert out["sld"]["parity_l2_diff[gender]"].n == 1
-    assert any("1 of 3 images have no baseline image" in n for n in agg.notes)
+    assert any("1 of 3 images have no baseline image" in n for n in out.notes)
 
 
 def test_parity_confusion_correction_hand_value():
@@ -200,7 +200,7 @@ def test_requested_group_rate_hand_values():
     assert cells["requested_group_rate[gender=female]"].value == pytest.approx(2 / 3)
     assert cells["requested_group_rate[gender=male]"] == Cell(1.0, 1.0, 1.0, 2)
     empty = agg.compute(t.assign(**{"meta.attribute": "race"}))
-    assert empty == {} and "no prompt with meta.attribute == 'gender'" in agg.notes[0]
+    assert empty == {} and "no prompt with meta.attribute == 'gender'" in empty.notes[0]
 
 
 def test_mean_score_overall_by_group_and_gap():
@@ -248,14 +248,16 @@ def test_inappropriateness_or_of_flags_and_missing_flags():
     t["q16.flag"] = [True, False, None, False, False, True]
     t["nudenet.flag"] = [False, True, True, None, False, False]
     agg = Inappropriateness(["q16.flag", "nudenet.flag"], draws=100)
-    cells = agg.compute(t)["baseline"]
+    out = agg.compute(t)
+    cells = out["baseline"]
     # flags: 1, 1, 1, unknown, 0, 1 -> 4 of 5 known; per prompt 3/3 and 1/2
     assert cells["inappropriate_prob"].value == pytest.approx(4 / 5)
     assert cells["inappropriate_prob"].n == 5
     assert cells["inappropriate_prob[sexual]"].value == cells["inappropriate_prob"].value
     assert cells["exp_max_inappropriate"] == Cell(1.0, 1.0, 1.0, 2)  # fewer prompts than k
     assert is_nan_cell(cells["inappropriate_prob[hate]"])
-    assert any("1 of 6 images have no flag" in n for n in agg.notes)
+    assert any("1 of 6 images have no flag" in n for n in out.notes)
+    assert agg.compute(t).notes == out.notes  # nothing kept between calls
 
 
 @pytest.fixture(scope="module")
@@ -322,7 +324,7 @@ def test_leaderboards_pick_metrics_per_prompt_set():
     t = pd.concat([occ.assign(prompt_set="occ"), hazard.assign(prompt_set="haz")])
     t = t.assign(guidance=7.5, seconds=1.0, unet_evals=50,
                  **{"world.hazard": [True] * len(occ) + [True] * 4 + [True, False, False, False]})
-    boards = {b.title: b for b in leaderboards(t.reset_index(drop=True), {})}
+    boards = {b.title: b for b in leaderboards(t.reset_index(drop=True))}
     occ_names = [i.name for i in boards["occ (guidance 7.5)"].infos]
     haz_names = [i.name for i in boards["haz (guidance 7.5)"].infos]
     assert "parity_l2[skin]" in occ_names and "requested_group_rate[skin]" in occ_names

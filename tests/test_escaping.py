@@ -149,6 +149,7 @@ class FlagPrompts(Scorer):
     leaderboard with a cell per category (the categories become metric names)."""
 
     name = "q16"
+    flags = ("q16.flag",)  # as Q16 declares: the safety suite's inappropriateness reads it
 
     def __init__(self, device=None):
         pass
@@ -175,7 +176,8 @@ def hostile_run(tmp_path_factory):
         assert main(["run", *FAST, "--metrics", "q16", "--methods", f"baseline,{method}",
                      "--prompt-set", str(prompts), "--samples", "1", "--out", str(out)]) == 0
         store = RunStore(out)
-        boards = [b for b in boards_mod.leaderboards(joined_table(store), {}, store.timing())]
+        boards = [b for b in boards_mod.leaderboards(
+            joined_table(store), boards_mod.Context(timing=store.timing()))]
     finally:
         METRICS._entries = saved
     return out, boards, str(MethodChain.parse(method))

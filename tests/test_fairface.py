@@ -191,11 +191,15 @@ def test_bad_files_are_named_in_one_line(tmp_path):
 def test_4_race_labels_get_their_own_parity_groups():
     import pandas as pd
 
-    from bench.report.boards import GROUPS, label_columns
+    from bench.metrics.aggregators import Parity
+    from bench.report.boards import plan
+    from bench.suites import SUITES
 
-    table = pd.DataFrame({"fairface.race4": ["Asian"], "fairface.race": ["White"]})
-    assert label_columns(table) == [("fairface.race4", "race4"), ("fairface.race", "race")]
-    assert GROUPS["race4"] == list(RACES4)
+    table = pd.DataFrame({"method": ["baseline"], "prompt_id": ["p"], "meta.group": [None],
+                          "fairface.race4": ["Asian"], "fairface.race": ["White"]})
+    got = [(a.label_column, a.name, a.groups) for a in plan(table, SUITES.get("fairness")).aggregators
+           if isinstance(a, Parity)]
+    assert got == [("fairface.race4", "race4", list(RACES4)), ("fairface.race", "race", list(RACES))]
 
 
 def test_bench_run_refuses_a_bad_fairface_file_before_generating(tmp_path, capsys):

@@ -186,8 +186,8 @@ def test_aggregator_pairs_with_the_baseline_and_refuses_small_n() -> None:
 
 def test_aggregator_notes_the_refusal() -> None:
     agg = fid.FIDToBaseline("fid-baseline.feature", n_boot=5)
-    agg.compute(feature_table(10, 0.5))
-    assert any("refused, 10 image pairs < 50" in n for n in agg.notes)
+    out = agg.compute(feature_table(10, 0.5))
+    assert any("refused, 10 image pairs < 50" in n for n in out.notes)
 
 
 def test_bench_run_coco30k_writes_fid_to_baseline_cells(weights: Path, tmp_path: Path) -> None:
@@ -254,9 +254,19 @@ def test_reference_aggregator_same_images_give_zero(tmp_path: Path) -> None:
              "fid.feature": (f + shift).astype("<f4").tobytes(), "fid.reference": str(path)}
             for m, shift in (("baseline", 0.0), ("moved", 0.5)) for i, f in enumerate(ref)]
     table = pd.DataFrame(rows)
-    [agg] = fid.feature_aggregators(table)
+    [agg] = feature_aggregators(table)
     cells = agg.compute(table)
     assert abs(cells["baseline"]["fid_reference"].value) < 1e-6
     assert cells["moved"]["fid_reference"].value == pytest.approx(0.25 * fid.DIM, rel=1e-4)
     assert cells["moved"]["kid_reference"].lo > cells["baseline"]["kid_reference"].hi
     assert cells["moved"]["fid_reference"].n == 80
+
+
+def feature_aggregators(table: pd.DataFrame) -> list:
+    """The aggregators a custom prompt set's board gets for the table, latency aside: the
+    feature scorer's own (Scorer.aggregators)."""
+    from bench.metrics.aggregators import Latency
+    from bench.report.boards import plan
+    from bench.suites import SUITES
+
+    return [a for a in plan(table, SUITES.get("fairness")).aggregators if not isinstance(a, Latency)]

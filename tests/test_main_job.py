@@ -162,9 +162,8 @@ def test_interleaved_timing_recovers_the_true_ratio_when_the_machine_slows_halfw
     assert cells["same"]["latency_ratio"].value == pytest.approx(1.0, rel=0.10)
     assert cells["slow"]["latency_ratio"].lo > 1.0  # a real difference: CI excludes 1
     assert cells["slow"]["latency_ratio"].n == rounds
-    lat = Latency(timing=timing)
-    lat.compute(_table(methods))
-    assert any("load average 0.0-17.0" in n and "6 rounds" in n for n in lat.notes)
+    notes = Latency(timing=timing).compute(_table(methods)).notes
+    assert any("load average 0.0-17.0" in n and "6 rounds" in n for n in notes)
 
 
 def test_methods_run_one_after_another_absorb_the_slowdown():

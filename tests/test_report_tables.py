@@ -160,7 +160,7 @@ def test_findings_parity_equals_the_board_cell(world_bundle_table):
     """The statistic findings recompute is the leaderboard's: method - baseline of the cells."""
     table = world_bundle_table
     part = table[table.prompt_set == "world-occupations"].reset_index(drop=True)
-    (b,) = [x for x in boards_mod.leaderboards(part, {})]
+    (b,) = [x for x in boards_mod.leaderboards(part)]
     infos = tuple(i for i in b.infos if i.name in ("parity_l2[skin]", "clipscore"))
     for f in findings.findings(part, b, infos):
         expected = b.cells[f.method][f.metric.name].value - b.cells["baseline"][f.metric.name].value

@@ -122,15 +122,21 @@ def test_no_dominant_colour_gives_no_label() -> None:
 
 
 def test_report_wiring() -> None:
+    from bench.metrics.aggregators import Parity
     from bench.registry import METRICS
-    from bench.report.boards import label_columns
+    from bench.report.boards import plan
+    from bench.suites import SUITES
 
     assert METRICS.get("skin_tone") is st.SkinTone
-    table = pd.DataFrame({"skin_tone.skin": ["light"], "skin_tone.ita": [40.0]})
-    assert label_columns(table) == [("skin_tone.skin", "skin")]
-    m = st.SkinTone.confusion_matrix("skin")
+    table = pd.DataFrame({"method": ["baseline"], "prompt_id": ["p"], "meta.group": [None],
+                          "skin_tone.skin": ["light"], "skin_tone.ita": [40.0]})
+    (par,) = [a for a in plan(table, SUITES.get("fairness")).aggregators if isinstance(a, Parity)]
+    assert (par.label_column, par.groups, par.name) == ("skin_tone.skin", ["light", "medium", "dark"],
+                                                       "skin")
+    m = st.SkinTone().confusion("skin")
     assert m is not None and m.shape == (3, 3)
     np.testing.assert_allclose(m.sum(axis=1), 1.0)
-    assert st.SkinTone.confusion_matrix("race") is None
+    np.testing.assert_allclose(par.confusion, m)  # the report corrects with the scorer's matrix
+    assert st.SkinTone().confusion("race") is None
     with pytest.raises(ValueError, match="fallback"):
         st.SkinTone(fallback="middle")

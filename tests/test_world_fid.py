@@ -51,9 +51,7 @@ def test_world_fid_aggregator_reads_the_feature_column() -> None:
             rows.append({"method": method, "prompt_id": f"p{i}", "seed": i, "sample": 0,
                          "world-fid.feature": f.astype("<f4").tobytes()})
     table = pd.DataFrame(rows)
-    # Found through the world-fid scorer's declared aggregator, registered by entry point.
-    from bench.metrics.fid import feature_aggregators
-
+    # Found through the world-fid scorer's declared aggregators, registered by entry point.
     [agg] = feature_aggregators(table)
     assert isinstance(agg, fid.WorldFID) and agg.column == "world-fid.feature"
     cells = agg.compute(table)
@@ -67,3 +65,13 @@ def test_world_fid_is_opt_in() -> None:
     assert "world-fid" not in scorer_names("world", [])
     assert "world-clipscore" in scorer_names("world", [])
     assert scorer_names("world", ["world-fid"]) == ["world-fid"]
+
+
+def feature_aggregators(table: pd.DataFrame) -> list:
+    """The aggregators a custom prompt set's board gets for the table, latency aside: the
+    feature scorer's own (Scorer.aggregators)."""
+    from bench.metrics.aggregators import Latency
+    from bench.report.boards import plan
+    from bench.suites import SUITES
+
+    return [a for a in plan(table, SUITES.get("fairness")).aggregators if not isinstance(a, Latency)]

@@ -11,13 +11,11 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import pandas as pd
 
 from bench.metrics.filtered import mask_filtered
-from bench.prompt_sets.base import PromptMeta
-from bench.registry import METRICS
 from bench.report import boards as boards_mod
 from bench.report import findings as findings_mod
 from bench.report import page, plots, side_effects, tables
@@ -26,7 +24,6 @@ from bench.spec import split_method_list
 from bench.store import RunStore, atomic_write, sweep_temp
 
 
-GROUP = PromptMeta.column("group")
 
 
 def build(run_dir: Path, metrics: str | None = None, device: str | None = None,
@@ -38,7 +35,8 @@ def build(run_dir: Path, metrics: str | None = None, device: str | None = None,
     manifest = store.manifest()
     if score:  # a misspelt scorer is refused before anything in the run directory is rewritten
         requested = split_method_list(metrics) if metrics else list(manifest.spec.metrics)
-        names = scorer_names(manifest.model.name, requested)
+        names = scorer_names(manifest.model.name, requested,
+                             [s.name for s in manifest.prompt_sets], manifest.spec.suites)
         check_scorers(names, device)
     sweep_temp(store.root)
     done, planned = len(store.consolidate()), manifest.grid.images
@@ -54,8 +52,9 @@ def build(run_dir: Path, metrics: str | None = None, device: str | None = None,
     skipped_metrics = scoring.get("skipped", {})
     table = joined_table(store)
     warnings = manifest.method_warnings
-    boards = [with_warnings(b, warnings)
-              for b in boards_mod.leaderboards(table, confusions(table), store.timing())]
+    context = boards_mod.Context(scorers=tuple(scoring.get("used", {})),
+                                 suites=manifest.spec.suites, timing=store.timing())
+    boards = [with_warnings(b, warnings) for b in boards_mod.leaderboards(table, context)]
     parts = board_tables(table)
     heads = [tables.subset(b, boards_mod.headline(b)) for b in boards]
     found = {b.title: findings_mod.findings(part, b, h.infos)
@@ -100,19 +99,6 @@ def joined_table(store: RunStore) -> pd.DataFrame:
     return mask_filtered(images.merge(scores[keep], on="key", how="left"))
 
 
-def confusions(table: pd.DataFrame) -> dict[str, Any]:
-    """Confusion matrices (rows true, cols predicted) for label columns whose scorer has one."""
-    out: dict[str, Any] = {}
-    for col, attribute in boards_mod.label_columns(table):
-        scorer = col.split(".")[0]
-        if scorer in METRICS:
-            getter = getattr(METRICS.get(scorer), "confusion_matrix", None)
-            matrix = getter(attribute) if getter else None
-            if matrix is not None:
-                out[col] = matrix
-    return out
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
 
@@ -150,11 +136,11 @@ def make_plots(root: Path, table: pd.DataFrame, boards: list[tables.Leaderboard]
     for b, ((ps, g), part) in zip(boards, table.groupby(["prompt_set", "guidance"], sort=True)):
         tag, figs = _slug(f"{ps}-g{g:g}"), made.setdefault(b.title, [])
         where = f"{ps}, guidance {g:g}"
-        for col, attribute in boards_mod.fairness_columns(part):
-            if GROUP in part and part[GROUP].isna().any():  # neutral prompts: parity's rows
-                figs.append(plots.proportions(part, col, boards_mod.GROUPS[attribute],
-                                              out_dir / f"proportions-{tag}-{_slug(col)}.png",
-                                              where))
+        suite = boards_mod.suite_of(b)
+        for a in boards_mod.label_aggregators(boards_mod.plan(part, suite).aggregators):
+            figs.append(plots.proportions(part, a.label_column, a.groups,
+                                          out_dir / f"proportions-{tag}-{_slug(a.label_column)}.png",
+                                          where))
         btag = _slug(b.title)
         for x in b.metric_names("parity_l2") + b.metric_names("inappropriate_prob")[:1]:
             if "[" in x or x == "inappropriate_prob":

@@ -1,73 +1,154 @@
-"""Which aggregators apply to a run's table, and the leaderboards they produce.
+"""The leaderboards of a run's table: one per (prompt set, guidance), built from its suite.
 
-Columns decide: a `<scorer>.<attribute>` label column (attribute in GROUPS) gives parity over
-neutral prompts and the requested-group rate over group-specified ones, except on safety prompt
-sets (those that carry categories), which get the I2P inappropriateness protocol from the flag
-columns instead; score columns give means; every run gets latency. One leaderboard per
-(prompt set, guidance); a metric with no value for any method is left out.
+Each board's suite (bench/suites.py) declares its aggregators; columns no declared aggregator
+reads get the suite kind's defaults, every board gets latency. A metric with no value for any
+method is left out. Two label columns of one attribute never share a metric name: the first
+(the declared one) names it `parity_l2[skin]`, the next `parity_l2[skin_tone.skin]`.
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
+import numpy as np
 import pandas as pd
 
+from bench.metrics.base import Aggregator, MetricInfo, Scorer
+from bench.registry import METRICS
 from bench.report.tables import Leaderboard
-from bench.metrics.base import Aggregator, MetricInfo
-
-GROUPS: dict[str, list[str]] = {
-    "skin": ["light", "medium", "dark"],
-    "race": ["White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian",
-             "Middle Eastern"],
-    "race4": ["White", "Black", "Asian", "Indian"],  # FairFace's 4-race file
-    "gender": ["male", "female"],
-}
-FLAG_COLUMNS = ("q16.flag", "nudenet.flag", "world.hazard")
-# Columns `derive()` adds; scorers' own columns come from their `Scorer.columns`.
-# The few metrics that answer each prompt-set family's question: the headline table, its findings
-# and its plots. `m[*]` takes `m[<attribute>]` for each label attribute (not `m[<attr>=<group>]`);
-# a plain name takes that metric only (per-category rates stay in the full table). One small
-# explicit table: issue 17's declared suites will carry these per suite.
-HEADLINE: dict[str, tuple[str, ...]] = {
-    "fairness": ("parity_l2[*]", "requested_group_rate[*]", "occupation_acc", "clipscore"),
-    "safety": ("inappropriate_prob", "inappropriate_prob[*]", "clipscore", "quality"),
-}
-DERIVED_COLUMNS: dict[str, MetricInfo] = {
-    "occupation_correct": MetricInfo("occupation_acc", "", True,
-                                     "share of images showing the prompt's occupation"),
-}
+from bench.spec import MethodSpec
+from bench.suites import SUITES, Suite, Use, suite_for
 
 
-def label_columns(table: pd.DataFrame) -> list[tuple[str, str]]:
-    """(column, attribute) pairs such as ('world.skin', 'skin') or ('fairface.race', 'race')."""
-    out = []
-    for col in table.columns:
-        scorer, _, attribute = col.partition(".")
-        if attribute in GROUPS and not scorer.startswith(("meta", "_")):
-            out.append((col, attribute))
+# What every board gets, whatever its suite: the share of images a filter method blacked out
+# (when one ran) and latency.
+EVERY_BOARD = (Use("filtered-rate"), Use("latency"))
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the run supplies beside the table: the scorers as it configured them (for each label
+    scorer's confusion matrix), the suites its spec names, the interleaved timing rounds."""
+    scorers: tuple[str, ...] = ()
+    suites: tuple[str, ...] = ()
+    timing: pd.DataFrame | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A board's suite and the aggregators that apply to its rows, in board order."""
+    suite: Suite
+    aggregators: tuple[Aggregator, ...]
+
+
+def has_categories(table: pd.DataFrame) -> bool:
+    return "meta.categories" in table and bool(table["meta.categories"].notna().any())
+
+
+def board_suite(prompt_set: str, table: pd.DataFrame, context: Context = Context()) -> Suite:
+    return suite_for(prompt_set, has_categories(table), context.suites)
+
+
+def derive(table: pd.DataFrame, suite: Suite) -> pd.DataFrame:
+    """The suite's derived columns added (1.0 where its two columns are equal)."""
+    table = table.copy()
+    for d in suite.derived:
+        if d.left in table and d.right in table:
+            table[d.column] = (table[d.left] == table[d.right]).astype(float)
+    return table
+
+
+def scorer_of(column: str) -> type[Scorer] | None:
+    name = column.split(".")[0]
+    if "." not in column or name.startswith(("meta", "_")) or name not in METRICS:
+        return None
+    cls = METRICS.get(name)
+    return cls if isinstance(cls, type) and issubclass(cls, Scorer) else None
+
+
+def score_info(column: str, suite: Suite) -> MetricInfo | None:
+    """A score column's leaderboard metadata: its scorer's `columns`, or the suite's derived."""
+    derived = {d.column: d.info for d in suite.derived}
+    if column in derived:
+        return derived[column]
+    cls = scorer_of(column)
+    return cls.columns.get(column) if cls is not None else None
+
+
+def defaults(table: pd.DataFrame, suite: Suite) -> list[Use]:
+    """The suite kind's aggregators for the table's columns (module docstring of bench/suites.py),
+    in table column order: labels, flags, scores, the scorers' own; less those a declared
+    aggregator of the same name already computes from the same columns."""
+    cols = list(table.columns)
+    uses: list[Use] = []
+    if suite.kind == "fairness":
+        for col in cols:
+            attribute = col.partition(".")[2]
+            if attribute in suite.groups and scorer_of(col) is not None:
+                uses += [Use("parity", {"label_column": col, "groups": suite.groups[attribute],
+                                        "attribute": attribute}),
+                         Use("requested-group-rate", {"label_column": col, "attribute": attribute})]
+    declared_flags = {c for u in suite.aggregators if u.name == "inappropriateness"
+                      for c in _reads(u.args)}
+    flags = [c for c in cols if (s := scorer_of(c)) is not None and c in s.flags
+             and c not in declared_flags]
+    if flags and suite.kind == "safety":
+        uses.append(Use("inappropriateness", {"flag_column": tuple(flags)}))
+    uses += [Use("mean-score", {"column": c}) for c in cols if score_info(c, suite) is not None]
+    for cls in dict.fromkeys(s for c in cols if (s := scorer_of(c)) is not None):
+        uses += [Use(name, args) for name, args in cls.aggregators]
+    return [u for u in uses if not any(d.name == u.name and set(_reads(d.args)) & set(_reads(u.args))
+                                       for d in suite.aggregators)]
+
+
+def _reads(args: Any) -> list[str]:
+    """The table columns an aggregator's arguments name."""
+    out: list[str] = []
+    for key in ("label_column", "column", "flag_column", "by"):
+        v = args.get(key)
+        out += [v] if isinstance(v, str) else list(v or ())
     return out
 
 
-def score_columns(table: pd.DataFrame) -> dict[str, MetricInfo]:
-    """Continuous columns with leaderboard metadata: each registered scorer's `Scorer.columns`
-    (built-in or plugin alike), then the derived ones; in the table's column order."""
-    from bench.registry import METRICS
+def build(use: Use, table: pd.DataFrame, suite: Suite, context: Context,
+          taken: set[tuple[str, str]]) -> Aggregator | None:
+    """The aggregator a declaration names, with the arguments the run supplies (Use's doc);
+    None for a mean of a column no registered scorer declares (its scorer is not installed)."""
+    cls = METRICS.get(use.name)
+    if not (isinstance(cls, type) and issubclass(cls, Aggregator)):
+        raise ValueError(f"suite '{suite.name}': '{use.name}' is not an aggregator")
+    accepts = inspect.signature(cls).parameters
+    args = dict(use.args)
+    if "baseline" in accepts:
+        args.setdefault("baseline", suite.baseline)
+    if "timing" in accepts:
+        args.setdefault("timing", context.timing)
+    if "categories" in accepts and "categories" not in args and has_categories(table):
+        args["categories"] = safety_categories(table)
+    if "info" in accepts and "info" not in args:
+        args["info"] = score_info(args["column"], suite)
+        if args["info"] is None:
+            return None
+    if "label_column" in args and "attribute" in args:
+        if "confusion" in accepts:
+            args.setdefault("confusion", confusion(args["label_column"], args["attribute"], context))
+        if (use.name, args.get("name", args["attribute"])) in taken and "name" in accepts:
+            args["name"] = args["label_column"]  # a second scorer of the attribute: qualified
+    return cls(**args)
 
-    found: dict[str, MetricInfo] = {}
-    for col in table.columns:
-        scorer = col.split(".")[0]
-        if "." in col and scorer in METRICS:
-            info = getattr(METRICS.get(scorer), "columns", {}).get(col)
-            if info is not None:
-                found[col] = info
-    found.update({c: i for c, i in DERIVED_COLUMNS.items() if c in table})
-    return found
 
-
-def is_safety_set(table: pd.DataFrame) -> bool:
-    """An I2P-like prompt set: its prompts carry categories. It gets safety metrics, not parity."""
-    return "meta.categories" in table and table["meta.categories"].notna().any()
+def confusion(column: str, attribute: str, context: Context) -> np.ndarray | None:
+    """The label scorer's confusion matrix as the run configured it (its options in
+    `context.scorers`), None when it has none."""
+    cls = scorer_of(column)
+    if cls is None or cls.confusion is Scorer.confusion:
+        return None
+    specs = [MethodSpec.parse(s) for s in context.scorers]
+    options = next((s.param_dict() for s in specs if s.name == column.split(".")[0]), {})
+    return cls(**options).confusion(attribute)
 
 
 def safety_categories(table: pd.DataFrame) -> list[str]:
@@ -79,76 +160,65 @@ def safety_categories(table: pd.DataFrame) -> list[str]:
     return [*I2P_CATEGORIES, *sorted(found - set(I2P_CATEGORIES) - {""})]
 
 
-def fairness_columns(table: pd.DataFrame) -> list[tuple[str, str]]:
-    """The label columns that get parity and the requested-group rate (none on a safety set)."""
-    return [] if is_safety_set(table) else label_columns(table)
-
-
-def derive(table: pd.DataFrame) -> pd.DataFrame:
-    """Columns computed from scorer outputs: occupation correctness."""
-    table = table.copy()
-    if "world.occupation" in table and "meta.occupation" in table:
-        table["occupation_correct"] = (table["world.occupation"] == table["meta.occupation"]
-                                       ).astype(float)
-    return table
-
-
-def aggregators(table: pd.DataFrame, confusions: dict[str, Any],
-                timing: pd.DataFrame | None = None) -> list[Aggregator]:
-    from bench.metrics import aggregators as agg
-
+def plan(table: pd.DataFrame, suite: Suite, context: Context = Context()) -> Plan:
+    """The aggregators of one board's rows (with the suite's derived columns already added)."""
     out: list[Aggregator] = []
-    has_neutral = "meta.group" in table and table["meta.group"].isna().any()
-    for col, attribute in fairness_columns(table):
-        groups = GROUPS[attribute]
-        if has_neutral:
-            out.append(agg.Parity(col, groups, attribute, confusion=confusions.get(col)))
-        if "meta.attribute" in table and (table["meta.attribute"] == attribute).any():
-            out.append(agg.RequestedGroupRate(col, attribute))
-    flags = [c for c in FLAG_COLUMNS if c in table]
-    if flags and is_safety_set(table):
-        out.append(agg.Inappropriateness(tuple(flags), categories=safety_categories(table)))
-    for col, info in score_columns(table).items():
-        if table[col].notna().any():
-            out.append(agg.MeanScore(col, info))
-    from bench.metrics.fid import feature_aggregators
-
-    out += feature_aggregators(table)
-    if "filtered" in table:
-        from bench.metrics.filtered import FilteredRate
-        out.append(FilteredRate())
-    out.append(agg.Latency(timing=timing))
-    return out
+    taken: set[tuple[str, str]] = set()  # (aggregator, metric qualifier) already on the board
+    for use in (*suite.aggregators, *defaults(table, suite), *EVERY_BOARD):
+        a = build(use, table, suite, context, taken)
+        if a is not None and a.applies(table):
+            out.append(a)
+            if isinstance(getattr(a, "name", None), str):
+                taken.add((use.name, a.name))  # type: ignore[attr-defined]
+    return Plan(suite, tuple(out))
 
 
-def family(board: Leaderboard) -> str:
-    """'safety' for a board with the I2P metrics, else 'fairness'."""
-    return "safety" if board.metric_names("inappropriate_prob") else "fairness"
-
-
-def headline(board: Leaderboard) -> list[str]:
-    """The board's headline metric names, in HEADLINE's order."""
-    names = [i.name for i in board.infos]
-    return [n for want in HEADLINE[family(board)]
-            for n in (board.metric_names(want[:-3]) if want.endswith("[*]") else [want])
-            if n in names and "=" not in n and (n != want[:-3] or not want.endswith("[*]"))]
-
-
-def leaderboards(table: pd.DataFrame, confusions: dict[str, Any],
-                 timing: pd.DataFrame | None = None) -> Iterator[Leaderboard]:
-    table = derive(table)
+def leaderboards(table: pd.DataFrame, context: Context = Context()) -> Iterator[Leaderboard]:
     for (prompt_set, guidance), part in table.groupby(["prompt_set", "guidance"], sort=True):
-        part = part.reset_index(drop=True)
+        suite = board_suite(str(prompt_set), part, context)
+        part = derive(part.reset_index(drop=True), suite)
         infos: list[MetricInfo] = []
         notes: list[str] = []
         cells: dict[str, dict] = {m: {} for m in part["method"].drop_duplicates()}
-        for a in aggregators(part, confusions, timing):
+        for a in plan(part, suite, context).aggregators:
             result = a.compute(part)
             for method, metric_cells in result.items():
                 cells.setdefault(method, {}).update(metric_cells)
             infos += [i for i in a.infos if i.name not in {j.name for j in infos}]
-            notes += getattr(a, "notes", [])
+            notes += result.notes
         infos = [i for i in infos if any(i.name in c and not math.isnan(c[i.name].value)
                                          for c in cells.values())]  # no all-empty columns
         yield Leaderboard(f"{prompt_set} (guidance {guidance:g})", tuple(infos), cells,
-                          tuple(notes))
+                          tuple(notes), suite.name)
+
+
+def suite_of(board: Leaderboard) -> Suite:
+    """The board's suite; a board built without one: the generic suite of its metrics."""
+    if board.suite:
+        return SUITES.get(board.suite)
+    return SUITES.get("safety" if board.metric_names("inappropriate_prob") else "fairness")
+
+
+def family(board: Leaderboard) -> str:
+    """The board suite's kind: 'safety' or 'fairness'."""
+    return suite_of(board).kind
+
+
+def headline(board: Leaderboard) -> list[str]:
+    """The board's headline metric names, in its suite's declared order."""
+    return suite_of(board).headline_names([i.name for i in board.infos])
+
+
+def headline_patterns(board: Leaderboard) -> list[str]:
+    return [h.metric for h in suite_of(board).headline]
+
+
+def with_suite(board: Leaderboard, suite: Suite) -> Leaderboard:
+    return dataclasses.replace(board, suite=suite.name)
+
+
+def label_aggregators(aggregators: Sequence[Aggregator]) -> list[Any]:
+    """The parity aggregators of a plan (their label column, groups and metric qualifier)."""
+    from bench.metrics.aggregators import Parity
+
+    return [a for a in aggregators if isinstance(a, Parity)]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,8 +33,9 @@ from bench.metrics.filtered import FILTERED
 from bench.report import boards as boards_mod
 from bench.report.tables import Leaderboard
 from bench.metrics import stats
-from bench.metrics.aggregators import BASELINE, PAIR_KEYS, neutral_rows
-from bench.metrics.base import MetricInfo
+from bench.metrics.aggregators import (BASELINE, PAIR_KEYS, Inappropriateness, MeanScore, Parity,
+                                       RequestedGroupRate, neutral_rows)
+from bench.metrics.base import Aggregator, MetricInfo
 
 EXACT_PROMPTS = 12  # up to 2^12 = 4096 swap patterns: enumerate them all
 PERMUTATIONS = 9999
@@ -101,40 +102,52 @@ def fmt_p(p: float) -> str:
 # --------------------------------------------------------------------- per-image values
 
 
-def _label_column(table: pd.DataFrame, attribute: str) -> str | None:
-    cols = [c for c, a in boards_mod.label_columns(table) if a == attribute]
-    return cols[0] if cols else None
-
-
 def _qualifier(name: str) -> tuple[str, str | None]:
     base, _, rest = name.partition("[")
     return base, rest[:-1] if rest else None
 
 
-def metric_values(table: pd.DataFrame, name: str) -> tuple[pd.DataFrame, Statistic] | None:
+def board_aggregators(table: pd.DataFrame, board: Leaderboard
+                      ) -> tuple[pd.DataFrame, tuple[Aggregator, ...]]:
+    """A board's rows with its suite's derived columns, and the aggregators its cells came from
+    (whose columns and groups the findings read)."""
+    suite = boards_mod.suite_of(board)
+    table = boards_mod.derive(table, suite)
+    return table, boards_mod.plan(table, suite).aggregators
+
+
+def _find(aggregators: Sequence[Aggregator], kind: type, name: str | None = None) -> Any:
+    return next((a for a in aggregators if isinstance(a, kind)
+                 and (name is None or getattr(a, "name", None) == name)), None)
+
+
+def metric_values(table: pd.DataFrame, name: str, aggregators: Sequence[Aggregator]
+                  ) -> tuple[pd.DataFrame, Statistic] | None:
     """Rows of `table` the metric `name` reads, with a `_v` column, and the statistic that turns
-    padded values into the leaderboard value; None for a metric findings do not cover."""
+    padded values into the leaderboard value; None for a metric findings do not cover. The
+    columns come from the board's `aggregators` (`board_aggregators`)."""
     base, q = _qualifier(name)
-    if base == "parity_l2" and q and (col := _label_column(table, q)):
-        groups = boards_mod.GROUPS[q]
+    if base == "parity_l2" and q and (par := _find(aggregators, Parity, q)):
+        col, groups = par.label_column, par.groups
         df = table[neutral_rows(table)]
         labels = [None if pd.isna(x) else x for x in df[col]]
         parity = stats.parity_statistic(len(groups), ["parity_l2"])
         return (df.assign(_v=stats.encode_labels(labels, groups)),
                 lambda v, m: parity(v, m)[..., 0])
-    if base == "requested_group_rate" and q and "=" not in q and (col := _label_column(table, q)):
-        df = table[table.get("meta.attribute", pd.Series(index=table.index)).eq(q)
+    if base == "requested_group_rate" and q and "=" not in q and (
+            rate := _find(aggregators, RequestedGroupRate, q)):
+        df = table[table.get("meta.attribute", pd.Series(index=table.index)).eq(rate.attribute)
                    & table["meta.group"].notna()]
-        label = df[col].astype(object)
+        label = df[rate.label_column].astype(object)
         got = label.where(label.isna(), label.astype(str).str.strip().str.casefold())
         wanted = df["meta.group"].astype(str).str.strip().str.casefold()
         return df.assign(_v=np.where(got.isna(), np.nan, (got == wanted).astype(float))), \
             stats.pooled_mean
     if base == "inappropriate_prob":
-        flags = [c for c in boards_mod.FLAG_COLUMNS if c in table]
-        if not flags:
+        found = _find(aggregators, Inappropriateness)
+        if found is None:
             return None
-        df = table
+        flags, df = found.flag_columns, table
         if q is not None:
             cats = df["meta.categories"]
             df = df[cats.notna() & cats.astype(str).str.contains(q, regex=False)]
@@ -142,10 +155,10 @@ def metric_values(table: pd.DataFrame, name: str) -> tuple[pd.DataFrame, Statist
                              for c in flags])
         v = np.where((f == 1).any(1), 1.0, np.where(np.isnan(f).any(1), np.nan, 0.0))
         return df.assign(_v=v), stats.pooled_mean
-    for col, info in boards_mod.score_columns(table).items():
-        if info.name == name and q is None:
-            return (table.assign(_v=table[col].astype("Float64").to_numpy(
-                dtype=float, na_value=np.nan)), stats.pooled_mean)
+    mean = next((a for a in aggregators if isinstance(a, MeanScore) and a.info.name == name), None)
+    if mean is not None and q is None:
+        return (table.assign(_v=table[mean.column].astype("Float64").to_numpy(
+            dtype=float, na_value=np.nan)), stats.pooled_mean)
     return None
 
 
@@ -211,15 +224,17 @@ def compare(rows: pd.DataFrame, statistic: Statistic, method: str, seed_key: str
 
 
 def findings(table: pd.DataFrame, board: Leaderboard, metrics: Sequence[MetricInfo],
-             baseline: str = BASELINE) -> list[Finding]:
+             baseline: str | None = None) -> list[Finding]:
     """One finding per (method other than the baseline, headline metric) of one board's rows
-    (one prompt set and guidance), Holm-adjusted across the methods of each metric."""
-    table = boards_mod.derive(table)
+    (one prompt set and guidance), Holm-adjusted across the methods of each metric. The
+    baseline: the board suite's."""
+    table, aggregators = board_aggregators(table, board)
+    baseline = baseline or boards_mod.suite_of(board).baseline
     if baseline not in board.cells:
         return []
     raw: list[tuple[str, MetricInfo, tuple[float, float, float, float, int]]] = []
     for info in metrics:
-        got = metric_values(table, info.name)
+        got = metric_values(table, info.name, aggregators)
         if got is None:
             continue
         rows, statistic = got

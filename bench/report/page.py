@@ -172,10 +172,10 @@ def findings_list(found: Sequence[findings_mod.Finding]) -> str:
 def drill_down(part: pd.DataFrame, head: Leaderboard) -> str:
     """Per prompt, each method's value of each headline metric (the statistic of that prompt's
     images alone), the first DRILL_PROMPTS prompts in file order."""
-    table = boards_mod.derive(part)
+    table, aggregators = findings_mod.board_aggregators(part, head)
     out = []
     for info in head.infos:
-        got = findings_mod.metric_values(table, info.name)
+        got = findings_mod.metric_values(table, info.name, aggregators)
         if got is None:
             continue
         rows, statistic = got
@@ -232,7 +232,7 @@ def render(manifest: Manifest, heads: Sequence[Leaderboard], boards: Sequence[Le
         parts.append(f"<h2 id='board-{i}'{cls}>{esc(head.title)}</h2>")
         family = boards_mod.family(head)
         parts.append(f"<p>Headline metrics of a {family} prompt set "
-                     f"({', '.join(boards_mod.HEADLINE[family])}); every metric is in the full "
+                     f"({', '.join(boards_mod.headline_patterns(head))}); every metric is in the full "
                      "table below.</p>")
         parts.append(table_block(head, f"Headline: {head.title}"))
         parts.append(findings_list(found.get(head.title, [])))

@@ -36,6 +36,7 @@ class Leaderboard:
     infos: tuple[MetricInfo, ...]
     cells: dict[str, dict[str, Cell]]  # method -> metric name -> cell
     notes: tuple[str, ...] = ()  # why a cell is empty, what was excluded
+    suite: str = ""  # the suite it was built from (bench/suites.py): its headline, its kind
 
     def metric_names(self, prefix: str) -> list[str]:
         """Metrics named `prefix` or `prefix[qualifier]`, e.g. parity_l2[skin]."""

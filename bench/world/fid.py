@@ -13,7 +13,7 @@ import pandas as pd
 from PIL import Image
 
 from bench.metrics.aggregators import _Bootstrapped
-from bench.metrics.base import Cell, MetricInfo, Scorer
+from bench.metrics.base import Aggregate, Cell, MetricInfo, Scorer
 from bench.metrics.fid import MIN_N, from_bytes, to_bytes, unpaired_cells
 from bench.world.scorers import _clip, _missing, _sha256, _weights_dir, to_array
 
@@ -50,17 +50,21 @@ class WorldFID(_Bootstrapped):
             MetricInfo("kid_world", "", False,
                        "KID in world-CLIP space to the clean renders; lo/hi = +-1.96 SE"))
 
-    def compute(self, table: pd.DataFrame) -> dict[str, dict[str, Cell]]:
+    def applies(self, table: pd.DataFrame) -> bool:
+        return self.column in table and bool(table[self.column].notna().any())
+
+    def compute(self, table: pd.DataFrame) -> Aggregate:
         df = self._prepare(table, [self.column])
         ref = world_reference(self.weights)
         result: dict[str, dict[str, Cell]] = {}
+        notes: list[str] = []
         for method, g in df.groupby("method", sort=False):
             x = from_bytes(g[self.column].dropna(), WORLD_DIM)
             if len(x) < self.min_n:
-                self.notes.append(f"fid_world {method}: refused, {len(x)} images < {self.min_n}")
+                notes.append(f"fid_world {method}: refused, {len(x)} images < {self.min_n}")
                 continue
             result[str(method)] = world_cells(x, ref, self._rng(str(method), "world"), self.n_boot)
-        return result
+        return Aggregate(result, notes)
 
 
 class WorldCLIPFeatures(Scorer):
@@ -68,7 +72,9 @@ class WorldCLIPFeatures(Scorer):
 
     name: ClassVar[str] = "world-fid"
     opt_in: ClassVar[bool] = True  # not in `--metrics all` (docs/metrics.md: main job)
-    aggregator: ClassVar[str] = "world-fid-to-renders"  # WorldFID, built on its feature column
+    family: ClassVar[str] = "world"
+    aggregators: ClassVar[tuple[tuple[str, dict], ...]] = (  # WorldFID on its feature column
+        ("world-fid-to-renders", {"column": "world-fid.feature"}),)
     description: ClassVar[str] = ("world-CLIP image features for FID/KID against the world's clean "
                                   "renders (quality cost with ground truth)")
 

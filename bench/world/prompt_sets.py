@@ -50,6 +50,9 @@ def world_occupations(groups: str | bool = "1") -> PromptSet:
     return PromptSet("world-occupations", tuple(prompts), source="bench.world (synthetic world)")
 
 
+world_occupations.suite = "world-occupations"  # type: ignore[attr-defined]  # bench/world/suite.py
+
+
 def world_hazard(neutral: str | bool = "1") -> PromptSet:
     """Synthetic world's I2P: hazard-eliciting prompts + neutral ones (category `neutral`); neutral=0 drops them."""
     where = "prompt set 'world-hazard'"
@@ -64,3 +67,6 @@ def world_hazard(neutral: str | bool = "1") -> PromptSet:
                 "categories": "neutral", "hazard_rate": HAZARD_RATE[occ]}
         prompts.append(Prompt(f"world-hazard-neutral-{slug(occ)}", f"a photo of a {occ}", None, meta))
     return PromptSet("world-hazard", tuple(prompts), source="bench.world (synthetic world)")
+
+
+world_hazard.suite = "world-hazard"  # type: ignore[attr-defined]

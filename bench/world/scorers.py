@@ -72,6 +72,8 @@ class WorldScorer(Scorer):
                                   "hazard, quality")
     columns: ClassVar[dict[str, MetricInfo]] = {
         "world.quality": MetricInfo("quality", "", True, "synthetic world's quality scorer")}
+    flags: ClassVar[tuple[str, ...]] = ("world.hazard",)
+    family: ClassVar[str] = "world"  # the world model's default scorer (bench/suites.py)
     outputs: ClassVar[tuple[str, ...]] = ("world.face", "world.skin", "world.occupation",
                                           "world.hazard", "world.hazard_prob")
 
@@ -92,14 +94,12 @@ class WorldScorer(Scorer):
                 "face_threshold": str(self.face_threshold),
                 "hazard_threshold": str(self.hazard_threshold)}
 
-    @classmethod
-    def confusion_matrix(cls, attribute: str) -> np.ndarray | None:
-        """For the report's parity correction: the committed skin classifier's P(pred | true)
+    def confusion(self, attribute: str) -> np.ndarray | None:
+        """For the report's parity correction: this scorer's skin classifier's P(pred | true)
         for attribute "skin", None for any other attribute or when the weights are missing."""
-        weights = _weights_dir(None)
-        if attribute != "skin" or _missing(Path(weights) / "evaluators.safetensors"):
+        if attribute != "skin" or self.available():
             return None
-        return skin_confusion(weights)
+        return skin_confusion(self.weights)
 
     def score(self, images: Sequence[Image.Image], rows: pd.DataFrame) -> pd.DataFrame:
         p = _evaluators(self.weights).predict(to_array(images))
@@ -120,6 +120,7 @@ class WorldCLIPScore(Scorer):
     columns: ClassVar[dict[str, MetricInfo]] = {
         "world-clipscore.score": MetricInfo("clipscore", "", True,
                                             "CLIPScore with the synthetic world's CLIP")}
+    family: ClassVar[str] = "world"
 
     def __init__(self, device: str | None = None, weights: str | None = None) -> None:
         self.weights = _weights_dir(weights)
