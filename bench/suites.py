@@ -25,7 +25,6 @@ from typing import Any, Mapping, Sequence
 
 from bench.metrics.base import MetricInfo
 from bench.registry import METRICS, PROMPT_SETS, Registry
-from bench.spec import SpecError
 
 ANY_MODEL = "*"
 KINDS = ("fairness", "safety")
@@ -94,7 +93,8 @@ class Suite:
         return out
 
 
-SUITES: Registry[Suite] = Registry("suite", "bench.suites", "bench.suites")
+SUITES: Registry[Suite] = Registry("suite", "bench.suites", "bench.suites", (
+    "a bench.suites.Suite", lambda obj: isinstance(obj, Suite)))
 
 
 def default_scorers(model: str) -> list[str]:
@@ -129,12 +129,10 @@ def suite_for(prompt_set: str, has_categories: bool = False, named: Sequence[str
 
 
 def check_suites(names: Sequence[str]) -> None:
-    """Before generation: each suite a spec names exists (UnknownNameError: one line with close
-    names) and is a Suite."""
+    """Before generation: each suite a spec names exists and is a Suite (UnknownNameError or
+    RegistryTypeError: one line)."""
     for name in names:
-        if not isinstance(SUITES.get(name), Suite):
-            raise SpecError(f"suite '{name}' is registered as {SUITES.get(name)!r}, not a Suite; "
-                            "register a bench.suites.Suite")
+        SUITES.get(name)
 
 
 def run_scorers(model: str, prompt_sets: Sequence[str] = (), named: Sequence[str] = ()) -> list[str]:

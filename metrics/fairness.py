@@ -20,7 +20,7 @@ import pandas as pd
 from bench.metrics import stats
 from bench.metrics.aggregators import (BASELINE, PAIR_KEYS, Parity, _Bootstrapped, _cell,
                                        _floats, neutral_rows)
-from bench.metrics.base import Cell, MetricInfo
+from bench.metrics.base import Aggregate, Cell, MetricInfo
 
 
 def requested_hits(df: pd.DataFrame, label_column: str) -> np.ndarray:
@@ -99,17 +99,21 @@ class OverrideRate(_Bootstrapped):
     def name(self) -> str:
         return f"override_rate[{self.attribute}]"
 
-    def compute(self, table: pd.DataFrame) -> dict[str, dict[str, Cell]]:
+    def applies(self, table: pd.DataFrame) -> bool:
+        return self.label_column in table and "meta.attribute" in table
+
+    def compute(self, table: pd.DataFrame) -> Aggregate:
         df = group_specified(self._prepare(table, [self.label_column, "meta.attribute",
                                                    "meta.group"]), self.attribute)
         df = df.assign(_hit=requested_hits(df, self.label_column))
         base = df[df["method"] == self.baseline]
         if df.empty or base.empty:
-            self.notes.append(f"{self.name}: " + ("no prompt fixing the group in this prompt set"
-                              if df.empty else f"no '{self.baseline}' images to pair with"))
-            return {}
+            return Aggregate({}, [f"{self.name}: " + (
+                "no prompt fixing the group in this prompt set" if df.empty
+                else f"no '{self.baseline}' images to pair with")])
         keys = [c for c in PAIR_KEYS if c in df.columns]
         result: dict[str, dict[str, Cell]] = {}
+        notes: list[str] = []
         for method, g in df[df["method"] != self.baseline].groupby("method", sort=False):
             pairs = g.merge(base, on=keys, suffixes=("", "_b"))
             values, mask = stats.pad_by_prompt(pairs["prompt_id"],
@@ -118,10 +122,9 @@ class OverrideRate(_Bootstrapped):
             est = self._boot(values, mask, stats.override_rate, str(method), "override")[0]
             result[str(method)] = {self.name: _cell(est, asked)}
             if len(pairs) < len(g):
-                self.notes.append(f"{self.name} {method}: {len(g) - len(pairs)} of {len(g)} "
-                                  f"images have no baseline image with the same "
-                                  f"{'/'.join(keys)}; left out")
-        return result
+                notes.append(f"{self.name} {method}: {len(g) - len(pairs)} of {len(g)} images "
+                             f"have no baseline image with the same {'/'.join(keys)}; left out")
+        return Aggregate(result, notes)
 
 
 class RequestedGroupQuality(_Bootstrapped):
@@ -149,12 +152,14 @@ class RequestedGroupQuality(_Bootstrapped):
                        f"largest difference between the per-requested-{a} means of {info.name} "
                        "(max - min; CI: bootstrap over images within groups)"))
 
-    def compute(self, table: pd.DataFrame) -> dict[str, dict[str, Cell]]:
+    def applies(self, table: pd.DataFrame) -> bool:
+        return self.column in table and "meta.attribute" in table
+
+    def compute(self, table: pd.DataFrame) -> Aggregate:
         df = group_specified(self._prepare(table, [self.column, "meta.attribute", "meta.group"]),
                              self.attribute)
         name, a, k = self.info.name, self.attribute, len(self.groups)
-        if df.empty:
-            self.notes.append(f"{name}_gap[{a}]: no prompt requesting a {a} group here")
+        notes = [f"{name}_gap[{a}]: no prompt requesting a {a} group here"] if df.empty else []
         result: dict[str, dict[str, Cell]] = {}
         for method, g in df.groupby("method", sort=False):
             try:
@@ -170,6 +175,6 @@ class RequestedGroupQuality(_Bootstrapped):
             result[str(method)] = cells
             if np.isfinite(gap.value):
                 v = [e.value if np.isfinite(e.value) else np.nan for e in means]
-                self.notes.append(f"{name}_gap[{a}] {method}: lowest {self.groups[np.nanargmin(v)]}"
-                                  f", highest {self.groups[np.nanargmax(v)]}")
-        return result
+                notes.append(f"{name}_gap[{a}] {method}: lowest {self.groups[np.nanargmin(v)]}"
+                             f", highest {self.groups[np.nanargmax(v)]}")
+        return Aggregate(result, notes)

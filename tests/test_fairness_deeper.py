@@ -150,8 +150,9 @@ def test_override_rate_hand_value_per_method():
 def test_override_rate_without_a_baseline_is_a_note():
     t = _override_table()
     agg = OverrideRate("fairface.gender", "gender")
-    assert agg.compute(t[t["method"] != "baseline"]) == {}
-    assert agg.notes == ["override_rate[gender]: no 'baseline' images to pair with"]
+    out = agg.compute(t[t["method"] != "baseline"])
+    assert out == {}
+    assert out.notes == ("override_rate[gender]: no 'baseline' images to pair with",)
 
 
 CLIP = MetricInfo("clipscore", "", True, "CLIPScore")
@@ -175,7 +176,7 @@ def test_requested_group_quality_means_gap_and_notes():
     assert (gap.value, gap.n) == (4.0, 5) and gap.lo >= 1.0 and gap.hi <= 6.0
     flat = result["flat"]["clipscore_gap[race]"]
     assert (flat.value, flat.lo, flat.hi) == (4.0, 4.0, 4.0)  # no spread within groups
-    assert "clipscore_gap[race] baseline: lowest Black, highest White" in agg.notes
+    assert "clipscore_gap[race] baseline: lowest Black, highest White" in result.notes
     with pytest.raises(ValueError, match="meta.group.*'Indian'"):
         RequestedGroupQuality("clipscore.score", CLIP, "race", ["White", "Black"]).compute(t)
 
