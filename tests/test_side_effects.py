@@ -44,7 +44,7 @@ def synthetic_table() -> pd.DataFrame:
 
 def test_matrix_hand_values():
     table = synthetic_table()
-    boards = list(boards_mod.leaderboards(table, {}, None))
+    boards = list(boards_mod.leaderboards(table))
     parts = board_tables(table)
     got = side_effects.matrix(boards, parts, [boards_mod.family(b) for b in boards])
     assert got is not None and got.methods() == ["m1"]
@@ -72,7 +72,7 @@ def test_matrix_hand_values():
 def test_no_baseline_no_matrix():
     table = synthetic_table()
     table = table[table["method"] != "baseline"]
-    boards = list(boards_mod.leaderboards(table, {}, None))
+    boards = list(boards_mod.leaderboards(table))
     assert side_effects.matrix(boards, board_tables(table),
                                [boards_mod.family(b) for b in boards]) is None
 
@@ -81,7 +81,7 @@ def test_columns_name_the_guidance_only_when_a_set_ran_at_several():
     table = synthetic_table()
     occ = table[table["prompt_set"] == "occ"].assign(guidance=3.0)
     table = pd.concat([table, occ], ignore_index=True)
-    boards = list(boards_mod.leaderboards(table, {}, None))
+    boards = list(boards_mod.leaderboards(table))
     got = side_effects.matrix(boards, board_tables(table), [boards_mod.family(b) for b in boards])
     names = [i.name for i in got.infos]
     assert "quality @ haz" in names and "quality @ occ (guidance 3)" in names
