@@ -187,3 +187,33 @@ def test_plugin_suite_reaches_the_leaderboard(plugin, tmp_path):
     assert [c for c in scores if not c.startswith("_") and c != "key"] == ["plug-red.red"]
     assert "counted" in (out / "leaderboard.md").read_text()  # its note
     assert "| red" in (out / "headline.md").read_text()  # its headline
+
+
+def test_parity_corrects_with_the_scorer_as_the_run_configured_it(monkeypatch):
+    """The confusion matrix comes from the label scorer built with the run's options (it was a
+    class method that ignored them, e.g. world:weights=DIR)."""
+    import numpy as np
+
+    from bench.metrics.aggregators import Parity
+    from bench.metrics.base import Scorer
+    from bench.registry import METRICS
+    from bench.report.boards import Context
+
+    class Lab(Scorer):
+        name = "lab"
+
+        def __init__(self, device=None, swap="0"):
+            self.swap = swap == "1"
+
+        def confusion(self, attribute):
+            m = np.array([[0.9, 0.1], [0.2, 0.8]])
+            return m[::-1, ::-1] if self.swap else m
+
+    METRICS.names()
+    monkeypatch.setattr(METRICS, "_entries", {**METRICS._entries, "lab": Lab})
+    suite = Suite("t", "test", groups={"g": ("a", "b")})
+    table = neutral_table("x", {"lab.g": ["a", "b", "a", "a"]})
+    for run, want in ((("lab:swap=1",), [[0.8, 0.2], [0.1, 0.9]]), ((), [[0.9, 0.1], [0.2, 0.8]])):
+        (par,) = [a for a in plan(table, suite, Context(scorers=run)).aggregators
+                  if isinstance(a, Parity)]
+        np.testing.assert_allclose(par.confusion, want)
