@@ -24,8 +24,6 @@ from bench.spec import split_method_list
 from bench.store import RunStore, atomic_write, sweep_temp
 
 
-
-
 def build(run_dir: Path, metrics: str | None = None, device: str | None = None,
           quiet: bool = False, score: bool = True, columns: str | None = None) -> Path:
     """Score (unless `score` is False: a bundle has scores but only a sample of images) and

@@ -19,7 +19,7 @@ import pandas as pd
 from bench.metrics.base import Aggregator, MetricInfo, Scorer
 from bench.registry import METRICS
 from bench.report.tables import Leaderboard
-from bench.spec import MethodSpec
+from bench.spec import NamedOptions
 from bench.suites import SUITES, Suite, Use, suite_for
 
 
@@ -146,7 +146,7 @@ def confusion(column: str, attribute: str, context: Context) -> np.ndarray | Non
     cls = scorer_of(column)
     if cls is None or cls.confusion is Scorer.confusion:
         return None
-    specs = [MethodSpec.parse(s) for s in context.scorers]
+    specs = [NamedOptions.parse(s, "metric spec") for s in context.scorers]
     options = next((s.param_dict() for s in specs if s.name == column.split(".")[0]), {})
     return cls(**options).confusion(attribute)
 
