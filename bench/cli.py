@@ -35,7 +35,7 @@ def _add_sampler_flags(p: argparse.ArgumentParser) -> None:
 TOP_EXAMPLES = """examples:
   bench run --methods all                      # the main job: the synthetic world, every method
   bench run --methods baseline,sld-strong --samples 8 --dry-run     # the grid and its cost
-  bench list methods                           # methods, metrics, prompt sets, models, protocols
+  bench list methods                           # methods, metrics, prompt sets, models, protocols, suites
   bench report runs/latest                     # rescore and rebuild the tables of a run
   bench reproduce results/world/bundle.zip --out runs/check && \\
       bench compare results/world/bundle.zip runs/check

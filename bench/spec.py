@@ -259,7 +259,12 @@ class RunSpec:
             raise SpecError(f"guidance={self.guidance!r}: must be a list of numbers")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every key; `suites` only when some are named, so manifests, bundles and run ids from
+        before suites existed stay byte-identical."""
+        out = dataclasses.asdict(self)
+        if not self.suites:
+            del out["suites"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunSpec":
