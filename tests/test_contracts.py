@@ -107,3 +107,11 @@ def test_the_world_registers_only_through_entry_points():
                            (PROMPT_SETS, "world-hazard"), (MODELS, "world")):
         assert f'\n{name} = "bench.world' in text
         assert registry.get(name).__module__.startswith("bench.world"), name
+    from bench.suites import SUITES
+    from bench.world import suite as world_suite
+
+    assert "bench.world" not in (ROOT / "bench" / "suites.py").read_text()
+    for name, declared in (("world-occupations", world_suite.OCCUPATIONS),
+                           ("world-hazard", world_suite.HAZARD)):
+        assert f'\n{name} = "bench.world.suite:' in text
+        assert SUITES.get(name) is declared, name
