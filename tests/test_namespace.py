@@ -3,6 +3,7 @@ bench.prompt_sets, so nothing generic lands in site-packages (issue 17)."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -23,8 +24,17 @@ def test_no_source_file_imports_the_bare_top_level_names() -> None:
 
 
 def test_installed_wheel_exposes_them_under_bench_only(tmp_path: Path) -> None:
+    # Built from a copy: setuptools writes bench.egg-info into the tree it builds, and a stale
+    # one in the checkout would shadow the installed entry points for every later run there.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    for name in ("bench", *TOP):
+        shutil.copytree(ROOT / name, src / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp_path / "dist"), str(ROOT)],
+                    "-q", "-w", str(tmp_path / "dist"), str(src)],
                    check=True, capture_output=True, cwd=tmp_path)
     wheel = next((tmp_path / "dist").glob("bench-*.whl"))
     site = tmp_path / "site"
