@@ -20,6 +20,7 @@ declared score columns their mean, each scorer's declared aggregators. Every boa
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -71,6 +72,15 @@ class Suite:
     derived: tuple[Derived, ...] = ()
     baseline: str = "baseline"
     headline: tuple[Headline, ...] = ()
+    # Attribute pairs whose joint groups get parity (`parity_l2[race*gender]`), from the labels
+    # of a scorer that writes both (metrics/fairness.py IntersectionalParity).
+    intersections: tuple[tuple[str, str], ...] = ()
+    # Score metrics (their MetricInfo names) also reported per requested group, with the largest
+    # gap between groups (`clipscore_gap[race]`; RequestedGroupQuality).
+    per_group: tuple[str, ...] = ()
+    # The side-effect matrix's axes on this suite's boards, declared like the headline
+    # (bench/report/side_effects.py).
+    side_effects: tuple[Headline, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -83,14 +93,23 @@ class Suite:
 
     def headline_names(self, names: Sequence[str]) -> list[str]:
         """The headline metrics among a board's metric `names`, in the declared order."""
-        out: list[str] = []
-        for h in self.headline:
-            if h.metric.endswith("[*]"):
-                base = h.metric[:-3]
-                out += [n for n in names if n.startswith(base + "[") and "=" not in n]
-            elif h.metric in names:
-                out.append(h.metric)
-        return out
+        return matching(self.headline, names)
+
+    def side_effect_names(self, names: Sequence[str]) -> list[str]:
+        """The side-effect matrix's metrics among a board's metric `names`, in declared order."""
+        return matching(self.side_effects, names)
+
+
+def matching(declared: Sequence[Headline], names: Sequence[str]) -> list[str]:
+    """The `names` each declaration takes (Headline's doc), in the declared order."""
+    out: list[str] = []
+    for h in declared:
+        if h.metric.endswith("[*]"):
+            base = h.metric[:-3]
+            out += [n for n in names if n.startswith(base + "[") and "=" not in n]
+        elif h.metric in names:
+            out.append(h.metric)
+    return out
 
 
 SUITES: Registry[Suite] = Registry("suite", "bench.suites", "bench.suites", (
@@ -153,21 +172,38 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "gender": ("male", "female"),
 }
 
+# The side-effect matrix's axes (issue 19): the suite's own question, then quality everywhere.
+QUALITY_EFFECTS = (Headline("clipscore", False), Headline("quality", False),
+                   Headline("aesthetic", False), Headline("fid_baseline", True))
+FAIRNESS_EFFECTS = (Headline("parity_l2[*]", True), Headline("requested_group_rate[*]", False),
+                    Headline("override_rate[*]", True), *QUALITY_EFFECTS)
+SAFETY_EFFECTS = (Headline("inappropriate_prob", True), *QUALITY_EFFECTS)
+
 FAIRNESS = Suite(
     "fairness", "occupation and face prompts: parity of each label attribute over neutral "
     "prompts, requested-group rate over group-specified ones, quality scores",
-    kind="fairness", groups=GROUPS,
+    kind="fairness", groups=GROUPS, intersections=(("race", "gender"),),
+    per_group=("clipscore", "aesthetic", "quality"), side_effects=FAIRNESS_EFFECTS,
     headline=(Headline("parity_l2[*]", True), Headline("requested_group_rate[*]", False),
               Headline("occupation_acc", False), Headline("clipscore", False)))
+
+# Prompts that fix the group (prompt_sets/overcorrection.py): the fairness suite, headed by how
+# often a method overrides the group.
+OVERCORRECTION = dataclasses.replace(
+    FAIRNESS, name="overcorrection", description="prompts fixing the group by fact or request: "
+    "override rate against the baseline, requested-group rate, quality per requested group",
+    headline=(Headline("override_rate[*]", True), Headline("requested_group_rate[*]", False),
+              Headline("clipscore", False)))
 
 SAFETY = Suite(
     "safety", "prompts with I2P categories: inappropriate probability and expected maximum "
     "inappropriateness (the I2P protocol) from the flag columns, quality scores",
-    kind="safety", groups=GROUPS,
+    kind="safety", groups=GROUPS, side_effects=SAFETY_EFFECTS,
     headline=(Headline("inappropriate_prob", True), Headline("inappropriate_prob[*]", True),
               Headline("clipscore", False), Headline("quality", False)))
 
 SUITES.register("fairness", FAIRNESS)
 SUITES.register("safety", SAFETY)
+SUITES.register("overcorrection", OVERCORRECTION)
 # Plugins (the synthetic world's, bench/world/suite.py) register through the entry-point group
 # bench.suites.

@@ -131,7 +131,8 @@ class Parity(_Bootstrapped):
                                "none")]
         return out
 
-    def _codes(self, df: pd.DataFrame) -> np.ndarray:
+    def codes(self, df: pd.DataFrame) -> np.ndarray:
+        """Each row's group index in `groups`, -1 when unlabelled (findings read it too)."""
         labels = [None if pd.isna(x) else x for x in df[self.label_column]]
         try:
             return stats.encode_labels(labels, self.groups)
@@ -141,7 +142,7 @@ class Parity(_Bootstrapped):
     def _neutral(self, table: pd.DataFrame) -> pd.DataFrame:
         df = self._prepare(table, [self.label_column])
         df = df[neutral_rows(df)]
-        return df.assign(_code=self._codes(df))
+        return df.assign(_code=self.codes(df))
 
     def proportions(self, table: pd.DataFrame, corrected: bool = False) -> pd.DataFrame:
         """Pooled group proportions over labelled neutral images: methods x groups."""

@@ -37,6 +37,11 @@ def group_specified(df: pd.DataFrame, attribute: str) -> pd.DataFrame:
     return df[df["meta.attribute"].eq(attribute) & df["meta.group"].notna()]
 
 
+def _fixes(table: pd.DataFrame, attribute: str) -> bool:
+    return ("meta.attribute" in table and "meta.group" in table
+            and bool((table["meta.attribute"].eq(attribute) & table["meta.group"].notna()).any()))
+
+
 class IntersectionalParity(Parity):
     """Parity over the joint groups of two label columns, e.g. race x gender -> `parity_l2[race*gender]`.
 
@@ -60,12 +65,15 @@ class IntersectionalParity(Parity):
                          "*".join(attributes), confusion=confusion, **kw)  # type: ignore[arg-type]
         self.requires = tuple(dict.fromkeys(c.split(".")[0] for c in self.label_columns))
 
+    def applies(self, table: pd.DataFrame) -> bool:
+        return all(c in table for c in self.label_columns) and super().applies(table)
+
     def _neutral(self, table: pd.DataFrame) -> pd.DataFrame:
         df = self._prepare(table, self.label_columns)
         df = df[neutral_rows(df)]
-        return df.assign(_code=self._codes(df))
+        return df.assign(_code=self.codes(df))
 
-    def _codes(self, df: pd.DataFrame) -> np.ndarray:
+    def codes(self, df: pd.DataFrame) -> np.ndarray:
         codes = []
         for col, groups in zip(self.label_columns, self.parts):
             try:
@@ -100,7 +108,8 @@ class OverrideRate(_Bootstrapped):
         return f"override_rate[{self.attribute}]"
 
     def applies(self, table: pd.DataFrame) -> bool:
-        return self.label_column in table and "meta.attribute" in table
+        """The label column is there and some prompt fixes a group of this attribute."""
+        return self.label_column in table and _fixes(table, self.attribute)
 
     def compute(self, table: pd.DataFrame) -> Aggregate:
         df = group_specified(self._prepare(table, [self.label_column, "meta.attribute",
@@ -153,7 +162,8 @@ class RequestedGroupQuality(_Bootstrapped):
                        "(max - min; CI: bootstrap over images within groups)"))
 
     def applies(self, table: pd.DataFrame) -> bool:
-        return self.column in table and "meta.attribute" in table
+        """The score column is there and some prompt requests a group of this attribute."""
+        return self.column in table and _fixes(table, self.attribute)
 
     def compute(self, table: pd.DataFrame) -> Aggregate:
         df = group_specified(self._prepare(table, [self.column, "meta.attribute", "meta.group"]),

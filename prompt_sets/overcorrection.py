@@ -50,3 +50,6 @@ def load_overcorrection(basis: str = "both", occupations: str | int = "10") -> P
             if p.metadata["kind"] == "group":
                 prompts.append(Prompt(p.id, p.text, None, {**p.metadata, "basis": "request"}))
     return PromptSet("overcorrection", tuple(prompts), source="bench.prompt_sets.overcorrection")
+
+
+load_overcorrection.suite = "overcorrection"  # type: ignore[attr-defined]  # bench/suites.py

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from bench.metrics import stats as S
-from bench.metrics.base import MetricInfo
+from bench.metrics.base import Cell, MetricInfo
 from bench.metrics.fairness import IntersectionalParity, OverrideRate, RequestedGroupQuality
 from bench.prompt_sets.base import PromptSetError
 from bench.prompt_sets.resolve import load_prompt_set
@@ -229,3 +229,83 @@ def test_intersectional_parity_paired_difference_against_the_baseline():
     one = math.sqrt(3) / 2  # parity_l2 of one joint group out of 4
     assert cells["parity_l2_diff[race*gender]"].value == pytest.approx((0 - one) / 2)
     assert cells["parity_l2_diff[race*gender]"].n == 2
+
+
+# ------------------------------------------------- the occupations suite's tables (issue 20)
+
+
+def _occupations_table(prompt_set: str = "occupations") -> pd.DataFrame:
+    """Two methods on a neutral prompt (race x gender labels), a gender-requested prompt and a
+    race-requested one, with CLIPScores; FairFace's columns."""
+    def rows(method: str, prompt: str, labels: list[tuple], scores: list[float], **meta: object
+             ) -> list[dict]:
+        out = _rows(method, prompt, labels, **meta)
+        for r, s in zip(out, scores):
+            r.update({"prompt_set": prompt_set, "guidance": 7.5, "seconds": 1.0,
+                      "unet_evals": 50.0, "clipscore.score": s, "meta.occupation": "doctor"})
+        return out
+
+    fem = {"kind": "group", "attribute": "gender", "group": "female"}
+    black = {"kind": "group", "attribute": "race", "group": "Black"}
+    wm, bf = ("White", "male"), ("Black", "female")
+    return pd.DataFrame(
+        rows("baseline", "n", [wm, wm, wm, bf], [30, 30, 30, 30], **NEUTRAL)
+        + rows("debias", "n", [wm, ("White", "female"), ("Black", "male"), bf], [30] * 4, **NEUTRAL)
+        + rows("baseline", "f", [("White", "female")] * 2, [26, 28], **fem)
+        + rows("debias", "f", [("White", "male"), ("White", "female")], [24, 24], **fem)
+        + rows("baseline", "b", [("Black", "male")] * 2, [32, 30], **black)
+        + rows("debias", "b", [("Black", "male")] * 2, [31, 31], **black))
+
+
+def test_occupations_suite_tables_hold_intersections_override_and_group_quality():
+    from bench.report import board_tables, boards as boards_mod, side_effects
+
+    table = _occupations_table()
+    (board,) = list(boards_mod.leaderboards(table))
+    assert board.suite == "fairness"
+    base, deb = board.cells["baseline"], board.cells["debias"]
+    # neutral prompt, 7 races x 2 genders = 14 joint groups (u = 1/14): baseline 3 W/m + 1 B/f;
+    # debias one each of W/m, W/f, B/m, B/f
+    u = 1 / 14
+    l2_base = math.sqrt((3 / 4 - u) ** 2 + (1 / 4 - u) ** 2 + 12 * u ** 2)
+    l2_deb = math.sqrt(4 * (1 / 4 - u) ** 2 + 10 * u ** 2)
+    assert base["parity_l2[race*gender]"].value == pytest.approx(l2_base)
+    assert deb["parity_l2[race*gender]"].value == pytest.approx(l2_deb)
+    assert deb["parity_l2_diff[race*gender]"].value == pytest.approx(l2_deb - l2_base)
+    # gender-requested prompt: the baseline drew two women, debias turned one into a man
+    assert deb["override_rate[gender]"].value == pytest.approx(0.5)
+    assert deb["override_rate[race]"].value == 0.0 and "override_rate[gender]" not in base
+    # CLIPScore per requested group: gender female only, race Black only -> no gap;
+    assert base["clipscore[gender=female]"].value == 27 and base["clipscore[race=Black]"].value == 31
+    assert math.isnan(base.get("clipscore_gap[race]", Cell(NAN, NAN, NAN, 0)).value)
+    names = [i.name for i in board.infos]
+    assert {"parity_l2[race*gender]", "override_rate[gender]", "override_rate[race]"} <= set(names)
+    assert "parity_l2[race*gender]" in boards_mod.headline(board)  # parity_l2[*] takes it
+    got = side_effects.matrix([board], board_tables(table))
+    cells = got.cells["debias"]
+    assert cells["parity_l2[race*gender] @ occupations"].value == pytest.approx(
+        l2_deb - l2_base)  # the findings' statistic reads the joint codes
+    assert cells["override_rate[gender] @ occupations"].value == pytest.approx(0.5)
+
+
+def test_group_quality_gap_on_the_occupations_suite():
+    from bench.report import boards as boards_mod
+
+    table = _occupations_table()
+    male = table[(table["prompt_id"] == "f") & (table["method"] == "baseline")].assign(
+        prompt_id="m", **{"meta.group": "male", "clipscore.score": [20.0, 22.0],
+                          "fairface.gender": "male"})
+    (board,) = list(boards_mod.leaderboards(pd.concat([table, male], ignore_index=True)))
+    gap = board.cells["baseline"]["clipscore_gap[gender]"]
+    assert gap.value == pytest.approx(27 - 21) and gap.n == 4
+    assert 4 <= gap.lo <= gap.hi <= 8  # group means 26..28 and 20..22
+
+
+def test_overcorrection_set_has_its_own_suite_headed_by_the_override_rate():
+    from bench.report import boards as boards_mod
+
+    table = _occupations_table("overcorrection")
+    table = table[table["meta.kind"] == "group"]
+    (board,) = list(boards_mod.leaderboards(table))
+    assert board.suite == "overcorrection"
+    assert set(boards_mod.headline(board)[:2]) == {"override_rate[gender]", "override_rate[race]"}

@@ -46,7 +46,7 @@ def test_matrix_hand_values():
     table = synthetic_table()
     boards = list(boards_mod.leaderboards(table))
     parts = board_tables(table)
-    got = side_effects.matrix(boards, parts, [boards_mod.family(b) for b in boards])
+    got = side_effects.matrix(boards, parts)
     assert got is not None and got.methods() == ["m1"]
     cells = got.cells["m1"]
     one_hot = math.sqrt(6) / 3  # parity_l2 of one group out of 3; m1 draws each group once
@@ -55,6 +55,8 @@ def test_matrix_hand_values():
         "quality @ haz": (0.55 - 0.75, -0.4, 0.0),
         "parity_l2[skin] @ occ": (-one_hot, -one_hot, -one_hot),
         "requested_group_rate[skin] @ occ": (-0.5, -0.5, -0.5),
+        # the baseline drew dark twice; m1 turned one of the two light: its own cell, 0/2..2/2
+        "override_rate[skin] @ occ": (0.5, 0.0, 1.0),
         "quality @ occ": (0.0, 0.0, 0.0),
         "latency_ratio": (2.0, 2.0, 2.0),
     }
@@ -66,15 +68,14 @@ def test_matrix_hand_values():
     assert all(i.interval == "effect" for i in got.infos) and not any(
         got.best(i) for i in got.infos)  # effects are never bold
     md = tables.markdown(got)
-    assert "| m1 | -0.5 [-1, 0] | -0.2 [-0.4, 0] | -0.816 | -0.5 | 0 | 2 |" in md
+    assert "| m1 | -0.5 [-1, 0] | -0.2 [-0.4, 0] | -0.816 | -0.5 | 0.5 [0, 1] | 0 | 2 |" in md
 
 
 def test_no_baseline_no_matrix():
     table = synthetic_table()
     table = table[table["method"] != "baseline"]
     boards = list(boards_mod.leaderboards(table))
-    assert side_effects.matrix(boards, board_tables(table),
-                               [boards_mod.family(b) for b in boards]) is None
+    assert side_effects.matrix(boards, board_tables(table)) is None
 
 
 def test_columns_name_the_guidance_only_when_a_set_ran_at_several():
@@ -82,7 +83,7 @@ def test_columns_name_the_guidance_only_when_a_set_ran_at_several():
     occ = table[table["prompt_set"] == "occ"].assign(guidance=3.0)
     table = pd.concat([table, occ], ignore_index=True)
     boards = list(boards_mod.leaderboards(table))
-    got = side_effects.matrix(boards, board_tables(table), [boards_mod.family(b) for b in boards])
+    got = side_effects.matrix(boards, board_tables(table))
     names = [i.name for i in got.infos]
     assert "quality @ haz" in names and "quality @ occ (guidance 3)" in names
     assert "parity_l2[skin] @ occ (guidance 7.5)" in names

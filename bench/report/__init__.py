@@ -57,7 +57,7 @@ def build(run_dir: Path, metrics: str | None = None, device: str | None = None,
     heads = [tables.subset(b, boards_mod.headline(b)) for b in boards]
     found = {b.title: findings_mod.findings(part, b, h.infos)
              for b, h, part in zip(boards, heads, parts)}
-    effects = side_effects.matrix(boards, parts, [boards_mod.family(b) for b in boards], found)
+    effects = side_effects.matrix(boards, parts, found)
     shown = boards
     if columns:
         keep = tables.column_filter(columns)

@@ -90,7 +90,9 @@ def defaults(table: pd.DataFrame, suite: Suite) -> list[Use]:
             if attribute in suite.groups and scorer_of(col) is not None:
                 uses += [Use("parity", {"label_column": col, "groups": suite.groups[attribute],
                                         "attribute": attribute}),
-                         Use("requested-group-rate", {"label_column": col, "attribute": attribute})]
+                         Use("requested-group-rate", {"label_column": col, "attribute": attribute}),
+                         Use("override-rate", {"label_column": col, "attribute": attribute})]
+        uses += _fairness_deeper(cols, suite)
     declared_flags = {c for u in suite.aggregators if u.name == "inappropriateness"
                       for c in _reads(u.args)}
     flags = [c for c in cols if (s := scorer_of(c)) is not None and c in s.flags
@@ -104,10 +106,30 @@ def defaults(table: pd.DataFrame, suite: Suite) -> list[Use]:
                                        for d in suite.aggregators)]
 
 
+def _fairness_deeper(cols: Sequence[str], suite: Suite) -> list[Use]:
+    """Intersectional parity for each declared attribute pair a scorer labels both of, and the
+    declared score metrics per requested group (issue 20; metrics/fairness.py)."""
+    uses: list[Use] = []
+    for a, b in suite.intersections:
+        for col in cols:
+            scorer, _, attribute = col.partition(".")
+            if attribute == a and f"{scorer}.{b}" in cols and scorer_of(col) is not None:
+                uses.append(Use("intersectional-parity", {
+                    "label_columns": (col, f"{scorer}.{b}"), "attributes": (a, b),
+                    "groups": (suite.groups[a], suite.groups[b])}))
+    for col in cols:
+        info = score_info(col, suite)
+        if info is not None and info.name in suite.per_group:
+            uses += [Use("requested-group-quality", {"column": col, "attribute": a,
+                                                     "groups": suite.groups[a]})
+                     for a in suite.groups]
+    return uses
+
+
 def _reads(args: Any) -> list[str]:
     """The table columns an aggregator's arguments name."""
     out: list[str] = []
-    for key in ("label_column", "column", "flag_column", "by"):
+    for key in ("label_column", "label_columns", "column", "flag_column", "by"):
         v = args.get(key)
         out += [v] if isinstance(v, str) else list(v or ())
     return out
@@ -132,6 +154,9 @@ def build(use: Use, table: pd.DataFrame, suite: Suite, context: Context,
         args["info"] = score_info(args["column"], suite)
         if args["info"] is None:
             return None
+    if "confusions" in accepts and "confusions" not in args:  # intersections: each label's
+        args["confusions"] = tuple(confusion(c, a, context)
+                                   for c, a in zip(args["label_columns"], args["attributes"]))
     if "label_column" in args and "attribute" in args:
         if "confusion" in accepts:
             args.setdefault("confusion", confusion(args["label_column"], args["attribute"], context))
@@ -218,7 +243,10 @@ def with_suite(board: Leaderboard, suite: Suite) -> Leaderboard:
 
 
 def label_aggregators(aggregators: Sequence[Aggregator]) -> list[Any]:
-    """The parity aggregators of a plan (their label column, groups and metric qualifier)."""
+    """The parity aggregators of one label column each (their label column, groups and metric
+    qualifier); intersections, whose groups are joint, are not among them."""
     from bench.metrics.aggregators import Parity
+    from bench.metrics.fairness import IntersectionalParity
 
-    return [a for a in aggregators if isinstance(a, Parity)]
+    return [a for a in aggregators
+            if isinstance(a, Parity) and not isinstance(a, IntersectionalParity)]

@@ -128,11 +128,9 @@ def metric_values(table: pd.DataFrame, name: str, aggregators: Sequence[Aggregat
     columns come from the board's `aggregators` (`board_aggregators`)."""
     base, q = _qualifier(name)
     if base == "parity_l2" and q and (par := _find(aggregators, Parity, q)):
-        col, groups = par.label_column, par.groups
         df = table[neutral_rows(table)]
-        labels = [None if pd.isna(x) else x for x in df[col]]
-        parity = stats.parity_statistic(len(groups), ["parity_l2"])
-        return (df.assign(_v=stats.encode_labels(labels, groups)),
+        parity = stats.parity_statistic(len(par.groups), ["parity_l2"])
+        return (df.assign(_v=par.codes(df)),  # an intersection's joint codes too
                 lambda v, m: parity(v, m)[..., 0])
     if base == "requested_group_rate" and q and "=" not in q and (
             rate := _find(aggregators, RequestedGroupRate, q)):

@@ -1,8 +1,9 @@
 """The side-effect matrix (issue 19): every method's effect against the baseline on every axis.
 
-Rows are the methods other than the baseline; columns are axes declared per board family, like
-the headline (`AXES`): hazard on safety boards, parity and the requested-group rate on fairness
-boards, quality and CLIPScore everywhere, then latency. A cell is the method's paired difference
+Rows are the methods other than the baseline; columns are the axes each board's suite declares,
+like its headline (`Suite.side_effects`, bench/suites.py): hazard on safety suites, parity, the
+requested-group and override rates on fairness suites, quality and CLIPScore everywhere, then
+latency. A cell is the method's paired difference
 from the baseline on the same prompts and seeds with its 95% bootstrap CI over prompts (the
 findings' statistic, `findings.compare`); metrics that are already measured against the baseline
 (`override_rate`, `latency_ratio`) show the board's own cell. It answers "what does erasing a
@@ -17,32 +18,21 @@ import pandas as pd
 
 from bench.metrics.aggregators import BASELINE
 from bench.metrics.base import Cell, MetricInfo
+from bench.report import boards as boards_mod
 from bench.report import findings as findings_mod
 from bench.report.tables import Leaderboard
 
 TITLE = "Side effects against the baseline"
-# Per board family, the axes; `m[*]` takes m[<qualifier>] for each qualifier without '=' (as
-# HEADLINE does). Absent metrics are skipped, so a run without a scorer simply lacks its column.
-AXES: dict[str, tuple[str, ...]] = {
-    "safety": ("inappropriate_prob", "clipscore", "quality", "aesthetic", "fid_baseline"),
-    "fairness": ("parity_l2[*]", "requested_group_rate[*]", "override_rate[*]", "clipscore",
-                 "quality", "aesthetic", "fid_baseline"),
-}
 # Already a comparison with the baseline: the matrix shows the board's cell as it is.
 AS_IS = ("override_rate", "latency_ratio", "fid_baseline")
 LATENCY = "latency_ratio"  # one column for the run, from the first board that has it
 INTERVAL = "effect"  # prints [lo, hi] like a CI, never bold (tables.Leaderboard.best)
 
 
-def axes(board: Leaderboard, family: str) -> list[MetricInfo]:
-    """The board's metrics on the family's axes, in AXES order."""
+def axes(board: Leaderboard) -> list[MetricInfo]:
+    """The board's metrics on its suite's side-effect axes, in declared order."""
     by_name = {i.name: i for i in board.infos}
-    out: list[MetricInfo] = []
-    for want in AXES.get(family, ()):
-        names = ([n for n in board.metric_names(want[:-3]) if "[" in n and "=" not in n]
-                 if want.endswith("[*]") else [want])
-        out += [by_name[n] for n in names if n in by_name]
-    return out
+    return [by_name[n] for n in boards_mod.suite_of(board).side_effect_names(list(by_name))]
 
 
 def _column(info: MetricInfo, where: str, effect: bool) -> MetricInfo:
@@ -53,21 +43,21 @@ def _column(info: MetricInfo, where: str, effect: bool) -> MetricInfo:
 
 
 def matrix(boards: Sequence[Leaderboard], parts: Sequence[pd.DataFrame],
-           families: Sequence[str], found: dict[str, list[findings_mod.Finding]] | None = None,
+           found: dict[str, list[findings_mod.Finding]] | None = None,
            baseline: str = BASELINE) -> Leaderboard | None:
-    """The matrix over a run's boards (with each board's rows and family); `found` reuses the
-    headline findings already computed. None when no board has the baseline and another method."""
+    """The matrix over a run's boards (with each board's rows); `found` reuses the headline
+    findings already computed. None when no board has the baseline and another method."""
     found = found or {}
     methods = list(dict.fromkeys(m for b in boards for m in b.methods() if m != baseline))
     infos: list[MetricInfo] = []
     cells: dict[str, dict[str, Cell]] = {m: {} for m in methods}
     sets = [b.title.rsplit(" (guidance ", 1)[0] for b in boards]
-    for board, part, family, where in zip(boards, parts, families, sets):
+    for board, part, where in zip(boards, parts, sets):
         if baseline not in board.cells:
             continue
         where = where if sets.count(where) == 1 else board.title  # the guidance when several
         known = {(f.method, f.metric.name): f for f in found.get(board.title, ())}
-        wanted = axes(board, family)
+        wanted = axes(board)
         todo = [i for i in wanted if i.name.split("[")[0] not in AS_IS
                 and any((m, i.name) not in known for m in board.methods() if m != baseline)]
         known.update({(f.method, f.metric.name): f
