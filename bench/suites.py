@@ -180,8 +180,9 @@ FAIRNESS_EFFECTS = (Headline("parity_l2[*]", True), Headline("requested_group_ra
 SAFETY_EFFECTS = (Headline("inappropriate_prob", True), *QUALITY_EFFECTS)
 
 FAIRNESS = Suite(
-    "fairness", "occupation and face prompts: parity of each label attribute over neutral "
-    "prompts, requested-group rate over group-specified ones, quality scores",
+    "fairness", "occupation and face prompts: parity of each label attribute (and of race x "
+    "gender) over neutral prompts, requested-group and override rates over group-specified "
+    "ones, quality scores (also per requested group)",
     kind="fairness", groups=GROUPS, intersections=(("race", "gender"),),
     per_group=("clipscore", "aesthetic", "quality"), side_effects=FAIRNESS_EFFECTS,
     headline=(Headline("parity_l2[*]", True), Headline("requested_group_rate[*]", False),
