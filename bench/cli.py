@@ -103,6 +103,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--protocol", help="a paper's whole setup in one word (see `bench list "
                                         "protocols`); config keys and flags override it, each "
                                         "change printed as a deviation")
+    run.add_argument("--compile", action="store_true", default=None,
+                     help="torch.compile the UNet after loading (in the cache key; the first "
+                          "batch of each shape pays the compilation)")
     run.add_argument("--dry-run", action="store_true",
                      help="print the grid size and UNet evaluations; generate nothing")
     run.add_argument("--quiet", action="store_true",
@@ -242,6 +245,7 @@ def spec_from_args(a: argparse.Namespace) -> RunSpec:
         workers=pick(a.workers, base.workers),
         protocol=base.protocol,
         dtype=pick(a.dtype, base.dtype),
+        compile=pick(a.compile, base.compile),
     )
 
 

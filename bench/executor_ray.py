@@ -97,7 +97,7 @@ class GenerationWorker:
 
     def __init__(self, device: str, root: str, settings: GenerationSettings, model_fp: str,
                  chains: dict[str, MethodChain], kill_at: str | None = None) -> None:
-        from bench.models import fingerprint, load_pipeline
+        from bench.models import apply_options, fingerprint, load_pipeline
 
         self.error: Exception | None = None  # raised by every call, so it reaches the driver whole
         self.pipe: Any = None
@@ -109,6 +109,7 @@ class GenerationWorker:
                     f"Ray worker on {socket.gethostname()}: model '{settings.model}' has "
                     f"fingerprint {fingerprint(self.pipe)}, the driver's has {model_fp}; install "
                     f"the same weights and library versions on every node")
+            apply_options(self.pipe, settings.compile)
         except Exception as exc:  # noqa: BLE001 - re-raised from generate()
             self.error = exc
         self.store = RunStore(root)

@@ -41,10 +41,12 @@ def image_seed(run_seed: int, prompt_set: str, prompt: Prompt, sample: int) -> i
 
 
 def cache_key(model_fp: str, method: str, prompt_text: str, seed: int, guidance: float,
-              sampler: SamplerSpec, height: int, width: int, dtype: str = "float32") -> str:
+              sampler: SamplerSpec, height: int, width: int, dtype: str = "float32",
+              options: Sequence[str] = ()) -> str:
     settings = [sampler.steps, guidance, height, width, sampler.scheduler, sampler.negative_prompt]
     if dtype != "float32":  # keys made before dtypes were chosen are float32's and stay valid
         settings.append(dtype)
+    settings.extend(options)  # RunSpec.pixel_options(): none -> the key as before they existed
     return _sha([model_fp, method, prompt_text, seed, settings])[:24]
 
 
@@ -61,7 +63,8 @@ def prompt_samples(ps: PromptSet, prompt: Prompt, samples: int,
 def build_grid(model_fp: str, methods: Sequence[str], prompt_sets: Sequence[PromptSet],
                samples: int, run_seed: int, guidances: Sequence[float], sampler: SamplerSpec,
                height: int, width: int, dtype: str = "float32",
-               by_kind: Mapping[str, int] | None = None) -> list[WorkItem]:
+               by_kind: Mapping[str, int] | None = None,
+               options: Sequence[str] = ()) -> list[WorkItem]:
     items: list[WorkItem] = []
     for method in methods:
         for guidance in guidances:
@@ -70,7 +73,7 @@ def build_grid(model_fp: str, methods: Sequence[str], prompt_sets: Sequence[Prom
                     for s in range(prompt_samples(ps, prompt, samples, by_kind or {})):
                         seed = image_seed(run_seed, ps.name, prompt, s)
                         key = cache_key(model_fp, method, prompt.text, seed, guidance, sampler,
-                                        height, width, dtype)
+                                        height, width, dtype, options)
                         items.append(WorkItem(key, method, ps.name, prompt, s, seed, guidance))
     return items
 

@@ -98,6 +98,16 @@ def load_pipeline(name: str, device: str | None = None, dtype: str | None = None
     return pipe
 
 
+def apply_options(pipe: Any, compile: bool = False) -> None:
+    """The run's GPU options on a loaded pipeline (after its fingerprint is taken).
+    `compile`: torch.compile of the UNet in place (`nn.Module.compile`, mode default,
+    fullgraph=False), so `pipe.unet` stays the UNet: its config, hooks on the module itself and
+    in-place weight edits (uce, weights) work as uncompiled; each new input shape or grad mode
+    compiles again (the world: ~50 s on an idle CPU core)."""
+    if compile:
+        pipe.unet.compile(fullgraph=False)
+
+
 def _modules(pipe: Any) -> dict[str, torch.nn.Module]:
     """The pipeline's torch modules (diffusers' `components`, or a stand-in's three parts)."""
     parts = getattr(pipe, "components", None) or {p: getattr(pipe, p) for p in COMPONENTS}

@@ -22,7 +22,8 @@ from bench.executor import GenerationSettings, generate, time_phase
 from bench.manifest import (AdapterRecord, GridRecord, Manifest, ModelRecord, ProtocolRecord,
                             PromptSetRecord)
 from bench.grid import WorkItem, build_grid, grid_tables, prompt_samples, shard, unique_images
-from bench.models import ModelError, dtype_name, fingerprint, load_pipeline, native_size
+from bench.models import (ModelError, apply_options, dtype_name, fingerprint, load_pipeline,
+                          native_size)
 from bench.registry import METHODS
 from bench.sampler import Adapter, Batch
 from bench.scoring import check_scorers, scorer_names
@@ -127,6 +128,8 @@ def plan(spec: RunSpec, dry_run: bool = False) -> RunPlan:
         if not dry_run:
             raise
         return _plan_unloaded(spec, sets, adapters, chains, deviations, str(exc))
+    check_compile(spec, adapters)
+    apply_options(pipe, spec.compile)
     size = native_size(pipe)
     height, width = spec.sampler.height or size, spec.sampler.width or size
     check_size(pipe, height, width)
@@ -143,7 +146,7 @@ def plan(spec: RunSpec, dry_run: bool = False) -> RunPlan:
                                 + _negative_override(ads, spec.sampler.negative_prompt))}
     p.grid = build_grid(p.model_fp, list(adapters), sets, spec.samples, spec.seed,
                         spec.guidance, spec.sampler, height, width, dtype_name(pipe),
-                        by_kind=dict(spec.samples_by_kind or ()))
+                        by_kind=dict(spec.samples_by_kind or ()), options=spec.pixel_options())
     p.items = unique_images(p.grid)
     p.cost = {m: unet_evals_per_image(pipe, a, spec.sampler.steps, max(spec.guidance))
               for m, a in adapters.items()}
@@ -152,6 +155,16 @@ def plan(spec: RunSpec, dry_run: bool = False) -> RunPlan:
         p.items = shard(p.items, i, n, p.cost, spec.batch_size)
     p.deviations = deviations
     return p
+
+
+def check_compile(spec: RunSpec, adapters: dict[str, list[Adapter]]) -> None:
+    """Hooks registered on the UNet's blocks after torch.compile are not seen by the compiled
+    graph (dynamo skips guards on module hooks): a skip_features method would silently not run."""
+    users = [a.name for ads in adapters.values() for a in ads if a.has_hook("skip_features")]
+    if spec.compile and users:
+        raise SpecError(f"compile: {', '.join(dict.fromkeys(users))} edits the UNet's skip "
+                        f"connections through module hooks, which a compiled UNet skips; "
+                        f"run it without --compile")
 
 
 def _negative_override(adapters: Sequence[Adapter], run_negative: str) -> list[str]:
@@ -176,7 +189,7 @@ def _plan_unloaded(spec: RunSpec, sets: list[PromptSet], adapters: dict[str, lis
                 deviations=deviations, unloaded=reason)
     p.grid = build_grid(p.model_fp, list(adapters), sets, spec.samples, spec.seed,
                         spec.guidance, spec.sampler, height, width,
-                        by_kind=dict(spec.samples_by_kind or ()))
+                        by_kind=dict(spec.samples_by_kind or ()), options=spec.pixel_options())
     p.items = unique_images(p.grid)
     if spec.shard:
         i, n = parse_shard(spec.shard)
@@ -353,7 +366,7 @@ def execute(p: RunPlan, quiet: bool = False, columns: str | None = None) -> Path
         if note and not quiet:
             print(f"bench: note: {note}", file=sys.stderr)
     settings = GenerationSettings(spec.model, spec.sampler, p.height, p.width, spec.batch_size,
-                                  dtype_name(p.pipe))
+                                  dtype_name(p.pipe), spec.compile)
     if spec.executor == "ray":  # generation and scoring on Ray; report.build finds scores done
         executor_ray.generate_and_score(p, store, settings, quiet=quiet)
     else:

@@ -113,6 +113,10 @@ SCHEDULER_CLASSES: tuple[str, ...] = (
     "DPMSolverSDEScheduler", "EDMEulerScheduler")
 
 
+# Boolean GPU options that can change pixels (bench/models.py apply_options).
+PIXEL_OPTIONS: tuple[str, ...] = ("compile",)
+
+
 def check_dtype(name: str | None) -> str | None:
     if name is not None and name not in DTYPES:
         raise SpecError(f"dtype {name!r}: use one of {', '.join(DTYPES)} (default: float16 on "
@@ -197,6 +201,9 @@ class RunSpec:
     # Evaluation suites (bench/suites.py) for the prompt sets whose loaders name none, or that
     # they list; () -> each prompt set's own suite, else the generic fairness/safety suite.
     suites: tuple[str, ...] = ()
+    # torch.compile of the UNet after loading (mode default, fullgraph=False): written to
+    # to_dict, the cache key and the spec id only when on (PIXEL_OPTIONS).
+    compile: bool = False
 
     def __post_init__(self) -> None:
         # Checked here so a config file and the flags fail alike, before anything is loaded.
@@ -255,6 +262,9 @@ class RunSpec:
                             f"images per prompt, e.g. {{neutral: 32, group: 2}}")
         if type(self.seed) is not int:
             raise SpecError(f"seed={self.seed!r}: must be a whole number")
+        for key in PIXEL_OPTIONS:
+            if type(getattr(self, key)) is not bool:
+                raise SpecError(f"{key}={getattr(self, key)!r}: must be true or false")
         if not isinstance(self.guidance, tuple):
             raise SpecError(f"guidance={self.guidance!r}: must be a list of numbers")
 
@@ -262,9 +272,14 @@ class RunSpec:
         """Every key; `suites` only when some are named, so manifests, bundles and run ids from
         before suites existed stay byte-identical."""
         out = dataclasses.asdict(self)
-        if not self.suites:
-            del out["suites"]
+        for key in ("suites", *PIXEL_OPTIONS):  # written when set: older specs keep their ids
+            if not out[key]:
+                del out[key]
         return out
+
+    def pixel_options(self) -> tuple[str, ...]:
+        """The options on that can change pixels: part of every cache key (bench.grid)."""
+        return tuple(key for key in PIXEL_OPTIONS if getattr(self, key))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunSpec":

@@ -1,0 +1,124 @@
+"""--compile (issue 21): torch.compile of the UNet, in the cache key and spec id only when on,
+recorded in the manifest; compiled images equal uncompiled ones within a documented tolerance,
+for a plain method, one that edits the UNet's weights (uce) and one with an autograd step hook
+(rs-corrector)."""
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bench import runner
+from bench.grid import cache_key
+from bench.models import apply_options, load_pipeline
+from bench.rundir import spec_id
+from bench.sampler import Adapter, Batch, sample, to_uint8
+from bench.spec import RunSpec, SamplerSpec, SpecError
+
+# Compiled vs uncompiled on the world at 64 px, 4 steps (inductor on CPU, float32): the fused
+# kernels reorder float sums, so latents differ at ~1e-6 and a pixel that sits on a rounding
+# boundary can move by one 8-bit level. Measured: see test_compiled_world_matches_uncompiled.
+MAX_LEVELS = 1  # largest allowed |compiled - uncompiled| in 8-bit levels
+MAX_FLOAT = 1e-3  # largest allowed difference of the [0, 1] float images
+
+
+def test_spec_without_compile_keeps_its_ids_and_keys():
+    # Spec ids computed on main before --compile existed.
+    assert spec_id(RunSpec()) == "8cd988d82461"
+    assert spec_id(RunSpec(model="tiny-random", methods=("baseline", "uce"),
+                           dtype="float16")) == "028e7b0afe5c"
+    assert "compile" not in RunSpec().to_dict()
+    on = RunSpec(compile=True)
+    assert on.to_dict()["compile"] is True and spec_id(on) != spec_id(RunSpec())
+    assert RunSpec.from_dict(on.to_dict()) == on
+    # The cache key formula before: SHA-256 of [fp, method, text, seed, settings].
+    before = hashlib.sha256(json.dumps(
+        ["fp", "baseline", "a cat", 3, [25, 7.5, 64, 64, None, ""]], sort_keys=True).encode()
+    ).hexdigest()[:24]
+    sampler = SamplerSpec()
+    assert cache_key("fp", "baseline", "a cat", 3, 7.5, sampler, 64, 64) == before
+    assert cache_key("fp", "baseline", "a cat", 3, 7.5, sampler, 64, 64,
+                     options=RunSpec().pixel_options()) == before
+    assert cache_key("fp", "baseline", "a cat", 3, 7.5, sampler, 64, 64,
+                     options=on.pixel_options()) != before
+
+
+def test_compile_must_be_a_boolean():
+    with pytest.raises(SpecError, match=r"^compile='yes': must be true or false$"):
+        RunSpec.from_dict({"compile": "yes"})
+
+
+def test_plan_records_compile_and_keys_it(tmp_path, prompt_file):
+    sets = (str(prompt_file(["a cat"])),)
+    plain = runner.plan(RunSpec(model="tiny-random", prompt_sets=sets, metrics=("none",),
+                                out=str(tmp_path / "a")))
+    compiled = runner.plan(RunSpec(model="tiny-random", prompt_sets=sets, metrics=("none",),
+                                   out=str(tmp_path / "b"), compile=True))
+    try:
+        assert not hasattr(plain.pipe.unet, "_compiled_call_impl") or \
+            plain.pipe.unet._compiled_call_impl is None
+        assert compiled.pipe.unet._compiled_call_impl is not None  # compiled in place
+        assert type(compiled.pipe.unet).__name__ == "UNet2DConditionModel"
+        assert runner.manifest(compiled).to_dict()["spec"]["compile"] is True
+        assert "compile" not in runner.manifest(plain).to_dict()["spec"]
+        assert {w.key for w in plain.grid}.isdisjoint(w.key for w in compiled.grid)
+    finally:
+        torch._dynamo.reset()
+
+
+class SkipProbe(Adapter):
+    name = "skip-probe"
+
+    def skip_features(self, features, skip, step, state):
+        return features * 1.5
+
+
+def test_skip_feature_methods_refuse_compile_in_one_line():
+    spec = RunSpec(compile=True)
+    with pytest.raises(SpecError, match=r"^compile: skip-probe edits the UNet's skip connections"):
+        runner.check_compile(spec, {"skip-probe": [SkipProbe()]})
+    runner.check_compile(RunSpec(), {"skip-probe": [SkipProbe()]})  # uncompiled: fine
+
+
+def test_compile_flag_and_config_key_reach_the_spec(tmp_path):
+    from bench.cli import parser, spec_from_args
+
+    assert spec_from_args(parser().parse_args(["run", "--compile"])).compile is True
+    assert spec_from_args(parser().parse_args(["run"])).compile is False
+    config = tmp_path / "spec.yaml"
+    config.write_text("compile: true\n")
+    assert spec_from_args(parser().parse_args(["run", "--config", str(config)])).compile is True
+
+
+def _images(pipe, chain: str, batch: Batch) -> np.ndarray:
+    adapters = runner.build_adapters(runner.MethodChain.parse(chain)) if chain != "baseline" else []
+    for a in adapters:
+        a.prepare(pipe)
+    try:
+        return sample(pipe, adapters, batch, steps=4, height=64, width=64).images
+    finally:
+        for a in reversed(adapters):
+            a.release(pipe)
+
+
+def test_compiled_world_matches_uncompiled():
+    """The world (not tiny-random), inductor on CPU. One compilation serves all three methods:
+    uce edits the UNet's weights in place (parameters are graph inputs, so the compiled UNet
+    sees the edit) and restores them; rs-corrector's autograd step runs on its classifier,
+    outside the (no_grad) UNet."""
+    batch = Batch(["a photo of a doctor", "a photo of a nurse"], [100, 101])
+    pipe = load_pipeline("world", "cpu")
+    methods = ("baseline", "uce", "rs-corrector", "baseline")
+    plain = {m: _images(pipe, m, batch) for m in methods[:3]}
+    assert np.abs(plain["uce"] - plain["baseline"]).max() > 1e-2  # the methods change images
+    assert np.abs(plain["rs-corrector"] - plain["baseline"]).max() > 1e-2
+    apply_options(pipe, compile=True)
+    try:
+        for m in methods:  # baseline again last: uce's release restored the compiled UNet's weights
+            got = _images(pipe, m, batch)
+            assert np.abs(got - plain[m]).max() <= MAX_FLOAT, m
+            levels = np.abs(to_uint8(got).astype(int) - to_uint8(plain[m]).astype(int))
+            assert levels.max() <= MAX_LEVELS, m
+    finally:
+        torch._dynamo.reset()
