@@ -106,6 +106,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--compile", action="store_true", default=None,
                      help="torch.compile the UNet after loading (in the cache key; the first "
                           "batch of each shape pays the compilation)")
+    run.add_argument("--vae-slicing", action="store_true", default=None,
+                     help="decode one image at a time (less memory, same pixels)")
+    run.add_argument("--vae-tiling", action="store_true", default=None,
+                     help="decode in overlapping tiles (less memory above the VAE's tile size; "
+                          "changes pixels there: in the cache key)")
     run.add_argument("--dry-run", action="store_true",
                      help="print the grid size and UNet evaluations; generate nothing")
     run.add_argument("--quiet", action="store_true",
@@ -246,6 +251,8 @@ def spec_from_args(a: argparse.Namespace) -> RunSpec:
         protocol=base.protocol,
         dtype=pick(a.dtype, base.dtype),
         compile=pick(a.compile, base.compile),
+        vae_slicing=pick(a.vae_slicing, base.vae_slicing),
+        vae_tiling=pick(a.vae_tiling, base.vae_tiling),
     )
 
 

@@ -27,7 +27,7 @@ class GenerationSettings:
     width: int
     batch_size: int
     dtype: str = "float32"  # resolved on the driver: workers on other devices use the same
-    compile: bool = False  # RunSpec.compile, applied by workers that load their own pipeline
+    options: tuple[str, ...] = ()  # RunSpec.gpu_options(), for workers that load their own pipeline
 
 
 def generate(pipe: Any, items: Sequence[WorkItem], adapters: dict[str, list[Adapter]],

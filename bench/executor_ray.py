@@ -109,7 +109,7 @@ class GenerationWorker:
                     f"Ray worker on {socket.gethostname()}: model '{settings.model}' has "
                     f"fingerprint {fingerprint(self.pipe)}, the driver's has {model_fp}; install "
                     f"the same weights and library versions on every node")
-            apply_options(self.pipe, settings.compile)
+            apply_options(self.pipe, settings.options)
         except Exception as exc:  # noqa: BLE001 - re-raised from generate()
             self.error = exc
         self.store = RunStore(root)

@@ -12,7 +12,7 @@ import os
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -98,13 +98,21 @@ def load_pipeline(name: str, device: str | None = None, dtype: str | None = None
     return pipe
 
 
-def apply_options(pipe: Any, compile: bool = False) -> None:
-    """The run's GPU options on a loaded pipeline (after its fingerprint is taken).
+def apply_options(pipe: Any, options: Sequence[str] = ()) -> None:
+    """The run's GPU options (RunSpec.gpu_options()) on a loaded pipeline, after its
+    fingerprint is taken. `vae_slicing`/`vae_tiling`: diffusers' AutoencoderKL decode options.
     `compile`: torch.compile of the UNet in place (`nn.Module.compile`, mode default,
     fullgraph=False), so `pipe.unet` stays the UNet: its config, hooks on the module itself and
     in-place weight edits (uce, weights) work as uncompiled; each new input shape or grad mode
     compiles again (the world: ~50 s on an idle CPU core)."""
-    if compile:
+    for name in ("slicing", "tiling"):
+        if f"vae_{name}" in options:
+            enable = getattr(pipe.vae, f"enable_{name}", None)
+            if enable is None:
+                raise ModelError(f"vae_{name}: this model's VAE ({type(pipe.vae).__name__}) has "
+                                 f"no {name}; run without --vae-{name}")
+            enable()
+    if "compile" in options:
         pipe.unet.compile(fullgraph=False)
 
 

@@ -20,7 +20,7 @@ RUNS = Path("runs")
 LATEST = "latest"
 # Keys that may differ between the shards and reruns of one run: they change where and how the
 # grid is computed, not which images or tables it holds. Not batch_size: shards are whole batches
-# of the full grid, so every shard must batch alike.
+# of the full grid, so every shard must batch alike; nor vae_slicing (when on) for the same reason.
 PER_RUN = ("shard", "executor", "workers", "out", "device")
 
 

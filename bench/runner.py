@@ -129,7 +129,7 @@ def plan(spec: RunSpec, dry_run: bool = False) -> RunPlan:
             raise
         return _plan_unloaded(spec, sets, adapters, chains, deviations, str(exc))
     check_compile(spec, adapters)
-    apply_options(pipe, spec.compile)
+    apply_options(pipe, spec.gpu_options())
     size = native_size(pipe)
     height, width = spec.sampler.height or size, spec.sampler.width or size
     check_size(pipe, height, width)
@@ -366,7 +366,7 @@ def execute(p: RunPlan, quiet: bool = False, columns: str | None = None) -> Path
         if note and not quiet:
             print(f"bench: note: {note}", file=sys.stderr)
     settings = GenerationSettings(spec.model, spec.sampler, p.height, p.width, spec.batch_size,
-                                  dtype_name(p.pipe), spec.compile)
+                                  dtype_name(p.pipe), spec.gpu_options())
     if spec.executor == "ray":  # generation and scoring on Ray; report.build finds scores done
         executor_ray.generate_and_score(p, store, settings, quiet=quiet)
     else:

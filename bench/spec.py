@@ -113,8 +113,9 @@ SCHEDULER_CLASSES: tuple[str, ...] = (
     "DPMSolverSDEScheduler", "EDMEulerScheduler")
 
 
-# Boolean GPU options that can change pixels (bench/models.py apply_options).
-PIXEL_OPTIONS: tuple[str, ...] = ("compile",)
+# Boolean GPU options that can change pixels (bench/models.py apply_options), and all of them.
+PIXEL_OPTIONS: tuple[str, ...] = ("compile", "vae_tiling")
+GPU_OPTIONS: tuple[str, ...] = (*PIXEL_OPTIONS, "vae_slicing")
 
 
 def check_dtype(name: str | None) -> str | None:
@@ -204,6 +205,11 @@ class RunSpec:
     # torch.compile of the UNet after loading (mode default, fullgraph=False): written to
     # to_dict, the cache key and the spec id only when on (PIXEL_OPTIONS).
     compile: bool = False
+    # diffusers' VAE memory options: slicing decodes one image at a time (floats within ~2e-6,
+    # like another batch size: in the spec id when on, not the cache key), tiling decodes
+    # overlapping tiles (blended seams: in the cache key and spec id when on).
+    vae_slicing: bool = False
+    vae_tiling: bool = False
 
     def __post_init__(self) -> None:
         # Checked here so a config file and the flags fail alike, before anything is loaded.
@@ -262,7 +268,7 @@ class RunSpec:
                             f"images per prompt, e.g. {{neutral: 32, group: 2}}")
         if type(self.seed) is not int:
             raise SpecError(f"seed={self.seed!r}: must be a whole number")
-        for key in PIXEL_OPTIONS:
+        for key in GPU_OPTIONS:
             if type(getattr(self, key)) is not bool:
                 raise SpecError(f"{key}={getattr(self, key)!r}: must be true or false")
         if not isinstance(self.guidance, tuple):
@@ -272,7 +278,7 @@ class RunSpec:
         """Every key; `suites` only when some are named, so manifests, bundles and run ids from
         before suites existed stay byte-identical."""
         out = dataclasses.asdict(self)
-        for key in ("suites", *PIXEL_OPTIONS):  # written when set: older specs keep their ids
+        for key in ("suites", *GPU_OPTIONS):  # written when set: older specs keep their ids
             if not out[key]:
                 del out[key]
         return out
@@ -280,6 +286,10 @@ class RunSpec:
     def pixel_options(self) -> tuple[str, ...]:
         """The options on that can change pixels: part of every cache key (bench.grid)."""
         return tuple(key for key in PIXEL_OPTIONS if getattr(self, key))
+
+    def gpu_options(self) -> tuple[str, ...]:
+        """Every GPU option that is on (bench.models.apply_options)."""
+        return tuple(key for key in GPU_OPTIONS if getattr(self, key))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunSpec":

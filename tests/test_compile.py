@@ -113,7 +113,7 @@ def test_compiled_world_matches_uncompiled():
     plain = {m: _images(pipe, m, batch) for m in methods[:3]}
     assert np.abs(plain["uce"] - plain["baseline"]).max() > 1e-2  # the methods change images
     assert np.abs(plain["rs-corrector"] - plain["baseline"]).max() > 1e-2
-    apply_options(pipe, compile=True)
+    apply_options(pipe, ("compile",))
     try:
         for m in methods:  # baseline again last: uce's release restored the compiled UNet's weights
             got = _images(pipe, m, batch)
@@ -122,3 +122,63 @@ def test_compiled_world_matches_uncompiled():
             assert levels.max() <= MAX_LEVELS, m
     finally:
         torch._dynamo.reset()
+
+
+# --- VAE memory options ------------------------------------------------------------------------
+
+def _world_images(options: tuple[str, ...]) -> np.ndarray:
+    pipe = load_pipeline("world", "cpu")
+    apply_options(pipe, options)
+    batch = Batch(["a photo of a doctor", "a photo of a nurse", "a photo of a chef"], [7, 8, 9])
+    return sample(pipe, [], batch, steps=4, height=64, width=64).images
+
+
+def test_vae_slicing_gives_the_same_pixels_and_tiling_other_ones():
+    plain = _world_images(())
+    sliced = _world_images(("vae_slicing",))
+    # One image at a time through the decoder: floats within 1.7e-6 (measured), so 8-bit pixels
+    # equal but where a value sits on a rounding boundary (4 of 36,864 here): one level, as
+    # another batch size gives. Hence in the spec id (one run decodes alike), not the cache key.
+    assert np.abs(sliced - plain).max() < 1e-5
+    levels = np.abs(to_uint8(sliced).astype(int) - to_uint8(plain).astype(int))
+    assert levels.max() <= 1 and (levels > 0).mean() < 1e-3
+    # The world's VAE tiles latents above 8x8 (sample_size 32 / 4): 64 px blends tile seams.
+    tiled = _world_images(("vae_tiling",))
+    assert np.abs(to_uint8(tiled).astype(int) - to_uint8(plain).astype(int)).max() > 1
+
+
+def test_vae_options_in_spec_keys_and_manifest(tmp_path, prompt_file):
+    sets = (str(prompt_file(["a cat"])),)
+    base = dict(model="tiny-random", prompt_sets=sets, metrics=("none",))
+    plans = {name: runner.plan(RunSpec(**base, out=str(tmp_path / name), **opts))
+             for name, opts in [("plain", {}), ("sliced", {"vae_slicing": True}),
+                                ("tiled", {"vae_tiling": True})]}
+    keys = {name: [w.key for w in p.grid] for name, p in plans.items()}
+    assert keys["sliced"] == keys["plain"] and set(keys["tiled"]).isdisjoint(keys["plain"])
+    assert plans["sliced"].pipe.vae.use_slicing and plans["tiled"].pipe.vae.use_tiling
+    assert not plans["plain"].pipe.vae.use_slicing and not plans["plain"].pipe.vae.use_tiling
+    specs = {name: runner.manifest(p).to_dict()["spec"] for name, p in plans.items()}
+    assert specs["sliced"]["vae_slicing"] is True and specs["tiled"]["vae_tiling"] is True
+    assert not {"vae_slicing", "vae_tiling"} & set(specs["plain"])
+    # Off: the ids from before the options existed; on: another run directory.
+    assert spec_id(RunSpec(vae_slicing=False, vae_tiling=False)) == "8cd988d82461"
+    assert len({spec_id(RunSpec()), spec_id(RunSpec(vae_slicing=True)),
+                spec_id(RunSpec(vae_tiling=True))}) == 3
+
+
+def test_vae_option_on_a_vae_without_it_is_one_line():
+    from types import SimpleNamespace
+
+    from bench.models import ModelError
+
+    with pytest.raises(ModelError, match=r"^vae_tiling: this model's VAE \(Module\) has no tiling"):
+        apply_options(SimpleNamespace(vae=torch.nn.Module()), ("vae_tiling",))
+
+
+def test_vae_flags_reach_the_spec():
+    from bench.cli import parser, spec_from_args
+
+    spec = spec_from_args(parser().parse_args(["run", "--vae-slicing", "--vae-tiling"]))
+    assert spec.vae_slicing and spec.vae_tiling and not spec.compile
+    assert spec.gpu_options() == ("vae_tiling", "vae_slicing")
+    assert spec.pixel_options() == ("vae_tiling",)
