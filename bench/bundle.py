@@ -87,13 +87,13 @@ def prompt_file(entry: str) -> tuple[Path, str] | None:
 
 def _check_prompt_file(entry: str, path: Path, manifest: Manifest) -> None:
     """The file must still hold the prompts the run used, or the bundle would carry others."""
-    from bench import runner
+    from bench import planning
 
     spec = dataclasses.replace(manifest.spec, prompt_sets=(entry,))
     if not path.is_file():
         raise BundleError(f"prompt file {path} (prompt set '{entry}') not found; run "
                           "`bench bundle` from the directory the run was started in")
-    current = runner.load_prompt_sets(spec)[0]
+    current = planning.load_prompt_sets(spec)[0]
     recorded = {s.name: s.sha256 for s in manifest.prompt_sets}
     if recorded.get(current.name) != current.content_hash():
         raise BundleError(f"prompt file {path} (prompt set '{current.name}') changed since the "

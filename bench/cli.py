@@ -272,17 +272,17 @@ def quiet_libraries() -> None:
 def cmd_run(a: argparse.Namespace) -> int:
     import time
 
-    from bench import runner
+    from bench import planning, runner
 
     if a.quiet:
         quiet_libraries()
     started = time.monotonic()
     spec = spec_from_args(a)
-    p = runner.plan(spec, dry_run=a.dry_run)
+    p = planning.plan(spec, dry_run=a.dry_run)
     for note in p.deviations:
         print(f"bench: note: protocol {spec.protocol} deviation: {note}", file=sys.stderr)
     if a.dry_run:
-        print(runner.dry_run_summary(p))
+        print(planning.dry_run_summary(p))
         if p.pipe is not None and p.items:  # one timed batch: the whole grid's cost
             from bench.projection import calibrate, projection_lines
 
@@ -323,7 +323,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
 def output_file(text: str, suffix: str | None = None) -> Path:
     """A file a command will write, refused before any work when it cannot be one."""
-    from bench.runner import check_out_dir
+    from bench.planning import check_out_dir
 
     path = Path(text)
     if suffix and path.suffix.lower() != suffix:
@@ -335,7 +335,7 @@ def output_file(text: str, suffix: str | None = None) -> Path:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from bench import report
+    from bench import runner
 
     if a.quiet:
         quiet_libraries()
@@ -344,11 +344,11 @@ def cmd_report(a: argparse.Namespace) -> int:
     if run_dir.suffix == ".zip":  # a bundle: extracted beside it, reported from its stored scores
         from bench import bundle
 
-        out = report.build(bundle.for_report(run_dir, a.metrics), quiet=a.quiet, score=False,
-                           columns=a.columns)
+        out = runner.report_run(bundle.for_report(run_dir, a.metrics), quiet=a.quiet,
+                                columns=a.columns, rescore=False)
     else:
-        out = report.build(run_dir, metrics=a.metrics, device=a.device, quiet=a.quiet,
-                           columns=a.columns)
+        out = runner.report_run(run_dir, metrics=a.metrics, device=a.device, quiet=a.quiet,
+                                columns=a.columns)
     print(f"report: {out}")
     return 0
 

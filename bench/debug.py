@@ -6,7 +6,7 @@ from pathlib import Path
 from PIL import Image
 
 from bench.models import dtype_name, load_pipeline, native_size
-from bench.runner import build_adapters, check_size
+from bench.planning import build_adapters, check_size
 from bench.sampler import Batch, NonFiniteError, sample, to_uint8
 from bench.spec import MethodChain, SpecError
 

@@ -1,20 +1,26 @@
-"""Generation: run work items through the sampler in batches and write them to the run store.
+"""Executors: where a run's generation and scoring batches run, behind one interface.
 
-The local executor is the reference: other executors (sharded, Ray) must produce the same images
-for the same items, which holds because every image's latents come from its own seed.
+`Executor` is what the runner calls; `LocalExecutor` (this process) is the reference and
+`bench.executor_ray.RayExecutor` runs the same batches on Ray actors. Other executors (sharded,
+Ray) must produce the same images for the same items, which holds because every image's latents
+come from its own seed, and the same scores, which holds because they score the same batches.
 """
 from __future__ import annotations
 
+import abc
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
+import pandas as pd
 from tqdm import tqdm
 
 from bench.grid import WorkItem, batches, prompt_sha256
+from bench.planning import RunPlan
 from bench.sampler import Adapter, Batch, NonFiniteError, sample, to_uint8
+from bench.scoring import ScoringJob, chunks, score_rows
 from bench.spec import SamplerSpec
 from bench.store import RunStore
 
@@ -28,6 +34,58 @@ class GenerationSettings:
     batch_size: int
     dtype: str = "float32"  # resolved on the driver: workers on other devices use the same
     options: tuple[str, ...] = ()  # RunSpec.gpu_options(), for workers that load their own pipeline
+
+
+class Executor(abc.ABC):
+    """The runner's view of an executor: `with executor:` spans the stages that share its
+    resources (a Ray session), inside which it generates, times and scores."""
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    @abc.abstractmethod
+    def generate(self, p: RunPlan, store: RunStore, settings: GenerationSettings) -> int | None:
+        """Store every planned image (`p.items`) the store lacks. Returns how many were written,
+        None when the executor does not count them."""
+
+    @abc.abstractmethod
+    def time(self, p: RunPlan, store: RunStore, settings: GenerationSettings) -> None:
+        """The timing phase (`time_phase`: RUN/timing.parquet), where this executor can time."""
+
+    @abc.abstractmethod
+    def score(self, jobs: Sequence[ScoringJob], store: RunStore,
+              batch_size: int) -> Iterator[pd.DataFrame]:
+        """Each job's scored rows (`scoring.score_rows` over `scoring.chunks` of its rows, so
+        every executor scores the same batches), one frame per job, in the jobs' order."""
+
+
+class LocalExecutor(Executor):
+    """Generation, timing and scoring in this process, on the plan's pipeline."""
+
+    def __init__(self, device: str | None = None, quiet: bool = False) -> None:
+        self.device = device  # where scorers load; generation runs where the plan's pipe is
+        self.quiet = quiet
+
+    def generate(self, p: RunPlan, store: RunStore, settings: GenerationSettings) -> int:
+        return generate(p.pipe, p.items, p.adapters, store, settings, quiet=self.quiet)
+
+    def time(self, p: RunPlan, store: RunStore, settings: GenerationSettings) -> None:
+        time_phase(p.pipe, p.grid, p.adapters, store, settings, p.spec.timing_rounds)
+
+    def score(self, jobs: Sequence[ScoringJob], store: RunStore,
+              batch_size: int) -> Iterator[pd.DataFrame]:
+        for job in jobs:
+            scorer = job.scorer_cls(device=self.device, **job.params)
+            parts = []
+            with tqdm(total=len(job.rows), desc=f"score {job.name}", unit="img",
+                      disable=self.quiet) as bar:
+                for rows in chunks(job.rows, batch_size):
+                    parts.append(score_rows(scorer, job.name, store, rows))
+                    bar.update(len(rows))
+            yield pd.concat(parts, ignore_index=True)
 
 
 def generate(pipe: Any, items: Sequence[WorkItem], adapters: dict[str, list[Adapter]],

@@ -1,4 +1,4 @@
-"""`bench run --executor ray`: generation and scoring on a Ray cluster.
+"""`bench run --executor ray`: generation and scoring on a Ray cluster (`RayExecutor`).
 
 One actor per worker, each holding one pipeline (`num_gpus=1` per actor when the cluster has GPUs,
 else `num_cpus=1`). The driver computes the work grid and cache keys exactly as the local executor
@@ -17,22 +17,22 @@ started on 127.0.0.1 and shut down at the end; set RAY_ADDRESS to use a cluster 
 """
 from __future__ import annotations
 
-import json
 import os
-import signal
 import socket
 import sys
 from collections import deque
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Iterator, Sequence
 
 import pandas as pd
 from tqdm import tqdm
 
-from bench.executor import GenerationSettings, pending, swap, warm_up, write_batch
+from bench.executor import Executor, GenerationSettings, pending, swap, warm_up, write_batch
 from bench.grid import WorkItem
 from bench.models import ModelError
+from bench.planning import RunPlan, build_adapters
 from bench.sampler import Adapter
+from bench.scoring import ScoringJob, chunks, score_rows
 from bench.spec import MethodChain, SpecError
 from bench.store import RunStore
 
@@ -41,9 +41,6 @@ LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node address is
 MAX_RESTARTS = 3  # per actor; each restart reloads the pipeline
 MAX_TASK_RETRIES = 3  # per batch, on actor death
 IN_FLIGHT = 2  # batches queued per actor, so a worker never idles waiting for the driver
-# Fault injection for tests: "n:path" makes the first worker to write its n-th image create `path`
-# (listing every record then in the store with its mtime) and SIGKILL its own process.
-KILL_ENV = "BENCH_RAY_TEST_KILL_AT"
 
 
 def import_ray() -> Any:
@@ -96,7 +93,7 @@ class GenerationWorker:
     """A Ray actor: one pipeline, loaded once by model name; writes what it generates."""
 
     def __init__(self, device: str, root: str, settings: GenerationSettings, model_fp: str,
-                 chains: dict[str, MethodChain], kill_at: str | None = None) -> None:
+                 chains: dict[str, MethodChain]) -> None:
         from bench.models import apply_options, fingerprint, load_pipeline
 
         self.error: Exception | None = None  # raised by every call, so it reaches the driver whole
@@ -118,7 +115,6 @@ class GenerationWorker:
         self.method: str | None = None
         self.adapters: list[Adapter] = []
         self.written = 0
-        self.kill_at = kill_at
 
     def ready(self) -> str:
         """Returns once the pipeline is loaded (or raises why it is not): where this worker runs."""
@@ -130,8 +126,6 @@ class GenerationWorker:
         """One batch of the driver's `pending()`, regenerated whole: a retried batch has the same
         company as its first try, so its images are bit-equal to the local executor's."""
         self.ready()
-        from bench.runner import build_adapters
-
         if all(self.store.has(w.key) for w in items):  # a retry after everything was written
             return []
         if self.method is None:
@@ -140,26 +134,12 @@ class GenerationWorker:
             new = build_adapters(self.chains[items[0].method])
             swap(self.pipe, self.adapters, new)
             self.method, self.adapters = items[0].method, new
-        write_batch(self.pipe, self.adapters, items, self.store, self.settings, self._wrote)
+        write_batch(self.pipe, self.adapters, items, self.store, self.settings, self.wrote)
         return [w.key for w in items]
 
-    def _wrote(self) -> None:
+    def wrote(self) -> None:
+        """Called after each image this worker stores (tests override it to kill the worker)."""
         self.written += 1
-        self._maybe_die()
-
-    def _maybe_die(self) -> None:
-        if not self.kill_at:
-            return
-        n, path = self.kill_at.split(":", 1)
-        if self.written != int(n):
-            return
-        try:
-            with open(path, "x") as f:  # "x": exactly one worker dies, once
-                records = (self.store.root / "records").glob("*.json")
-                json.dump({p.stem: p.stat().st_mtime_ns for p in records}, f)
-        except FileExistsError:
-            return
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class ScoringWorker:
@@ -171,8 +151,6 @@ class ScoringWorker:
         self.scorers: dict[str, Any] = {}
 
     def score(self, job: tuple[str, type, dict[str, str], pd.DataFrame]) -> pd.DataFrame:
-        from bench.scoring import score_rows
-
         name, cls, params, rows = job
         if name not in self.scorers:
             self.scorers[name] = cls(device=self.device, **params)
@@ -200,35 +178,29 @@ def generate(pipe: Any, items: Sequence[WorkItem], adapters: dict[str, list[Adap
         raise SpecError(f"no adapters planned for method(s) {missing}")
     root = str(store.root.resolve())  # a path every node sees: a shared filesystem
     with session(workers, quiet) as ray, actor_pool(
-            ray, GenerationWorker, workers, device, root, settings, model_fp,
-            chains, os.environ.get(KILL_ENV)) as pool, \
+            ray, GenerationWorker, workers, device, root, settings, model_fp, chains) as pool, \
             tqdm(total=sum(len(c) for c in todo), desc=f"generate ({len(pool)} ray workers)", unit="img",
                  disable=quiet) as bar:
         dispatch(ray, pool, "generate", todo, lambda job: bar.update(len(job)))
     return missing_images
 
 
-def score_run(store: RunStore, names: Sequence[str], device: str | None = None,
-              batch_size: int = 32, quiet: bool = False, workers: int | None = None) -> dict:
-    """`bench.scoring.score_run` on Ray: the same plan and batches (so the same numbers), scored
-    by actors, merged and written by the driver after each scorer."""
-    from bench.scoring import chunks, merge_scores, plan_scoring
-
-    plan = plan_scoring(store, names, device)
-    if not plan.jobs:
-        return plan.summary()
-    scores = store.scores()
+def score(jobs: Sequence[ScoringJob], store: RunStore, batch_size: int = 32,
+          quiet: bool = False, *, workers: int | None = None,
+          device: str | None = None) -> Iterator[pd.DataFrame]:
+    """`Executor.score` on Ray: the same batches as the local executor (so the same numbers),
+    scored by actors that build each scorer once; each job's rows once all its batches are in."""
+    if not jobs:
+        return
     with session(workers, quiet) as ray, actor_pool(
             ray, ScoringWorker, workers, device, str(store.root.resolve())) as pool:
-        for job in plan.jobs:
+        for job in jobs:
             batches_ = [(job.name, job.scorer_cls, job.params, rows)
                         for rows in chunks(job.rows, batch_size)]
             with tqdm(total=len(job.rows), desc=f"score {job.name} (ray)", unit="img",
                       disable=quiet) as bar:
                 parts = dispatch(ray, pool, "score", batches_, lambda b: bar.update(len(b[3])))
-            scores = merge_scores(scores, pd.concat(parts, ignore_index=True))
-            store.write_scores(scores)  # after each scorer, as the local scorer does
-    return plan.summary()
+            yield pd.concat(parts, ignore_index=True)
 
 
 @contextmanager
@@ -284,24 +256,37 @@ def _get(ray: Any, ref: Any) -> Any:
             f"same command to resume. Cause: {str(exc).splitlines()[0]}") from exc
 
 
-def generate_and_score(p: Any, store: RunStore, settings: GenerationSettings,
-                       quiet: bool = False) -> None:
-    """The Ray half of `runner.execute()`: generation, then (for a whole run) scoring, which
-    `bench report` then finds done."""
-    from bench.scoring import scorer_names
+class RayExecutor(Executor):
+    """Generation and scoring on Ray actors, one Ray session for both stages. No timing phase:
+    the workers hold the devices (latency then comes from the records' per-image seconds)."""
 
-    spec = p.spec
-    if p.pipe.device.type == "cuda":  # the workers hold the GPUs; the driver only planned
-        import torch
+    def __init__(self, workers: int | None = None, device: str | None = None,
+                 quiet: bool = False) -> None:
+        import_ray()  # without Ray: the one-line install hint, before the run writes anything
+        self.workers, self.device, self.quiet = workers, device, quiet
+        self._session = ExitStack()
 
-        p.pipe.to("cpu")
-        torch.cuda.empty_cache()
-    with session(spec.workers, quiet):  # one Ray for both stages
-        generate(p.pipe, p.items, p.adapters, store, settings, quiet, workers=spec.workers,
-                 device=spec.device, model_fp=p.model_fp, chains=p.chains)
-        if spec.shard:  # shards score nothing: `bench report RUN` scores once all shards are in
-            return
-        store.consolidate()
-        names = scorer_names(spec.model, spec.metrics, [s.name for s in p.prompt_sets], spec.suites)
-        score_run(store, names, device=spec.device,
-                  quiet=quiet, workers=spec.workers)
+    def __enter__(self) -> "RayExecutor":
+        self._session.enter_context(session(self.workers, self.quiet))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._session.close()
+
+    def generate(self, p: RunPlan, store: RunStore, settings: GenerationSettings) -> None:
+        if p.pipe.device.type == "cuda":  # the workers hold the GPUs; the driver only planned
+            import torch
+
+            p.pipe.to("cpu")
+            torch.cuda.empty_cache()
+        generate(p.pipe, p.items, p.adapters, store, settings, self.quiet, workers=self.workers,
+                 device=self.device, model_fp=p.model_fp, chains=p.chains)
+        return None  # what the workers wrote is not counted (a retried batch repeats)
+
+    def time(self, p: RunPlan, store: RunStore, settings: GenerationSettings) -> None:
+        return None
+
+    def score(self, jobs: Sequence[ScoringJob], store: RunStore,
+              batch_size: int) -> Iterator[pd.DataFrame]:
+        return score(jobs, store, batch_size, self.quiet, workers=self.workers,
+                     device=self.device)

@@ -162,11 +162,6 @@ class Manifest:
     def to_json(self) -> bytes:
         return json.dumps(self.to_dict(), indent=2, default=str).encode()
 
-    def write(self, path: Path) -> None:
-        from bench.store import atomic_write
-
-        atomic_write(path, self.to_json())
-
     @classmethod
     def read(cls, path: Path, fix: str = RERUN) -> "Manifest":
         """A run directory's manifest.json (FileNotFoundError when there is none)."""

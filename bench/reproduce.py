@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import bundle, rundir, runner
+from bench import bundle, provenance, rundir, runner
 from bench.registry import METRICS
 from bench.scoring import scorer_names
 from bench.manifest import Manifest, Reproduction
+from bench.models import dtype_name
+from bench.planning import RunPlan, plan
 from bench.spec import NamedOptions, RunSpec, SpecError
 from bench.store import RunStore
 
@@ -83,7 +85,7 @@ def reproduce_spec(manifest: Manifest, out: Path, device: str | None,
                                dtype=dtype or reproduced_dtype(manifest, spec.dtype, device))
 
 
-def differences(manifest: Manifest, p: runner.RunPlan) -> list[Difference]:
+def differences(manifest: Manifest, p: RunPlan) -> list[Difference]:
     out: list[Difference] = []
     recorded = {s.name: s for s in manifest.prompt_sets}
     for s in p.prompt_sets:
@@ -103,7 +105,7 @@ def differences(manifest: Manifest, p: runner.RunPlan) -> list[Difference]:
                               f"manifest, {p.model_fp} here (other weights, config or scheduler)",
                               True))
     out += _method_differences(manifest, p)
-    was_dtype, now_dtype = manifest.dtype, runner.dtype_name(p.pipe)
+    was_dtype, now_dtype = manifest.dtype, dtype_name(p.pipe)
     if was_dtype != now_dtype:  # the same weights and experiment, computed at another precision
         out.append(Difference(f"dtype {was_dtype} in the manifest, {now_dtype} here: pixels and "
                               "cache keys differ, figures may move within their CIs", False))
@@ -111,13 +113,13 @@ def differences(manifest: Manifest, p: runner.RunPlan) -> list[Difference]:
     if was != now:
         out.append(Difference(f"device type {was} in the manifest, {now} here: pixels may differ",
                               False))
-    current = runner.versions()
+    current = provenance.versions()
     for key in VERSION_KEYS:
         a, b = manifest.versions.get(key), current.get(key)
         if a != b:
             out.append(Difference(f"{key} {a or 'absent'} in the manifest, {b or 'absent'} here",
                                   False))
-    commit = runner.git_commit()
+    commit = provenance.git_commit()
     if manifest.git_commit and commit and manifest.git_commit != commit:
         out.append(Difference(f"bench git commit {manifest.git_commit[:12]} in the manifest, "
                               f"{commit[:12]} here", False))
@@ -128,7 +130,7 @@ def differences(manifest: Manifest, p: runner.RunPlan) -> list[Difference]:
     return out
 
 
-def scorer_drift(source: Path, p: runner.RunPlan) -> list[Difference]:
+def scorer_drift(source: Path, p: RunPlan) -> list[Difference]:
     """The original run's scorer set-ups (`report/scoring.json`) against this machine's, for the
     scorers it recorded: another weight fingerprint, or a scorer it used that is skipped here,
     changes the measured tables (blocking); other fields (paths, versions) are warnings."""
@@ -169,7 +171,7 @@ def scoring_setups(names: list[str], device: str | None) -> dict[str, dict[str, 
     return {"used": used, "skipped": skipped}
 
 
-def _method_differences(manifest: Manifest, p: runner.RunPlan) -> list[Difference]:
+def _method_differences(manifest: Manifest, p: RunPlan) -> list[Difference]:
     out = []
     recorded = {m: [a.to_dict() for a in ads] for m, ads in manifest.methods.items()}
     for method, adapters in p.adapters.items():
@@ -204,7 +206,7 @@ def reproduce(source: Path, out: Path | None = None, allow_drift: bool = False,
         bundle.extract(source, out, prefix="prompts/")
         prompt_files = {f["entry"]: str((out / f["file"]).resolve()) + f["options"]
                         for f in info["prompt_files"]}
-    p = runner.plan(reproduce_spec(manifest, out, device, prompt_files, dtype))
+    p = plan(reproduce_spec(manifest, out, device, prompt_files, dtype))
     found = differences(manifest, p) + scorer_drift(source, p)
     blocking = [d for d in found if d.blocking]
     for d in found:

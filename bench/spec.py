@@ -73,7 +73,7 @@ class NamedOptions:
 @dataclass(frozen=True)
 class MethodChain:
     """A method as a run composes it: calls joined by `+` (`fair-mapping+sld-strong:warmup=5`),
-    applied in order. Parsed once where a spec enters (`runner.expand_methods`, `bench
+    applied in order. Parsed once where a spec enters (`planning.expand_methods`, `bench
     generate`); the runner, the adapters and the Ray workers receive this object. Its canonical
     string names the method in cache keys, tables and manifests only."""
     calls: tuple[NamedOptions, ...]
@@ -180,7 +180,7 @@ class RunSpec:
     samples: int = 4  # images per prompt
     # Images per prompt by the prompt's `meta.kind` ("neutral": 32), or by "<set>.<kind>"
     # ("world-occupations.group": 2), over `samples`; None -> the model's default when its default
-    # prompt sets run (bench.runner.DEFAULT_SAMPLES_BY_KIND), else none. `plan` resolves None, so
+    # prompt sets run (bench.planning.DEFAULT_SAMPLES_BY_KIND), else none. `plan` resolves None, so
     # a manifest records the counts that ran.
     samples_by_kind: tuple[tuple[str, int], ...] | None = None
     seed: int = 0

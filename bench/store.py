@@ -148,7 +148,7 @@ class RunStore:
         return self.root / "manifest.json"
 
     def write_manifest(self, manifest: Manifest) -> None:
-        manifest.write(self.manifest_path)
+        atomic_write(self.manifest_path, manifest.to_json())
 
     def manifest(self) -> Manifest:
         return Manifest.read(self.manifest_path)

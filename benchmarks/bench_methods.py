@@ -15,7 +15,7 @@ import torch
 
 from bench.models import load_pipeline, native_size
 from bench.registry import METHODS
-from bench.runner import build_adapters
+from bench.planning import build_adapters
 from bench.spec import MethodChain
 from bench.sampler import Batch, sample
 

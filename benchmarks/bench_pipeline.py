@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench import runner
+from bench import planning, runner
 from bench.executor import pending, to_batch
 from bench.sampler import sample, to_uint8
 from bench.spec import RunSpec, SamplerSpec
@@ -45,17 +45,17 @@ def load() -> str:
     return "load %.1f %.1f %.1f" % os.getloadavg()
 
 
-def plan(seconds: float, batch: int, images: int) -> runner.RunPlan:
-    probe = runner.load_prompt_sets(RunSpec(prompt_sets=(PROMPT_SET,)))[0]
+def plan(seconds: float, batch: int, images: int) -> planning.RunPlan:
+    probe = planning.load_prompt_sets(RunSpec(prompt_sets=(PROMPT_SET,)))[0]
     samples = -(-images // len(probe.prompts))
     spec = RunSpec(model=f"simulated-gpu:seconds_per_image={seconds}", prompt_sets=(PROMPT_SET,),
                    samples=samples, batch_size=batch, metrics=("none",), sampler=SamplerSpec())
-    p = runner.plan(spec)
+    p = planning.plan(spec)
     p.items = p.items[:images]
     return p
 
 
-def end_to_end(p: runner.RunPlan, root: Path) -> float:
+def end_to_end(p: planning.RunPlan, root: Path) -> float:
     out = root / f"run-{time.monotonic_ns()}"
     q = dataclasses.replace(p, spec=dataclasses.replace(p.spec, out=str(out)))
     start = time.perf_counter()
@@ -65,7 +65,7 @@ def end_to_end(p: runner.RunPlan, root: Path) -> float:
     return took
 
 
-def alone(p: runner.RunPlan, root: Path) -> float:
+def alone(p: planning.RunPlan, root: Path) -> float:
     """The same batches, sampled and converted to uint8, stored nowhere."""
     store = RunStore(root / "null")  # empty: every batch is pending
     chunks = pending(p.items, store, p.spec.batch_size)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only; before Ray
 
-from bench import executor_ray, runner  # noqa: E402
+from bench import executor_ray, planning  # noqa: E402
 from bench.executor import GenerationSettings, generate  # noqa: E402
 from bench.grid import batches  # noqa: E402
 from bench.spec import RunSpec, SamplerSpec  # noqa: E402
@@ -41,7 +41,7 @@ def main() -> None:
     prompts.write_text("".join(f"a photo of person number {i}\n" for i in range(a.prompts)))
     spec = RunSpec(model=a.model, prompt_sets=(str(prompts),), samples=1, metrics=("none",),
                    sampler=SamplerSpec(steps=a.steps), batch_size=a.batch, device="cpu")
-    p = runner.plan(spec)
+    p = planning.plan(spec)
     settings = GenerationSettings(a.model, spec.sampler, p.height, p.width, a.batch)
     n = len(p.items)
     rows: list[tuple[str, float, float]] = []  # (executor, start-up s, images/s)

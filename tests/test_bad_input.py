@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from bench import runner
+from bench import planning
 from bench.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,7 +184,7 @@ def test_bad_input_is_one_line_exit_2(case, args, expected, needs_model, files, 
     before = snapshot(existing_run)
     capsys.readouterr()
     if not needs_model:
-        monkeypatch.setattr(runner, "load_pipeline", _tripwire)
+        monkeypatch.setattr(planning, "load_pipeline", _tripwire)
     code = main(_argv(args, files, existing_run))  # a traceback would raise here
     err = capsys.readouterr().err
     assert code == 2, err
@@ -250,7 +250,7 @@ def test_read_only_out_is_refused_before_the_model_loads(files, existing_run, ca
     if os.geteuid() == 0:  # root writes anywhere a mode allows nothing: say what access(2) would
         real = os.access
         monkeypatch.setattr(os, "access", lambda p, m: False if Path(p) == locked else real(p, m))
-    monkeypatch.setattr(runner, "load_pipeline", _tripwire)
+    monkeypatch.setattr(planning, "load_pipeline", _tripwire)
     try:
         code = main(_argv([*P, "--out", str(locked / "run")], files, existing_run))
     finally:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import runner
+from bench import planning, provenance
 from bench.grid import cache_key
 from bench.models import apply_options, load_pipeline
 from bench.rundir import spec_id
@@ -51,17 +51,17 @@ def test_compile_must_be_a_boolean():
 
 def test_plan_records_compile_and_keys_it(tmp_path, prompt_file):
     sets = (str(prompt_file(["a cat"])),)
-    plain = runner.plan(RunSpec(model="tiny-random", prompt_sets=sets, metrics=("none",),
+    plain = planning.plan(RunSpec(model="tiny-random", prompt_sets=sets, metrics=("none",),
                                 out=str(tmp_path / "a")))
-    compiled = runner.plan(RunSpec(model="tiny-random", prompt_sets=sets, metrics=("none",),
+    compiled = planning.plan(RunSpec(model="tiny-random", prompt_sets=sets, metrics=("none",),
                                    out=str(tmp_path / "b"), compile=True))
     try:
         assert not hasattr(plain.pipe.unet, "_compiled_call_impl") or \
             plain.pipe.unet._compiled_call_impl is None
         assert compiled.pipe.unet._compiled_call_impl is not None  # compiled in place
         assert type(compiled.pipe.unet).__name__ == "UNet2DConditionModel"
-        assert runner.manifest(compiled).to_dict()["spec"]["compile"] is True
-        assert "compile" not in runner.manifest(plain).to_dict()["spec"]
+        assert provenance.manifest(compiled).to_dict()["spec"]["compile"] is True
+        assert "compile" not in provenance.manifest(plain).to_dict()["spec"]
         assert {w.key for w in plain.grid}.isdisjoint(w.key for w in compiled.grid)
     finally:
         torch._dynamo.reset()
@@ -77,8 +77,8 @@ class SkipProbe(Adapter):
 def test_skip_feature_methods_refuse_compile_in_one_line():
     spec = RunSpec(compile=True)
     with pytest.raises(SpecError, match=r"^compile: skip-probe edits the UNet's skip connections"):
-        runner.check_compile(spec, {"skip-probe": [SkipProbe()]})
-    runner.check_compile(RunSpec(), {"skip-probe": [SkipProbe()]})  # uncompiled: fine
+        planning.check_compile(spec, {"skip-probe": [SkipProbe()]})
+    planning.check_compile(RunSpec(), {"skip-probe": [SkipProbe()]})  # uncompiled: fine
 
 
 def test_compile_flag_and_config_key_reach_the_spec(tmp_path):
@@ -92,7 +92,7 @@ def test_compile_flag_and_config_key_reach_the_spec(tmp_path):
 
 
 def _images(pipe, chain: str, batch: Batch) -> np.ndarray:
-    adapters = runner.build_adapters(runner.MethodChain.parse(chain)) if chain != "baseline" else []
+    adapters = planning.build_adapters(planning.MethodChain.parse(chain)) if chain != "baseline" else []
     for a in adapters:
         a.prepare(pipe)
     try:
@@ -150,14 +150,14 @@ def test_vae_slicing_gives_the_same_pixels_and_tiling_other_ones():
 def test_vae_options_in_spec_keys_and_manifest(tmp_path, prompt_file):
     sets = (str(prompt_file(["a cat"])),)
     base = dict(model="tiny-random", prompt_sets=sets, metrics=("none",))
-    plans = {name: runner.plan(RunSpec(**base, out=str(tmp_path / name), **opts))
+    plans = {name: planning.plan(RunSpec(**base, out=str(tmp_path / name), **opts))
              for name, opts in [("plain", {}), ("sliced", {"vae_slicing": True}),
                                 ("tiled", {"vae_tiling": True})]}
     keys = {name: [w.key for w in p.grid] for name, p in plans.items()}
     assert keys["sliced"] == keys["plain"] and set(keys["tiled"]).isdisjoint(keys["plain"])
     assert plans["sliced"].pipe.vae.use_slicing and plans["tiled"].pipe.vae.use_tiling
     assert not plans["plain"].pipe.vae.use_slicing and not plans["plain"].pipe.vae.use_tiling
-    specs = {name: runner.manifest(p).to_dict()["spec"] for name, p in plans.items()}
+    specs = {name: provenance.manifest(p).to_dict()["spec"] for name, p in plans.items()}
     assert specs["sliced"]["vae_slicing"] is True and specs["tiled"]["vae_tiling"] is True
     assert not {"vae_slicing", "vae_tiling"} & set(specs["plain"])
     # Off: the ids from before the options existed; on: another run directory.

@@ -122,7 +122,7 @@ def test_on_step_runs_in_float32_and_is_cast_back(dtype):
 
 
 def test_rs_corrector_in_half_precision_gives_finite_images():
-    from bench.runner import build_adapters
+    from bench.planning import build_adapters
     from bench.spec import MethodChain
 
     # In float16 its normalised gradient step divided 0 by 0 (pow(2) underflows) and the

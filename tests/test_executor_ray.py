@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import json  # noqa: E402
+import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -17,9 +18,9 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench import executor_ray, runner  # noqa: E402
+from bench import executor_ray, planning, runner  # noqa: E402
 from bench.cli import main  # noqa: E402
-from bench.executor import GenerationSettings, generate  # noqa: E402
+from bench.executor import GenerationSettings, LocalExecutor, generate  # noqa: E402
 from bench.models import ModelError  # noqa: E402
 from bench.spec import RunSpec, SamplerSpec, SpecError  # noqa: E402
 from bench.grid import grid_tables  # noqa: E402
@@ -44,6 +45,27 @@ class Brightness(Scorer):
         means = [float(np.asarray(im, dtype=float)[..., self.channel].mean()) for im in images]
         return pd.DataFrame({"brightness.mean": means, "brightness.pid": os.getpid()},
                             index=rows.index)
+
+
+class KillingWorker(executor_ray.GenerationWorker):
+    """The first worker to store its `AT`-th image creates `MARKER` (listing every record then
+    in the store with its mtime) and SIGKILLs its own process; the restarted actor finds the
+    marker and lives. Set AT and MARKER on a subclass (the actor is pickled by value)."""
+
+    AT: int = 0
+    MARKER: str = ""
+
+    def wrote(self) -> None:
+        super().wrote()
+        if self.written != self.AT:
+            return
+        try:
+            with open(self.MARKER, "x") as f:  # "x": exactly one worker dies, once
+                records = (self.store.root / "records").glob("*.json")
+                json.dump({p.stem: p.stat().st_mtime_ns for p in records}, f)
+        except FileExistsError:
+            return
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
@@ -127,14 +149,18 @@ def test_scoring_spreads_over_workers(ray_local, tmp_path, prompts, brightness):
                    sampler=SamplerSpec(steps=3), metrics=("none",), out=str(tmp_path / "r"))
     runner.run(spec, quiet=True)
     store = RunStore(spec.out)
-    out = executor_ray.score_run(store, ["brightness"], batch_size=1, quiet=True, workers=2)
+    with executor_ray.RayExecutor(workers=2, quiet=True) as ray_executor:
+        out = runner.score(store, ["brightness"], None, ray_executor, batch_size=1)
     assert out == {"used": {"brightness": {}}, "skipped": {}}
     scores = store.scores()
     assert len(scores) == 6 and scores["_scored.brightness"].all()
     assert scores["brightness.pid"].nunique() == 2  # both workers took batches
-    # Already scored: nothing is sent to Ray again.
-    assert executor_ray.score_run(store, ["brightness"], quiet=True)["used"] == {"brightness": {}}
-    assert store.scores()["brightness.pid"].equals(scores["brightness.pid"])
+    # Already scored: the scoring stage gives the executor no job.
+    sent = []
+    local = LocalExecutor(quiet=True)
+    local.score = lambda jobs, store, batch_size: sent.extend(jobs) or iter(())
+    assert runner.score(store, ["brightness"], None, local)["used"] == {"brightness": {}}
+    assert sent == [] and store.scores()["brightness.pid"].equals(scores["brightness.pid"])
 
 
 def test_killed_worker_is_restarted_and_loses_nothing(ray_local, tmp_path, prompt_file,
@@ -142,12 +168,13 @@ def test_killed_worker_is_restarted_and_loses_nothing(ray_local, tmp_path, promp
     prompts = prompt_file([f"a photo of person number {i}" for i in range(4)])
     spec = RunSpec(model="tiny-random", methods=("baseline",), prompt_sets=(str(prompts),),
                    samples=2, sampler=SamplerSpec(steps=3), batch_size=2, metrics=("none",))
-    p = runner.plan(spec)
+    p = planning.plan(spec)
     settings = GenerationSettings("tiny-random", spec.sampler, p.height, p.width, 2)
     generate(p.pipe, p.items, p.adapters, RunStore(tmp_path / "local"), settings, quiet=True)
     marker = tmp_path / "killed.json"
     # The first worker to write its 3rd image (the first of its 2nd batch) SIGKILLs itself.
-    monkeypatch.setenv(executor_ray.KILL_ENV, f"3:{marker}")
+    killer = type("Killer", (KillingWorker,), {"AT": 3, "MARKER": str(marker)})
+    monkeypatch.setattr(executor_ray, "GenerationWorker", killer)
     store = RunStore(tmp_path / "ray")
     store.write_grid(*grid_tables(p.grid, p.prompt_sets))  # what bench run writes first
     assert executor_ray.generate(p.pipe, p.items, p.adapters, store, settings, quiet=True,
@@ -167,7 +194,7 @@ def test_worker_with_other_weights_stops_the_run_in_one_line(ray_local, tmp_path
     """A node whose model differs from the driver's would file images under wrong cache keys."""
     spec = RunSpec(model="tiny-random", prompt_sets=(str(prompts),), samples=1,
                    sampler=SamplerSpec(steps=3), metrics=("none",))
-    p = runner.plan(spec)
+    p = planning.plan(spec)
     settings = GenerationSettings("tiny-random", spec.sampler, p.height, p.width, 2)
     store = RunStore(tmp_path / "r")
     with pytest.raises(ModelError, match=rf"has fingerprint {p.model_fp}, the driver's has 0+; "):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import runner
+from bench import planning, provenance
 from bench.cli import main
 from bench.manifest import Manifest, ManifestError
 from bench.spec import RunSpec, SamplerSpec
@@ -61,8 +61,8 @@ def test_the_runner_writes_the_manifest_it_always_wrote(tmp_path, prompt_file):
     spec = RunSpec(model="tiny-random", methods=("baseline,sld-max:warmup=2",),
                    prompt_sets=(str(prompt_file(["a photo of a doctor"])),),
                    sampler=SamplerSpec(steps=2), metrics=("none",), out=str(tmp_path / "r"))
-    p = runner.plan(spec)
-    m = runner.manifest(p)
+    p = planning.plan(spec)
+    m = provenance.manifest(p)
     expected = {
         "bench_manifest": 1, "created": m.created, "spec": p.spec.to_dict(),
         "model": {"name": "tiny-random", "fingerprint": p.model_fp,
@@ -73,8 +73,8 @@ def test_the_runner_writes_the_manifest_it_always_wrote(tmp_path, prompt_file):
         "protocol": None, "skipped_methods": {}, "method_warnings": {},
         "prompt_sets": [{"name": s.name, "source": s.source, "prompts": 1,
                          "sha256": s.content_hash()} for s in p.prompt_sets],
-        "grid": {"images": 8, "shard": None}, "device": "cpu", "versions": runner.versions(),
-        "git_commit": runner.git_commit(), "git_dirty": runner.git_dirty()}
+        "grid": {"images": 8, "shard": None}, "device": "cpu", "versions": provenance.versions(),
+        "git_commit": provenance.git_commit(), "git_dirty": provenance.git_dirty()}
     raw = m.to_json()
     assert raw == json.dumps(expected, indent=2, default=str).encode()
     assert list(m.methods) == ["baseline", "sld-max:warmup=2"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import runner
+from bench import planning, runner
 from bench.grid import cache_key
 from bench.spec import MethodChain, NamedOptions, RunSpec, SamplerSpec, SpecError
 
@@ -55,8 +55,8 @@ def test_a_run_parses_each_method_spec_once(tmp_path, prompt_file, monkeypatch):
 
     monkeypatch.setattr(MethodChain, "parse", classmethod(counting))
     built = []
-    monkeypatch.setattr(runner, "build_adapters",
-                        lambda chain, real=runner.build_adapters: built.append(chain) or real(chain))
+    monkeypatch.setattr(planning, "build_adapters",
+                        lambda chain, real=planning.build_adapters: built.append(chain) or real(chain))
     spec = RunSpec(model="tiny-random", methods=("baseline,sld-max:warmup=1",),
                    prompt_sets=(str(prompt_file(["a photo of a doctor"])),), samples=1,
                    sampler=SamplerSpec(steps=2), metrics=("none",), timing_rounds=0,

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.runner import build_adapters
+from bench.planning import build_adapters
 from bench.spec import MethodChain
 from bench.sampler import Batch, sample
 from bench.spec import SpecError

@@ -1,7 +1,7 @@
 """--dry-run projection: one timed batch scaled by each method's UNet evaluations (simulated clock)."""
 from __future__ import annotations
 
-from bench import runner
+from bench import planning
 from bench.projection import calibrate, project, projection_lines
 from bench.spec import RunSpec, SamplerSpec
 
@@ -10,7 +10,7 @@ def test_projection_scales_one_batch_by_unet_evaluations(prompt_file):
     prompts = prompt_file([f"a photo of person number {i}" for i in range(5)])
     spec = RunSpec(model="tiny-random", methods=("baseline", "sld-max"), prompt_sets=(str(prompts),),
                    samples=2, batch_size=4, sampler=SamplerSpec(steps=3), metrics=("none",))
-    p = runner.plan(spec)
+    p = planning.plan(spec)
     ticks = iter([100.0, 106.0])  # the timed batch takes 6 s on the simulated clock
     spe = calibrate(p, clock=lambda: next(ticks))
     base, sld = p.cost["baseline"], p.cost["sld-max"]

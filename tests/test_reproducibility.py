@@ -176,7 +176,7 @@ def test_manifest_git_state_counts_tracked_changes_only(tmp_path):
     """git_dirty: a modified tracked file is dirty; an untracked file (a run directory) is not."""
     import subprocess
 
-    from bench.runner import git_commit, git_dirty
+    from bench.provenance import git_commit, git_dirty
 
     assert git_commit(tmp_path) is None and git_dirty(tmp_path) is None  # not a repository
     git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
@@ -253,9 +253,10 @@ def _fake_run(root: Path, cells: list[tuple]) -> Path:
     from bench.spec import RunSpec
 
     root.mkdir()
-    Manifest(created="", spec=RunSpec(), model=ModelRecord("m", "f"), height=8, width=8,
-             methods={}, skipped_methods={}, prompt_sets=(), grid=GridRecord(0, None),
-             device="cpu", versions={}, git_commit=None).write(root / "manifest.json")
+    manifest = Manifest(created="", spec=RunSpec(), model=ModelRecord("m", "f"), height=8, width=8,
+                        methods={}, skipped_methods={}, prompt_sets=(), grid=GridRecord(0, None),
+                        device="cpu", versions={}, git_commit=None)
+    (root / "manifest.json").write_bytes(manifest.to_json())
     pd.DataFrame({"key": [], "method": [], "prompt_id": [], "seed": []}).to_parquet(
         root / "images.parquet")
     pd.DataFrame(cells, columns=["table", "method", "metric", "value", "ci_lo", "ci_hi", "n",

@@ -233,7 +233,7 @@ def test_warnings_name_settings_off_the_checkpoint(checkpoint, tiny_pipe):
 
 
 def test_run_records_warnings_in_manifest_and_leaderboard(checkpoint, tmp_path, capsys):
-    from bench import runner
+    from bench import planning, runner
     from bench.spec import RunSpec, SamplerSpec
 
     prompts = tmp_path / "p.txt"
@@ -241,7 +241,7 @@ def test_run_records_warnings_in_manifest_and_leaderboard(checkpoint, tmp_path, 
     spec = RunSpec(model="tiny-random", methods=("baseline", f"rs-corrector:checkpoint={checkpoint}"),
                    prompt_sets=(str(prompts),), samples=1, guidance=(3.0,),
                    sampler=SamplerSpec(steps=5), metrics=("none",), out=str(tmp_path / "run"))
-    assert "warning: rs-corrector" in runner.dry_run_summary(runner.plan(spec))
+    assert "warning: rs-corrector" in planning.dry_run_summary(planning.plan(spec))
     out = runner.run(spec)
     manifest = json.loads((out / "manifest.json").read_text())
     (method, found), = manifest["method_warnings"].items()

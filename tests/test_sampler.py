@@ -135,12 +135,12 @@ def diffusers_images(pipe, prompt, seed, steps=6, guidance=7.5, size=32):
 
 
 def plan_from_cli(args, tmp_path, prompt_file):
-    from bench import runner
+    from bench import planning
     from bench.cli import parser, spec_from_args
 
     argv = ["run", "--model", "tiny-random", "--metrics", "none", "--steps", "6",
             "--prompt-set", str(prompt_file(["a nurse"])), "--out", str(tmp_path / "run"), *args]
-    return runner.plan(spec_from_args(parser().parse_args(argv)))
+    return planning.plan(spec_from_args(parser().parse_args(argv)))
 
 
 SCHEDULERS = {"ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "euler": "EulerDiscreteScheduler",

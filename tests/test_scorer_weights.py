@@ -396,7 +396,7 @@ def test_bench_run_refuses_a_malformed_scorer_file_before_loading_the_model(tmp_
     def no_model(*a, **k):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr("bench.runner.load_pipeline", no_model)
+    monkeypatch.setattr("bench.planning.load_pipeline", no_model)
     path = tmp_path / "prompts.p"
     path.write_bytes(pickle.dumps(_Hostile(), protocol=3))
     args = ["run", "--model", "tiny-random", "--steps", "2", "--quiet", "--samples", "1",

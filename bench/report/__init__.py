@@ -1,4 +1,4 @@
-"""Report: run store -> scores -> statistics -> leaderboards (md, csv, tex, html) and plots.
+"""Report: run store and scores -> statistics -> leaderboards (md, csv, tex, html) and plots.
 
 Writes RUN/leaderboard.{md,csv,tex} (every metric), RUN/headline.{md,csv,tex} (the headline
 metrics of each board and the findings against the baseline), RUN/report/index.html and
@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -19,33 +18,20 @@ from bench.metrics.filtered import mask_filtered
 from bench.report import boards as boards_mod
 from bench.report import findings as findings_mod
 from bench.report import page, plots, side_effects, tables
-from bench.scoring import check_scorers, score_run, scorer_names
-from bench.spec import split_method_list
-from bench.store import RunStore, atomic_write, sweep_temp
+from bench.store import RunStore, atomic_write
 
 
-def build(run_dir: Path, metrics: str | None = None, device: str | None = None,
-          quiet: bool = False, score: bool = True, columns: str | None = None) -> Path:
-    """Score (unless `score` is False: a bundle has scores but only a sample of images) and
-    rebuild every table, plot and the HTML page. `columns` (see `tables.column_filter`) limits
-    the metrics of the md/tex/html tables; leaderboard.csv keeps every cell (`bench compare`)."""
+def build(run_dir: Path, scoring: dict[str, dict] | None = None, quiet: bool = False,
+          columns: str | None = None) -> Path:
+    """The reporting stage: every table, plot and the HTML page, from the run store as the scoring
+    stage (`bench.runner.score`) left it. `scoring` is that stage's summary (scorers used and
+    skipped); None reads the one stored beside the page (a bundle, which is not rescored).
+    `columns` (see `tables.column_filter`) limits the metrics of the md/tex/html tables;
+    leaderboard.csv keeps every cell (`bench compare`)."""
     store = RunStore(run_dir)
     manifest = store.manifest()
-    if score:  # a misspelt scorer is refused before anything in the run directory is rewritten
-        requested = split_method_list(metrics) if metrics else list(manifest.spec.metrics)
-        names = scorer_names(manifest.model.name, requested,
-                             [s.name for s in manifest.prompt_sets], manifest.spec.suites)
-        check_scorers(names, device)
-    sweep_temp(store.root)
-    done, planned = len(store.consolidate()), manifest.grid.images
-    manifest = store.manifest()  # consolidating the last shard's images completes it
-    if planned and done < planned:  # shards still running, or a run was killed
-        print(f"bench: warning: {planned - done} of the run's {planned} images are not generated "
-              f"yet (a shard still to run?); the tables cover the other {done}", file=sys.stderr)
     scoring_path = store.root / "report" / "scoring.json"
-    if score:
-        scoring = score_run(store, names, device=device, quiet=quiet)
-    else:
+    if scoring is None:
         scoring = json.loads(scoring_path.read_text()) if scoring_path.exists() else {}
     skipped_metrics = scoring.get("skipped", {})
     table = joined_table(store)
