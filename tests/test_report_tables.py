@@ -234,12 +234,6 @@ def test_skin_tones_are_drawn_light_to_dark_and_methods_get_distinct_styles():
     assert plots.attribute_heading("world.skin") == "skin tone (scorer world)"
 
 
-NEW_WORLD_CELLS = ("override_rate[skin]",
-                   *(f"{m}[skin={g}]" for m in ("quality", "clipscore")
-                     for g in ("light", "medium", "dark")),
-                   "quality_gap[skin]", "clipscore_gap[skin]")
-
-
 def test_report_of_the_reference_bundle_keeps_compare_working_and_filters_columns(tmp_path):
     """CI runs `bench compare` of results/world/bundle.zip against a reproduction: the re-reported
     leaderboard.csv keeps its shape (every cell), while --columns trims the md/tex tables."""
@@ -260,16 +254,10 @@ def test_report_of_the_reference_bundle_keeps_compare_working_and_filters_column
         old = pd.read_csv(io.BytesIO(z.read("leaderboard.csv")))
     new = pd.read_csv(out / "leaderboard.csv")
     assert list(new.columns) == list(old.columns)
-    # every reference cell is re-reported; the only extra ones are issue 20's world cells (the
-    # override rate, quality and CLIPScore per requested skin group) until the lead regenerates
-    # the bundle with them
+    # every reference cell is re-reported, and no other
     keys = ["table", "method", "metric"]
-    extra = new.merge(old[keys], on=keys, how="left", indicator=True)
-    assert set(extra[extra["_merge"] == "left_only"]["metric"]) <= set(NEW_WORLD_CELLS)
-    assert len(old.merge(new[keys], on=keys)) == len(old)
-    result = compare.compare(bundle, out)
-    assert all(c["status"] == "only in B" and c["metric"] in NEW_WORLD_CELLS
-               for c in result.disagreeing())
+    assert len(old.merge(new[keys], on=keys)) == len(old) == len(new)
+    assert compare.compare(bundle, out).disagreeing() == []
     heads = [line for line in (out / "leaderboard.md").read_text().splitlines()
              if line.startswith("| method")]
     clip_groups = " | ".join(f"clipscore[skin={g}] ↑" for g in ("light", "medium", "dark"))
