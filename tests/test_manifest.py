@@ -34,7 +34,7 @@ def test_the_reference_bundles_manifest_reads_and_writes_back_byte_for_byte(bund
     assert (m.model.name, m.model.fingerprint, m.model.dtype) == ("world", "26f98c29afa961c4",
                                                                   "float32")
     assert (m.height, m.width, m.png_compress_level) == (32, 32, 1)
-    assert (m.grid.images, m.grid.done, m.grid.shard) == (3168, 3168, None)
+    assert (m.grid.images, m.grid.done, m.grid.shard) == (4032, 4032, None)
     assert [s.sha256 for s in m.prompt_sets] == [s["sha256"] for s in plain["prompt_sets"]]
     assert m.methods["sld-strong"][0].params["warmup"] == 7
     assert m.method_names() == (*plain["methods"], *plain["skipped_methods"])

@@ -38,7 +38,7 @@ def test_the_reference_runs_cache_keys_follow_from_the_canonical_strings():
         images = pd.read_parquet(io.BytesIO(z.read("images.parquet")))
     spec = RunSpec.from_dict(manifest["spec"])
     rows = images.drop_duplicates("method")
-    assert len(rows) == len(manifest["methods"]) == 11
+    assert len(rows) == len(manifest["methods"]) == 14
     for r in rows.itertuples():
         key = cache_key(manifest["model"]["fingerprint"], str(MethodChain.parse(r.method)),
                         r.prompt, int(r.seed), float(r.guidance), spec.sampler, 32, 32)
