@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
 
 import torch
 
@@ -120,6 +121,19 @@ class CheckpointedAdapter(Adapter):
 
 
 DELTA = "delta.safetensors"
+
+
+@dataclass(frozen=True)
+class DeltaParams:
+    """What every weight-delta method (uce, esd) takes; subclasses set `method`."""
+    checkpoint: str = ""  # a directory written by `bench train <method>`
+    attribute: str = ""  # which shipped <method>-<attribute>/ checkpoint (e.g. hazard)
+    scale: float = 1.0  # multiplies the deltas (0 = the original model)
+    method: ClassVar[str] = "delta"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.scale <= 10.0:
+            raise ValueError(f"{self.method}:scale={self.scale} is out of range [0, 10]")
 
 
 class DeltaAdapter(CheckpointedAdapter):

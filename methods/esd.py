@@ -14,11 +14,11 @@ copies the original tensors back in `release` (methods.checkpoints.DeltaAdapter)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from bench.methods.checkpoints import DeltaAdapter
+from bench.methods.checkpoints import DeltaAdapter, DeltaParams
 
 VARIANTS = ("x", "u")
 
@@ -40,14 +40,8 @@ def trainable(unet: Any, variant: str) -> dict[str, torch.nn.Parameter]:
 
 
 @dataclass(frozen=True)
-class ESDParams:
-    checkpoint: str = ""  # a directory written by `bench train esd`
-    attribute: str = ""  # which shipped esd-<attribute>/ checkpoint (e.g. hazard)
-    scale: float = 1.0  # multiplies the deltas (0 = the original model)
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.scale <= 10.0:
-            raise ValueError(f"esd:scale={self.scale} is out of range [0, 10]")
+class ESDParams(DeltaParams):
+    method: ClassVar[str] = "esd"
 
 
 class ESD(DeltaAdapter):

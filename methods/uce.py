@@ -21,11 +21,11 @@ original tensors back in `release`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 
-from bench.methods.checkpoints import DELTA, DeltaAdapter
+from bench.methods.checkpoints import DELTA, DeltaAdapter, DeltaParams
 
 
 def projections(unet: Any) -> dict[str, torch.nn.Linear]:
@@ -62,14 +62,8 @@ def closed_form(w_old: torch.Tensor, edit: torch.Tensor, targets: torch.Tensor,
 
 
 @dataclass(frozen=True)
-class UCEParams:
-    checkpoint: str = ""  # a directory written by `bench train uce`
-    attribute: str = ""  # which shipped uce-<attribute>/ checkpoint (e.g. hazard)
-    scale: float = 1.0  # multiplies the deltas (0 = the original model)
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.scale <= 10.0:
-            raise ValueError(f"uce:scale={self.scale} is out of range [0, 10]")
+class UCEParams(DeltaParams):
+    method: ClassVar[str] = "uce"
 
 
 class UCE(DeltaAdapter):
