@@ -32,7 +32,7 @@ from PIL import Image
 
 from bench.metrics.base import MetricInfo, Scorer, file_sha256
 from bench.metrics.faces import frame, resolve_device
-from bench.metrics.preference import (cached_file, check_scores, check_tensors, first_file, prompts_of,
+from bench.metrics.preference import (cached_file, check_scores, check_tensors, weights_file, prompts_of,
                                       read_tensors, tensor_specs)
 
 ENV = "BENCH_HPSV2_WEIGHTS"
@@ -88,12 +88,9 @@ class HPSv2(Scorer):
         self.batch_size = int(batch_size)
 
     def _path(self) -> Path | None:
-        if self.weights:
-            path = Path(self.weights).expanduser()
-            return path if path.is_file() else None
         root = Path(os.environ.get("HPS_ROOT") or "~/.cache/hpsv2").expanduser()
-        hub = cached_file(HUB_REPO, FILES[self.version])
-        return first_file([p for p in (hub, root / FILES[self.version]) if p is not None])
+        return weights_file(self.weights, [cached_file(HUB_REPO, FILES[self.version]),
+                                           root / FILES[self.version]])
 
     def available(self) -> str | None:
         if self._path() is not None:

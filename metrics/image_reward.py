@@ -42,7 +42,7 @@ from PIL import Image
 from bench.metrics.aesthetics import LAYOUTS, build_head
 from bench.metrics.base import MetricInfo, Scorer, file_sha256
 from bench.metrics.faces import frame, resolve_device
-from bench.metrics.preference import (cached_file, check_scores, check_tensors, first_file, prompts_of,
+from bench.metrics.preference import (cached_file, check_scores, check_tensors, weights_file, prompts_of,
                                       read_tensors, tensor_specs)
 
 ENV = "BENCH_IMAGEREWARD_WEIGHTS"
@@ -206,12 +206,8 @@ class ImageReward(Scorer):
         self.batch_size = int(batch_size)
 
     def _path(self) -> Path | None:
-        if self.weights:
-            path = Path(self.weights).expanduser()
-            return path if path.is_file() else None
-        hub = cached_file(HUB_REPO, FILENAME)
-        local = Path("~/.cache/ImageReward").expanduser() / FILENAME
-        return first_file([p for p in (hub, local) if p is not None])
+        return weights_file(self.weights, [cached_file(HUB_REPO, FILENAME),
+                                           Path("~/.cache/ImageReward").expanduser() / FILENAME])
 
     def available(self) -> str | None:
         if self._path() is None:

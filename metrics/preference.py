@@ -32,8 +32,13 @@ def cached_file(repo: str, filename: str) -> Path | None:
     return Path(found) if isinstance(found, str) else None
 
 
-def first_file(candidates: list[Path]) -> Path | None:
-    return next((p for p in candidates if p.is_file()), None)
+def weights_file(explicit: str | None, candidates: list[Path | None]) -> Path | None:
+    """The user's file when one is named (None if it is not a file), else the first candidate
+    that exists (None entries: caches that hold nothing)."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        return path if path.is_file() else None
+    return next((p for p in candidates if p is not None and p.is_file()), None)
 
 
 def read_tensors(path: str | Path, key: str | None = None) -> dict[str, torch.Tensor]:
