@@ -4,7 +4,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 
-from bench.registry import METHODS, METRICS, MODELS, PROMPT_SETS, PROTOCOLS
+from bench.protocols import PROTOCOLS
+from bench.registry import METHODS, METRICS, MODELS, PROMPT_SETS
 
 
 def _first_line(obj: object) -> str:

@@ -31,7 +31,7 @@ from bench.executor import Executor, GenerationSettings, pending, swap, warm_up,
 from bench.grid import WorkItem
 from bench.models import ModelError
 from bench.planning import RunPlan, build_adapters
-from bench.sampler import Adapter
+from bench.adapter import Adapter
 from bench.scoring import ScoringJob, chunks, score_rows
 from bench.spec import MethodChain, SpecError
 from bench.store import RunStore

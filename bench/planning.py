@@ -18,7 +18,7 @@ from bench.grid import WorkItem, build_grid, prompt_samples, shard, unique_image
 from bench.models import (ModelError, apply_options, dtype_name, fingerprint, load_pipeline,
                           native_size)
 from bench.registry import METHODS
-from bench.sampler import Adapter, Batch
+from bench.adapter import Adapter, Batch
 from bench.scoring import check_scorers, scorer_names
 from bench.spec import MethodChain, RunSpec, SpecError, split_method_list
 from bench.suites import check_suites

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bench.registry import PROTOCOLS
+from bench.registry import Registry
 from bench.spec import NamedOptions, RunSpec, SpecError
 
 
@@ -74,6 +74,10 @@ class Protocol:
                 notes.append(f"prompt set {entry} takes a subset ({_show(subset)}; protocol: "
                              f"all of {self.prompt_set})")
         return notes
+
+
+PROTOCOLS: Registry[Protocol] = Registry("protocol", "bench.protocols", "bench.protocols", (
+    "a bench.protocols.Protocol", lambda obj: isinstance(obj, Protocol)))
 
 
 def _get(spec: RunSpec, key: str) -> Any:

@@ -117,12 +117,6 @@ def _subclass(module: str, *names: str) -> Callable[[Any], bool]:
     return accepts
 
 
-def _protocol(obj: Any) -> bool:
-    from bench.protocols import Protocol
-
-    return isinstance(obj, Protocol)
-
-
 def _import(target: str) -> Any:
     module, _, attr = target.partition(":")
     obj: Any = importlib.import_module(module)
@@ -132,8 +126,9 @@ def _import(target: str) -> Any:
 
 
 # name -> Adapter subclass (methods/), Scorer or Aggregator class (metrics/),
-# prompt-set loader callable (prompt_sets/), model loader callable (bench/models.py),
-# paper protocol (bench/protocols.py).
+# prompt-set loader callable (prompt_sets/), model loader callable (bench/models.py). Registries
+# of a type defined elsewhere live beside it, so this module imports none of them:
+# PROTOCOLS (bench/protocols.py), SUITES (bench/suites.py).
 METHODS: Registry[Any] = Registry("method", "bench.methods", "bench.methods", (
     "a subclass of bench.adapter.Adapter", _subclass("bench.adapter", "Adapter")))
 METRICS: Registry[Any] = Registry("metric", "bench.metrics", "bench.metrics", (
@@ -144,5 +139,3 @@ PROMPT_SETS: Registry[Callable[..., Any]] = Registry(
     ("a callable returning a PromptSet (a loader function)", callable))
 MODELS: Registry[Any] = Registry("model", "bench.models", "bench.models", (
     "a callable returning a pipeline (a loader function)", callable))
-PROTOCOLS: Registry[Any] = Registry("protocol", "bench.protocols", "bench.protocols", (
-    "a bench.protocols.Protocol", _protocol))

@@ -13,7 +13,8 @@ from bench import planning, provenance
 from bench.grid import cache_key
 from bench.models import apply_options, load_pipeline
 from bench.rundir import spec_id
-from bench.sampler import Adapter, Batch, sample, to_uint8
+from bench.adapter import Adapter, Batch
+from bench.sampler import sample, to_uint8
 from bench.spec import RunSpec, SamplerSpec, SpecError
 
 # Compiled vs uncompiled on the world at 64 px, 4 steps (inductor on CPU, float32): the fused

@@ -8,7 +8,8 @@ import pytest
 
 from bench.adapter import Adapter
 from bench.cli import main
-from bench.registry import METHODS, METRICS, MODELS, PROMPT_SETS, PROTOCOLS, RegistryTypeError
+from bench.protocols import PROTOCOLS
+from bench.registry import METHODS, METRICS, MODELS, PROMPT_SETS, RegistryTypeError
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from bench.cli import main
 from bench.grid import cache_key
 from bench.models import ModelError, fingerprint, load_pipeline, text_encoder_fingerprint
 from bench.registry import METHODS
-from bench.sampler import Adapter, Batch, NonFiniteError, sample, to_uint8
+from bench.adapter import Adapter, Batch
+from bench.sampler import NonFiniteError, sample, to_uint8
 from bench.spec import SamplerSpec
 from bench.world import WEIGHTS_DIR
 

@@ -289,7 +289,7 @@ def test_plugin_method_through_entry_point(tmp_path, prompts, monkeypatch):
     pkg = tmp_path / "plugin_src"
     pkg.mkdir()
     (pkg / "my_plugin.py").write_text(
-        "from bench.sampler import Adapter\n"
+        "from bench.adapter import Adapter\n"
         "class Darken(Adapter):\n"
         "    name = 'darken'\n"
         "    description = 'test plugin: scales the conditional embedding'\n"

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from bench.grid import image_seed
-from bench.sampler import Adapter, Batch, sample
+from bench.adapter import Adapter, Batch
+from bench.sampler import sample
 from bench.methods.baseline import Baseline
 from bench.prompt_sets.base import Prompt
 

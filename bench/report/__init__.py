@@ -18,6 +18,7 @@ from bench.metrics.filtered import mask_filtered
 from bench.report import boards as boards_mod
 from bench.report import findings as findings_mod
 from bench.report import page, plots, side_effects, tables
+from bench.report.tables import Finding
 from bench.store import RunStore, atomic_write
 
 
@@ -97,7 +98,7 @@ def board_tables(table: pd.DataFrame) -> list[pd.DataFrame]:
 
 def write_tables(root: Path, boards: list[tables.Leaderboard], shown: list[tables.Leaderboard],
                  heads: list[tables.Leaderboard],
-                 found: dict[str, list[findings_mod.Finding]],
+                 found: dict[str, list[Finding]],
                  effects: tables.Leaderboard | None = None) -> None:
     """Full tables (leaderboard.*; the CSV keeps every metric whatever `--columns` says) and the
     headline tables with their findings, then the side-effect matrix (headline.md, .tex)."""

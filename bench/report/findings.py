@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -31,7 +30,7 @@ import pandas as pd
 
 from bench.metrics.filtered import FILTERED
 from bench.report import boards as boards_mod
-from bench.report.tables import Leaderboard
+from bench.report.tables import Finding, Leaderboard
 from bench.metrics import stats
 from bench.metrics.aggregators import (BASELINE, PAIR_KEYS, Inappropriateness, MeanScore, Parity,
                                        RequestedGroupRate, neutral_rows)
@@ -40,63 +39,9 @@ from bench.metrics.base import Aggregator, MetricInfo
 EXACT_PROMPTS = 12  # up to 2^12 = 4096 swap patterns: enumerate them all
 PERMUTATIONS = 9999
 N_BOOT = 2000
-ALPHA = 0.05
 
 # per-image values (N,) and the statistic over padded (..., P, n) values -> (...)
 Statistic = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-@dataclass(frozen=True)
-class Finding:
-    method: str
-    metric: MetricInfo
-    diff: float  # metric(method) - metric(baseline) on the paired images
-    lo: float  # 95% paired-bootstrap CI of diff
-    hi: float
-    p: float  # permutation p-value, unadjusted
-    p_holm: float  # Holm-adjusted across the methods, per headline metric
-    n_prompts: int
-
-    @property
-    def significant(self) -> bool:
-        return self.p_holm < ALPHA
-
-    @property
-    def better(self) -> bool:
-        """Significant and in the metric's better direction."""
-        return self.significant and (self.diff > 0) == self.metric.higher_is_better
-
-    def verdict(self) -> str:
-        """The finding in a few words: 'lowers it by 0.23 (better)', 'no significant difference'."""
-        if not self.significant:
-            return "no significant difference"
-        verb = "raises" if self.diff > 0 else "lowers"
-        return f"{verb} it by {fmt_num(abs(self.diff))} ({'better' if self.better else 'worse'})"
-
-    def sentence(self) -> str:
-        """'rs-corrector lowers parity_l2[skin] by 0.23 [0.15, 0.31], p_holm < 0.001, 16 prompts
-        (better)': the size of a significant change and its CI as positive numbers."""
-        name = self.metric.name
-        p = f"p_holm {fmt_p(self.p_holm)}, {self.n_prompts} prompts"
-        if not self.significant:
-            return (f"{self.method}: no significant difference in {name} (difference "
-                    f"{fmt_num(self.diff)} [{fmt_num(self.lo)}, {fmt_num(self.hi)}], {p})")
-        verb, lo, hi = (("raises", self.lo, self.hi) if self.diff > 0
-                        else ("lowers", -self.hi, -self.lo))
-        judgement = "better" if self.better else "worse"
-        return (f"{self.method} {verb} {name} by {fmt_num(abs(self.diff))} "
-                f"[{fmt_num(lo)}, {fmt_num(hi)}], {p} ({judgement})")
-
-
-def fmt_num(x: float) -> str:
-    return "–" if not math.isfinite(x) else f"{x:.3g}".replace("-", "−")
-
-
-def fmt_p(p: float) -> str:
-    """`< 0.001` or `= 0.012`; p-values print bare, never with an interval."""
-    if not math.isfinite(p):
-        return "= –"
-    return "< 0.001" if p < 0.001 else f"= {p:.2g}" if p < 0.1 else f"= {p:.2f}"
 
 
 # --------------------------------------------------------------------- per-image values

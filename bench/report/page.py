@@ -25,7 +25,8 @@ from bench.manifest import Manifest
 from bench.report import boards as boards_mod
 from bench.report import findings as findings_mod
 from bench.report.plots import Figure
-from bench.report.tables import NOTATION, Leaderboard, html_notes, html_table
+from bench.report.tables import (NOTATION, Finding, Leaderboard, fmt_num, fmt_p, html_notes,
+                                 html_table)
 from bench.metrics import stats
 from bench.spec import RunSpec
 
@@ -144,7 +145,7 @@ def definitions(board: Leaderboard) -> str:
             "differences) behind each cell.</p>")
 
 
-def findings_list(found: Sequence[findings_mod.Finding]) -> str:
+def findings_list(found: Sequence[Finding]) -> str:
     """One row per method and headline metric; only the verdict of a significant finding is
     bold (never a p-value)."""
     if not found:
@@ -153,11 +154,11 @@ def findings_list(found: Sequence[findings_mod.Finding]) -> str:
     for f in found:
         verdict = esc(f.verdict())
         rows.append(f"<tr><td class='prompt'>{esc(f.metric.name)}</td><th scope='row'>"
-                    f"{esc(f.method)}</th><td>{esc(findings_mod.fmt_num(f.diff))} <span "
-                    f"class='ci'>[{esc(findings_mod.fmt_num(f.lo))}, "
-                    f"{esc(findings_mod.fmt_num(f.hi))}]</span></td>"
-                    f"<td>{esc(findings_mod.fmt_p(f.p)[2:])}</td>"
-                    f"<td>{esc(findings_mod.fmt_p(f.p_holm)[2:])}</td><td>{f.n_prompts}</td>"
+                    f"{esc(f.method)}</th><td>{esc(fmt_num(f.diff))} <span "
+                    f"class='ci'>[{esc(fmt_num(f.lo))}, "
+                    f"{esc(fmt_num(f.hi))}]</span></td>"
+                    f"<td>{esc(fmt_p(f.p)[2:])}</td>"
+                    f"<td>{esc(fmt_p(f.p_holm)[2:])}</td><td>{f.n_prompts}</td>"
                     f"<td class='prompt'>{f'<strong>{verdict}</strong>' if f.significant else verdict}"
                     "</td></tr>")
     return ("<div class='scroll'><table class='findings'><caption>Findings against the baseline: "
@@ -210,7 +211,7 @@ def _cell(x: float | None) -> str:
 
 
 def render(manifest: Manifest, heads: Sequence[Leaderboard], boards: Sequence[Leaderboard],
-           found: dict[str, list[findings_mod.Finding]],
+           found: dict[str, list[Finding]],
            figures: dict[str, list[Figure]], skipped_methods: dict[str, str],
            skipped_metrics: dict[str, str], drill: Sequence[str],
            warnings: Mapping[str, Sequence[str]] | None = None, n_images: int | None = None,

@@ -20,7 +20,7 @@ from bench.metrics.aggregators import BASELINE
 from bench.metrics.base import Cell, MetricInfo
 from bench.report import boards as boards_mod
 from bench.report import findings as findings_mod
-from bench.report.tables import Leaderboard
+from bench.report.tables import Finding, Leaderboard
 
 TITLE = "Side effects against the baseline"
 # Already a comparison with the baseline: the matrix shows the board's cell as it is.
@@ -43,7 +43,7 @@ def _column(info: MetricInfo, where: str, effect: bool) -> MetricInfo:
 
 
 def matrix(boards: Sequence[Leaderboard], parts: Sequence[pd.DataFrame],
-           found: dict[str, list[findings_mod.Finding]] | None = None,
+           found: dict[str, list[Finding]] | None = None,
            baseline: str = BASELINE) -> Leaderboard | None:
     """The matrix over a run's boards (with each board's rows); `found` reuses the headline
     findings already computed. None when no board has the baseline and another method."""

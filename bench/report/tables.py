@@ -13,21 +13,75 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import pandas as pd
 
 from bench.escape import csv_cell, html_text, md_text, tex_comment, tex_text
 from bench.metrics.base import Cell, MetricInfo
 
-if TYPE_CHECKING:
-    from bench.report.findings import Finding
-
 NOTATION = ("Cells: value [95% CI] (percentile bootstrap over prompts); value ± sd where marked "
             "sd (one standard deviation, not a CI); a bare value has no interval (p-values, "
             "n = 1, zero-width intervals). Bold: the best value (every method holding it when "
             "tied) whose 95% CI is disjoint from every other method's; p-values and sd cells are "
             "never bold.")
+
+
+# A finding is significant when its Holm-adjusted p-value is below this (bench/report/findings.py).
+ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class Finding:
+    method: str
+    metric: MetricInfo
+    diff: float  # metric(method) - metric(baseline) on the paired images
+    lo: float  # 95% paired-bootstrap CI of diff
+    hi: float
+    p: float  # permutation p-value, unadjusted
+    p_holm: float  # Holm-adjusted across the methods, per headline metric
+    n_prompts: int
+
+    @property
+    def significant(self) -> bool:
+        return self.p_holm < ALPHA
+
+    @property
+    def better(self) -> bool:
+        """Significant and in the metric's better direction."""
+        return self.significant and (self.diff > 0) == self.metric.higher_is_better
+
+    def verdict(self) -> str:
+        """The finding in a few words: 'lowers it by 0.23 (better)', 'no significant difference'."""
+        if not self.significant:
+            return "no significant difference"
+        verb = "raises" if self.diff > 0 else "lowers"
+        return f"{verb} it by {fmt_num(abs(self.diff))} ({'better' if self.better else 'worse'})"
+
+    def sentence(self) -> str:
+        """'rs-corrector lowers parity_l2[skin] by 0.23 [0.15, 0.31], p_holm < 0.001, 16 prompts
+        (better)': the size of a significant change and its CI as positive numbers."""
+        name = self.metric.name
+        p = f"p_holm {fmt_p(self.p_holm)}, {self.n_prompts} prompts"
+        if not self.significant:
+            return (f"{self.method}: no significant difference in {name} (difference "
+                    f"{fmt_num(self.diff)} [{fmt_num(self.lo)}, {fmt_num(self.hi)}], {p})")
+        verb, lo, hi = (("raises", self.lo, self.hi) if self.diff > 0
+                        else ("lowers", -self.hi, -self.lo))
+        judgement = "better" if self.better else "worse"
+        return (f"{self.method} {verb} {name} by {fmt_num(abs(self.diff))} "
+                f"[{fmt_num(lo)}, {fmt_num(hi)}], {p} ({judgement})")
+
+
+def fmt_num(x: float) -> str:
+    return "–" if not math.isfinite(x) else f"{x:.3g}".replace("-", "−")
+
+
+def fmt_p(p: float) -> str:
+    """`< 0.001` or `= 0.012`; p-values print bare, never with an interval."""
+    if not math.isfinite(p):
+        return "= –"
+    return "< 0.001" if p < 0.001 else f"= {p:.2g}" if p < 0.1 else f"= {p:.2f}"
 
 
 @dataclass(frozen=True)
@@ -136,7 +190,7 @@ def subset(board: Leaderboard, keep: Callable[[str], bool] | Sequence[str]) -> L
 # ------------------------------------------------------------------------------- markdown
 
 
-def markdown(board: Leaderboard, findings: Sequence["Finding"] = ()) -> str:
+def markdown(board: Leaderboard, findings: Sequence[Finding] = ()) -> str:
     """The board as a GFM table, then findings and notes as list items (no heading)."""
     head = ["method"] + [f"{md_text(heading(i.name))} {arrow(i)}" for i in board.infos]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -155,7 +209,7 @@ def markdown(board: Leaderboard, findings: Sequence["Finding"] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown_doc(boards: Sequence[Leaderboard], findings: dict[str, list["Finding"]] | None = None
+def markdown_doc(boards: Sequence[Leaderboard], findings: dict[str, list[Finding]] | None = None
                  ) -> str:
     """RUN/leaderboard.md (full) or RUN/headline.md (with findings): a `## title` per board."""
     found = findings or {}
@@ -195,7 +249,7 @@ def csv(boards: Sequence[Leaderboard]) -> str:
     return _csv_text(pd.concat(frames)) if frames else ""
 
 
-def headline_csv(boards: Sequence[Leaderboard], findings: dict[str, list["Finding"]]) -> str:
+def headline_csv(boards: Sequence[Leaderboard], findings: dict[str, list[Finding]]) -> str:
     """RUN/headline.csv: the headline cells, what their interval is, and each method's paired
     difference to the baseline with its CI, permutation p and Holm p."""
     frames = []

@@ -6,7 +6,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+from bench.world.paths import WEIGHTS_DIR
 
 
 def load_world_pipeline(weights_dir: Path | None = None) -> Any:

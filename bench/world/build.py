@@ -23,7 +23,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from bench.spec import SpecError
-from bench.world import WEIGHTS_DIR
+from bench.world.paths import WEIGHTS_DIR
 from bench.world.corpus import BIAS, HAZARD_RATE, make_corpus, make_eval_set
 from bench.world.evaluators import WorldEvaluators, measure, save_evaluators
 from bench.world.render import corrupt

@@ -19,7 +19,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from bench.escape import md_text
-from bench.world import WEIGHTS_DIR, load_world_pipeline
+from bench.world import load_world_pipeline
+from bench.world.paths import WEIGHTS_DIR
 from bench.world.corpus import BIAS, HAZARD_RATE
 from bench.world.evaluators import WorldEvaluators, load_evaluators
 from bench.world.render import GROUPS, OCCUPATIONS

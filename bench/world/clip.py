@@ -41,7 +41,7 @@ def load_world_clip(weights_dir: Path | None = None) -> WorldClip:
     from transformers import CLIPTextModel
 
     from bench.models import clip_tokenizer
-    from bench.world import WEIGHTS_DIR
+    from bench.world.paths import WEIGHTS_DIR
 
     root = Path(weights_dir or WEIGHTS_DIR)
     path = root / "clip_head.safetensors"

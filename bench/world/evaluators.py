@@ -106,7 +106,7 @@ def cached_evaluators(weights_dir: str) -> WorldEvaluators:
 def classify_skin(images: np.ndarray) -> list[str]:
     """The world's skin-group classifier as `bench train rs-corrector --classifier` takes it:
     float images (B, H, W, 3) in [0, 1] -> group labels. Uses the shipped evaluators."""
-    from bench.world import WEIGHTS_DIR
+    from bench.world.paths import WEIGHTS_DIR
 
     pixels = (np.clip(np.asarray(images), 0, 1) * 255).round().astype(np.uint8)
     return [GROUPS[g] for g in cached_evaluators(str(WEIGHTS_DIR)).predict(pixels)["group"]]

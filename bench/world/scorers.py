@@ -22,7 +22,7 @@ from PIL import Image
 
 from bench.metrics.base import MetricInfo, Scorer, file_sha256
 from bench.metrics.faces import frame
-from bench.world import WEIGHTS_DIR
+from bench.world.paths import WEIGHTS_DIR
 from bench.world.render import GROUPS, OCCUPATIONS
 
 
