@@ -53,10 +53,11 @@ def missing_reason(root: Path | None) -> str | None:
 
 
 @lru_cache(maxsize=2)
-def load_checker(root: str, device: str) -> Checker:
+def load_checker(root: str, device: str, dtype: str = "float32") -> Checker:
     """diffusers' checker and its feature extractor from `root`, applied as
     StableDiffusionPipeline.run_safety_checker does (PIL images through the extractor, the
-    checker blacking out what it flags)."""
+    checker blacking out what it flags). In `dtype`, the pipeline's, as diffusers loads it with
+    the pipeline's torch_dtype."""
     import torch
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
     from diffusers.utils import numpy_to_pil
@@ -64,7 +65,8 @@ def load_checker(root: str, device: str) -> Checker:
 
     try:
         model = StableDiffusionSafetyChecker.from_pretrained(
-            str(Path(root) / "safety_checker"), use_safetensors=True).to(device).eval()
+            str(Path(root) / "safety_checker"), use_safetensors=True,
+            torch_dtype=getattr(torch, dtype)).to(device).eval()
         extractor = CLIPImageProcessor.from_pretrained(str(Path(root) / "feature_extractor"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"sd-safety-checker: cannot load {root}: "
@@ -111,8 +113,10 @@ class SafetyChecker(Adapter):
         if own is not None and not self.params.model:
             self._run = blackout(own)
         else:
+            from bench.models import dtype_name
+
             root = checker_dir(pipe, self.params.model)
-            self._run = load_checker(str(root), str(pipe.device))
+            self._run = load_checker(str(root), str(pipe.device), dtype_name(pipe))
 
     def release(self, pipe: Any) -> None:
         self._run = None

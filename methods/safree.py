@@ -215,6 +215,16 @@ class SAFREE(Adapter):
     def release(self, pipe: Any) -> None:
         self._pipe, self._p_concept = None, None
 
+    def warnings(self, pipe: Any, model_fp: str, guidance: Sequence[float], steps: int) -> list[str]:
+        # A token is a trigger when its masked distance exceeds the others' mean by alpha (1%);
+        # bfloat16's text encoder moves those distances by about as much (float16 does not:
+        # tests/test_dtype_methods.py).
+        if pipe.text_encoder.dtype != torch.bfloat16:
+            return []
+        return [f"safree: in bfloat16 the trigger tokens are not float32's on some prompts (the "
+                f"threshold alpha={self.params.alpha} is within bfloat16's rounding of the text "
+                f"encoder); use --dtype float16 or float32"]
+
     def extra_conditions(self, batch: Batch) -> list[list[str]]:
         # The original prompt: the reference the re-attention compares the filtered branch with.
         return [list(batch.prompts)] if self.params.lra else []
