@@ -250,6 +250,7 @@ def spec_from_args(a: argparse.Namespace) -> RunSpec:
         workers=pick(a.workers, base.workers),
         protocol=base.protocol,
         dtype=pick(a.dtype, base.dtype),
+        timing_rounds=base.timing_rounds,  # config only: no flag
         compile=pick(a.compile, base.compile),
         vae_slicing=pick(a.vae_slicing, base.vae_slicing),
         vae_tiling=pick(a.vae_tiling, base.vae_tiling),

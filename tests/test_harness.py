@@ -360,3 +360,18 @@ def test_trainer_refuses_bad_numbers_before_loading_anything(tmp_path, capsys, t
                  "--out", str(tmp_path / "ckpt"), flag, value]) == 2
     assert f"argument {flag}: '{value}'" in capsys.readouterr().err
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_config_keeps_every_key_no_flag_overrides(tmp_path):
+    """A config's value reaches the run unless a flag overrides it (timing_rounds was dropped)."""
+    from bench.cli import parser, spec_from_args
+
+    spec = RunSpec(model="tiny-random", methods=("baseline,sld-max",), prompt_sets=("p.txt",),
+                   samples=3, samples_by_kind=(("neutral", 2),), seed=5, guidance=(3.0,),
+                   sampler=SamplerSpec(steps=7, scheduler="ddim"), batch_size=3, device="cpu",
+                   metrics=("none",), limit=2, out=str(tmp_path / "o"), shard="0/2",
+                   dtype="float32", timing_rounds=0, suites=("fairness",), compile=True,
+                   vae_slicing=True, vae_tiling=True)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(spec.to_yaml())
+    assert spec_from_args(parser().parse_args(["run", "--config", str(cfg)])) == spec
