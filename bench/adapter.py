@@ -22,7 +22,27 @@ Hooks, all optional (the baseline implements none):
   skip_features(features, skip, step, state) -> the features of one skip connection of the
                                    UNet's decoder (every branch's rows, [N, C, H, W]; where they
                                    are in `skip`, a Skip), or None to keep them
+  encode_pooled(pooled, batch)     SDXL only: transform the conditional branch's pooled
+                                   embedding [B, P] (after `encode`); see "SDXL" below
 Planning hooks: skip_reason(pipe), warnings(pipe, model_fp, guidance, steps).
+
+SDXL (`is_sdxl(pipe)` below: the UNet takes pooled text embeddings and add_time_ids). Nothing
+changes for SD 1.x/2.x adapters. On SDXL:
+  - `cond` in `encode` and `conditioning`, and `bench.sampler.encode_text(pipe, texts)`, are the
+    hidden states the UNet attends to: both encoders' penultimate hidden states concatenated
+    ([B, 77, 768 + 1280] on SDXL base), so a hook that edits them edits both encoders' parts.
+  - the pooled embedding (text_encoder_2's projection, [B, 1280]) travels beside them in
+    `bench.sampler.TextCondition`; `bench.sampler.encode_condition(pipe, texts)` returns both.
+    Only `encode_pooled` sees the conditional branch's; per-step hooks do not (it does not
+    change over steps).
+  - every branch is a complete SDXL condition: the unconditional branch has its own pooled
+    embedding (zeros when the negative prompt is empty and the model's config has
+    `force_zeros_for_empty_prompt`, as diffusers), and each text of `extra_conditions` is
+    encoded with its own pooled embedding, so SLD's concept and Fair Diffusion's edits need no
+    SDXL code. add_time_ids ((h, w) original, (0, 0) crop, (h, w) target) are the same for
+    every row of a batch, added by the sampler at the UNet call.
+  - a method reads whether the pipeline is SDXL with `is_sdxl(pipe)` in `prepare`,
+    `skip_reason` or `warnings` (keep the answer on self if a later hook needs it).
 
 The per-step hooks get everything they may need about the step in `Step` (this batch's
 scheduler, i, t, the guidance scale): they never reach into the pipeline for it.
@@ -127,6 +147,9 @@ class Adapter:
     def negative(self, batch: Batch) -> list[str] | None:
         return None
 
+    def encode_pooled(self, pooled: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return pooled
+
     def extra_conditions(self, batch: Batch) -> list[list[str]]:
         return []
 
@@ -154,6 +177,13 @@ class Adapter:
     @classmethod
     def has_hook(cls, hook: str) -> bool:
         return getattr(cls, hook) is not getattr(Adapter, hook)
+
+
+def is_sdxl(pipe: Any) -> bool:
+    """True when the pipeline's UNet is conditioned SDXL's way ("text_time": pooled text
+    embeddings and add_time_ids), as StableDiffusionXLPipeline's UNets are."""
+    config = getattr(getattr(pipe, "unet", None), "config", None) or {}
+    return config.get("addition_embed_type") == "text_time"
 
 
 def _convert(raw: str, default: Any, where: str) -> Any:

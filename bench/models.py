@@ -34,6 +34,7 @@ ALIASES: dict[str, str] = {
 
 # Models built in code rather than loaded by id; registered lazily like every other entry.
 MODELS.register("tiny-random", "bench.models:tiny_random_pipeline")
+MODELS.register("tiny-random-xl", "bench.models:tiny_random_xl_pipeline")
 # GPU-speed stand-in for measuring the harness (bench/simulated.py); simulated-gpu:seconds_per_image=0.1
 MODELS.register("simulated-gpu", "bench.simulated:simulated_gpu_pipeline")
 
@@ -361,7 +362,14 @@ def record_fingerprints(pipe: Any) -> None:
     """Hash the weights now (as loaded, before any dtype cast or scheduler swap) and keep the
     hashes on the pipeline: `fingerprint` and `text_encoder_fingerprint` return these."""
     pipe.bench_fingerprint = _hash_pipeline(pipe)
-    pipe.text_encoder.bench_fingerprint = _hash_text_encoder(pipe.text_encoder)
+    for encoder in _text_encoders(pipe):
+        encoder.bench_fingerprint = _hash_text_encoder(encoder)
+
+
+def _text_encoders(pipe: Any) -> list[Any]:
+    """text_encoder, and SDXL's text_encoder_2 (an SDXL refiner has only the second)."""
+    return [e for e in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None))
+            if e is not None]
 
 
 def fingerprint(pipe: Any) -> str:
@@ -370,7 +378,7 @@ def fingerprint(pipe: Any) -> str:
     the same in every dtype), else computed on the float32 weights in hand."""
     if getattr(pipe, "bench_fingerprint", None):
         return pipe.bench_fingerprint
-    _require_float32(pipe.unet, pipe.vae, pipe.text_encoder)
+    _require_float32(pipe.unet, pipe.vae, *_text_encoders(pipe))
     return _hash_pipeline(pipe)
 
 
@@ -393,7 +401,9 @@ def _hash_pipeline(pipe: Any) -> str:
     """Hashes every tensor's bytes (as float32) for small models, and shapes plus a strided
     sample of values for large ones (hashing 1 GB of SD weights takes seconds)."""
     h = hashlib.sha256()
-    for part in ("unet", "vae", "text_encoder"):
+    # text_encoder_2 (SDXL) only where present: SD fingerprints stay as they were.
+    parts = ("unet", "vae", "text_encoder", "text_encoder_2")
+    for part in [p for p in parts if getattr(pipe, p, None) is not None]:
         module = getattr(pipe, part)
         h.update(json.dumps(_config_dict(module), sort_keys=True, default=str).encode())
         for key, tensor in sorted(module.state_dict().items()):
@@ -431,9 +441,10 @@ _VOLATILE_KEYS = frozenset({"architectures", "dtype", "torch_dtype", "transforme
                             "name_or_path"})
 
 
-@lru_cache(maxsize=1)
-def clip_tokenizer() -> Any:
-    """The real CLIP BPE tokenizer, built offline from open_clip's bundled vocabulary."""
+@lru_cache(maxsize=2)
+def clip_tokenizer(pad_token: str = "<|endoftext|>") -> Any:
+    """The real CLIP BPE tokenizer, built offline from open_clip's bundled vocabulary. SDXL's
+    second tokenizer (OpenCLIP bigG's) is the same with pad_token "!"."""
     import open_clip
     from transformers import CLIPTokenizer
 
@@ -444,20 +455,21 @@ def clip_tokenizer() -> Any:
     vocab_list = base + [b + "</w>" for b in base] + ["".join(m) for m in merges]
     vocab_list += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {tok: i for i, tok in enumerate(vocab_list)}
-    return _make_tokenizer(CLIPTokenizer, vocab, merges)
+    return _make_tokenizer(CLIPTokenizer, vocab, merges, pad_token=pad_token)
 
 
-def _make_tokenizer(cls: Any, vocab: dict[str, int], merges: list[tuple[str, ...]]) -> Any:
+def _make_tokenizer(cls: Any, vocab: dict[str, int], merges: list[tuple[str, ...]],
+                    **extra: Any) -> Any:
     import inspect
     import tempfile
 
     if "vocab" in inspect.signature(cls.__init__).parameters:  # transformers >= 5
-        return cls(vocab=vocab, merges=merges, model_max_length=77)
+        return cls(vocab=vocab, merges=merges, model_max_length=77, **extra)
     tmp = Path(tempfile.mkdtemp(prefix="bench-clip-tok-"))
     (tmp / "vocab.json").write_text(json.dumps(vocab))
     (tmp / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges))
     return cls(vocab_file=str(tmp / "vocab.json"), merges_file=str(tmp / "merges.txt"),
-               model_max_length=77)
+               model_max_length=77, **extra)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -502,6 +514,55 @@ def tiny_random_pipeline(seed: int = 0) -> Any:
     return StableDiffusionPipeline(
         unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def tiny_random_xl_pipeline(seed: int = 0) -> Any:
+    """An SDXL-architecture pipeline for CPU tests (32 px): two text encoders of different widths
+    (32 + 64: a wrong concatenation order changes shapes), the second with a projection (the
+    pooled embedding), a UNet with SDXL's "text_time" added conditioning, linear projections
+    and 1/2 transformer layers per block (after diffusers' own SDXL fast tests), the real CLIP
+    tokenizers (the second padding with "!" as SDXL's), Euler as SDXL base ships it, and
+    force_zeros_for_empty_prompt. No watermarker (bench never watermarks)."""
+    from diffusers import (AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    time_dim, projection = 8, 32
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=16, in_channels=4,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+        use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * time_dim + projection,
+        cross_attention_dim=32 + 64, norm_num_groups=32)
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"], latent_channels=4,
+        sample_size=32, scaling_factor=0.13025, force_upcast=True)
+    tokenizer, tokenizer_2 = clip_tokenizer(), clip_tokenizer(pad_token="!")
+
+    def encoder_config(width: int, layers: int, pad: int) -> Any:
+        return CLIPTextConfig(
+            bos_token_id=49406, eos_token_id=49407, pad_token_id=pad, hidden_size=width,
+            intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4,
+            num_hidden_layers=layers, vocab_size=len(tokenizer), max_position_embeddings=77,
+            projection_dim=projection, hidden_act="gelu")
+
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(encoder_config(32, 3, 49407))
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(encoder_config(64, 3, tokenizer_2.pad_token_id))
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+        timestep_spacing="leading", interpolation_type="linear", use_karras_sigmas=False)
+    return StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=True,
+        add_watermarker=False)
 
 
 def native_size(pipe: Any) -> int:

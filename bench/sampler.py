@@ -5,7 +5,10 @@ One batch = B images. Each UNet call evaluates, in one batched forward pass,
 and the noise prediction is
     eps = eps_u + s_g * (eps_c - eps_u) + sum(adapter.guide(...))
 which reproduces diffusers' StableDiffusionPipeline for the baseline (no hooks), SLD
-(guide returns -s_g * gamma) and SEGA/Fair Diffusion (guide returns the edit term).
+(guide returns -s_g * gamma) and SEGA/Fair Diffusion (guide returns the edit term). On SDXL
+(`is_sdxl(pipe)`) it reproduces StableDiffusionXLPipeline: every row also carries its pooled
+embedding and add_time_ids (a `TextCondition`), and `guidance_rescale` > 0 rescales the CFG
+prediction as both pipelines do (arXiv:2305.08891, section 3.4) before the adapters' terms.
 
 Latents are checked for NaN/inf after every hook and step and the decoded images before they
 are returned: a non-finite image raises NonFiniteError (never a black PNG).
@@ -22,7 +25,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from bench.adapter import Adapter, Batch, Skip, Step
+from bench.adapter import Adapter, Batch, Skip, Step, is_sdxl
 
 
 class NonFiniteError(RuntimeError):
@@ -81,9 +84,34 @@ def initial_latents(pipe: Any, seeds: Sequence[int], height: int, width: int,
     return torch.cat(parts).to(pipe.device)
 
 
+@dataclass(frozen=True)
+class TextCondition:
+    """What the UNet is conditioned on, one row per image and branch. SD: the hidden states alone.
+    SDXL: the two encoders' penultimate hidden states concatenated, and `pooled`, the second
+    encoder's projected pooled output (add_time_ids are the same for every row of a batch and
+    are added at the UNet call)."""
+
+    hidden: torch.Tensor  # [N, 77, D] encoder_hidden_states
+    pooled: torch.Tensor | None = None  # [N, P] SDXL's added_cond_kwargs["text_embeds"]
+
+    @staticmethod
+    def cat(parts: Sequence["TextCondition"]) -> "TextCondition":
+        pooled = [p.pooled for p in parts]
+        return TextCondition(torch.cat([p.hidden for p in parts]),
+                             None if pooled[0] is None else torch.cat(pooled))  # type: ignore[arg-type]
+
+
 @torch.no_grad()
 def encode_text(pipe: Any, texts: Sequence[str]) -> torch.Tensor:
-    """Prompt embeddings as diffusers' encode_prompt computes them (no clip-skip, no LoRA scale)."""
+    """Prompt embeddings as diffusers' encode_prompt computes them (no clip-skip, no LoRA scale):
+    on SDXL the two encoders' penultimate hidden states, concatenated."""
+    return encode_condition(pipe, texts).hidden
+
+
+@torch.no_grad()
+def encode_condition(pipe: Any, texts: Sequence[str]) -> TextCondition:
+    if is_sdxl(pipe):
+        return _encode_xl(pipe, texts)
     tok = pipe.tokenizer(list(texts), padding="max_length", max_length=pipe.tokenizer.model_max_length,
                          truncation=True, return_tensors="pt")
     enc = pipe.text_encoder
@@ -91,7 +119,71 @@ def encode_text(pipe: Any, texts: Sequence[str]) -> torch.Tensor:
     if getattr(enc.config, "use_attention_mask", False):
         mask = tok.attention_mask.to(pipe.device)
     out = enc(tok.input_ids.to(pipe.device), attention_mask=mask)[0]
-    return out.to(dtype=pipe.unet.dtype)
+    return TextCondition(out.to(dtype=pipe.unet.dtype))
+
+
+def _encode_xl(pipe: Any, texts: Sequence[str]) -> TextCondition:
+    """StableDiffusionXLPipeline.encode_prompt: each encoder's hidden_states[-2], concatenated;
+    the pooled embedding is the first 2-D output[0] (text_encoder_2's text_embeds)."""
+    hidden: list[torch.Tensor] = []
+    pooled = None
+    pairs = [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
+    for tokenizer, encoder in pairs:
+        if encoder is None:  # a refiner has only the second encoder
+            continue
+        ids = tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids
+        out = encoder(ids.to(pipe.device), output_hidden_states=True)
+        if pooled is None and out[0].ndim == 2:
+            pooled = out[0]
+        hidden.append(out.hidden_states[-2])
+    if pooled is None:
+        raise ValueError("SDXL: no text encoder returns a pooled embedding (text_encoder_2 must be "
+                         "a CLIPTextModelWithProjection)")
+    dtype = pipe.unet.dtype
+    return TextCondition(torch.cat(hidden, dim=-1).to(dtype), pooled.to(dtype))
+
+
+def uncond_condition(pipe: Any, texts: Sequence[str], like: TextCondition) -> TextCondition:
+    """The unconditional branch. On SDXL with `force_zeros_for_empty_prompt` in the pipeline's
+    config, an empty negative prompt is zeros shaped `like` the conditional rows (hidden and
+    pooled), not an encoded "", as StableDiffusionXLPipeline does when given no negative prompt."""
+    zero = [t == "" for t in texts] if _forces_zeros(pipe) else [False] * len(texts)
+    if all(zero) and like.pooled is not None:
+        return TextCondition(torch.zeros_like(like.hidden), torch.zeros_like(like.pooled))
+    full = encode_condition(pipe, texts)
+    if not any(zero) or full.pooled is None:
+        return full
+    keep = torch.tensor([not z for z in zero], device=full.hidden.device)
+    return TextCondition(full.hidden * keep[:, None, None], full.pooled * keep[:, None])
+
+
+def _forces_zeros(pipe: Any) -> bool:
+    config = getattr(pipe, "config", None) or {}
+    return is_sdxl(pipe) and bool(config.get("force_zeros_for_empty_prompt", False))
+
+
+def add_time_ids(pipe: Any, height: int, width: int, rows: int, dtype: torch.dtype) -> torch.Tensor:
+    """SDXL's micro-conditioning per row, as the pipeline's defaults: original size = target
+    size = (height, width), crop top-left (0, 0)."""
+    ids = [height, width, 0, 0, height, width]
+    projection = pipe.text_encoder_2.config.projection_dim if pipe.text_encoder_2 is not None \
+        else None
+    expected = pipe.unet.add_embedding.linear_1.in_features
+    passed = pipe.unet.config.addition_time_embed_dim * len(ids) + (projection or 0)
+    if projection is not None and passed != expected:
+        raise ValueError(f"SDXL UNet expects an added embedding of {expected} values, its config "
+                         f"and text_encoder_2's projection_dim give {passed}: the model's configs "
+                         "do not match (check unet/config.json and text_encoder_2/config.json)")
+    return torch.tensor([ids], dtype=dtype, device=pipe.device).repeat(rows, 1)
+
+
+def rescale_guidance(eps: torch.Tensor, eps_c: torch.Tensor, factor: float) -> torch.Tensor:
+    """Guidance rescale (Lin et al. 2023, arXiv:2305.08891, eq. 15-16): match the guided
+    prediction's per-image std to the conditional one's, mixed in by `factor`."""
+    dims = list(range(1, eps.ndim))
+    rescaled = eps * (eps_c.std(dim=dims, keepdim=True) / eps.std(dim=dims, keepdim=True))
+    return factor * rescaled + (1 - factor) * eps
 
 
 def negative_texts(adapters: Sequence[Adapter], batch: Batch, negative_prompt: str) -> list[str]:
@@ -113,7 +205,8 @@ def _fresh_scheduler(pipe: Any) -> Any:
 
 
 def sample(pipe: Any, adapters: Sequence[Adapter], batch: Batch, *, steps: int,
-           height: int, width: int, negative_prompt: str = "") -> BatchResult:
+           height: int, width: int, negative_prompt: str = "",
+           guidance_rescale: float = 0.0) -> BatchResult:
     """Generate one batch. Returns images in [0, 1] as diffusers' output_type="np" does."""
     start = time.perf_counter()
     device = pipe.device
@@ -121,20 +214,32 @@ def sample(pipe: Any, adapters: Sequence[Adapter], batch: Batch, *, steps: int,
         torch.cuda.reset_peak_memory_stats(device)
     B = len(batch)
     guidance = batch.guidance
-    cond = encode_text(pipe, batch.prompts)
+    cond = encode_condition(pipe, batch.prompts)
+    hidden = cond.hidden
     for a in adapters:
-        cond = a.encode(cond, batch)
+        hidden = a.encode(hidden, batch)
+    pooled = cond.pooled
+    if pooled is not None:
+        for a in adapters:
+            if a.has_hook("encode_pooled"):
+                pooled = a.encode_pooled(pooled, batch)
     use_cfg = guidance > 1.0
-    parts = [cond]
+    parts = [TextCondition(hidden, pooled)]
     if use_cfg:
-        parts.insert(0, encode_text(pipe, negative_texts(adapters, batch, negative_prompt)))
+        texts = negative_texts(adapters, batch, negative_prompt)
+        parts.insert(0, uncond_condition(pipe, texts, parts[0]))
     n_extra: list[int] = []
     for a in adapters:
         branches = a.extra_conditions(batch)
         n_extra.append(len(branches))
-        parts.extend(encode_text(pipe, texts) for texts in branches)
-    embeds = torch.cat(parts)
+        parts.extend(encode_condition(pipe, texts) for texts in branches)
+    conditions = TextCondition.cat(parts)
+    embeds = conditions.hidden
     n_branches = len(parts)
+    unet_kwargs: dict[str, Any] = {}
+    if conditions.pooled is not None:  # SDXL
+        time_ids = add_time_ids(pipe, height, width, len(embeds), embeds.dtype)
+        unet_kwargs["added_cond_kwargs"] = {"text_embeds": conditions.pooled, "time_ids": time_ids}
     states = [a.init_state(batch) for a in adapters]
 
     scheduler = _fresh_scheduler(pipe)
@@ -162,12 +267,15 @@ def sample(pipe: Any, adapters: Sequence[Adapter], batch: Batch, *, steps: int,
             model_in = scheduler.scale_model_input(model_in, t)
             step_embeds = _step_conditioning(adapters, states, embeds, rows.cond, step)
             with _skip_hooks(pipe.unet, adapters, states, rows, step):
-                eps_all = pipe.unet(model_in, t, encoder_hidden_states=step_embeds, return_dict=False)[0]
+                eps_all = pipe.unet(model_in, t, encoder_hidden_states=step_embeds,
+                                    return_dict=False, **unet_kwargs)[0]
             chunks = list(eps_all.chunk(n_branches))
             if use_cfg:
                 eps_u, eps_c = chunks[0], chunks[1]
                 extras = chunks[2:]
                 eps = eps_u + guidance * (eps_c - eps_u)
+                if guidance_rescale > 0:
+                    eps = rescale_guidance(eps, eps_c, guidance_rescale)
             else:
                 eps_u = eps_c = chunks[0]
                 extras = chunks[1:]
@@ -291,7 +399,15 @@ def _on_step(adapter: Adapter, latents: torch.Tensor, step: Step, state: Any) ->
 def decode(pipe: Any, latents: torch.Tensor) -> np.ndarray:
     """Pixels in [0, 1]. The VAE may compute in float32 while the UNet is float16 (load_pipeline
     keeps VAEs with `force_upcast` in float32, as diffusers decodes them)."""
-    z = latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor
+    config = pipe.vae.config
+    z = latents.to(pipe.vae.dtype)
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    if mean is not None and std is not None:  # VAEs that normalise their latents, as diffusers
+        shape = (1, -1, 1, 1)
+        z = z * torch.tensor(std).view(shape).to(z) / config.scaling_factor \
+            + torch.tensor(mean).view(shape).to(z)
+    else:
+        z = z / config.scaling_factor
     image = pipe.vae.decode(z, return_dict=False)[0]
     image = (image / 2 + 0.5).clamp(0, 1)  # clamp keeps NaN: checked below
     images = image.cpu().permute(0, 2, 3, 1).float().numpy()

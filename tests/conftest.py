@@ -18,6 +18,15 @@ def tiny_pipe():
     return load_pipeline("tiny-random", "cpu")
 
 
+@pytest.fixture(scope="session")
+def tiny_xl_pipe():
+    """The SDXL architecture at 32 px (bench.models.tiny_random_xl_pipeline). Shared: tests
+    that patch it must restore it."""
+    from bench.models import load_pipeline
+
+    return load_pipeline("tiny-random-xl", "cpu")
+
+
 @pytest.fixture
 def prompt_file(tmp_path):
     def make(lines: list[str], name: str = "prompts.txt") -> Path:
