@@ -215,6 +215,17 @@ def test_run_times_methods_interleaved_and_the_leaderboard_says_so(tmp_path, pro
     assert "timed interleaved" in (out / "leaderboard.md").read_text()
 
 
+def test_one_method_has_no_timing_phase(tmp_path, prompt_file):
+    """Nothing to interleave with: latency from the generation's own times, no extra batches."""
+    prompts = prompt_file(["a photo of a doctor", "a photo of a nurse"])
+    out = tmp_path / "run"
+    assert main(["run", "--model", "tiny-random", "--steps", "2", "--metrics", "none", "--quiet",
+                 "--methods", "baseline", "--prompt-set", str(prompts), "--samples", "2",
+                 "--batch-size", "3", "--out", str(out)]) == 0
+    assert not (out / "timing.parquet").exists()
+    assert "timed interleaved" not in (out / "leaderboard.md").read_text()
+
+
 # --- CLI: the closing summary, --quiet ------------------------------------------------------
 def test_run_ends_with_a_summary_and_a_rerun_says_everything_was_cached(tmp_path, prompt_file,
                                                                         capsys):
