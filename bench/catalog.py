@@ -21,6 +21,12 @@ def _params(cls: type) -> str:
     return f"  [{', '.join(fields)}]" if fields else ""
 
 
+def _sdxl(cls: type) -> str:
+    """What a method cannot do on SDXL (its class's SDXL_SKIP, which its skip_reason returns)."""
+    note = getattr(cls, "SDXL_SKIP", "")
+    return f"  SDXL: {note}" if note else ""
+
+
 def listing(what: str) -> str:
     if what == "models":
         from bench.models import ALIASES
@@ -42,7 +48,7 @@ def listing(what: str) -> str:
     width = max((len(n) for n, _ in entries), default=0) + 2
     rows = []
     for name, obj in entries:
-        extra = _params(obj) if what == "methods" else ""
+        extra = _params(obj) + _sdxl(obj) if what == "methods" else ""
         kind = f"{_metric_kind(obj):<11}" if what == "metrics" else ""
         rows.append(f"{name:<{width}}{kind}{_first_line(obj)}{extra}")
     return "\n".join(rows)

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 
 from bench.models import ModelError
-from bench.adapter import Adapter
+from bench.adapter import Adapter, is_sdxl
 
 CARD = "card.json"
 
@@ -61,6 +61,25 @@ def no_checkpoint_reason(pipe: Any, method: str, attribute: str) -> str:
     which = f" for attribute {attribute}" if attribute else ""
     return (f"the model ships no {method} checkpoint{which}; train one with `bench train {method} "
             f"--model M --attribute A --out DIR` and pass {method}:checkpoint=DIR")
+
+
+ARCHITECTURES = {"sd": "Stable Diffusion 1.x/2.x", "sdxl": "SDXL"}
+
+
+def architecture(pipe: Any) -> str:
+    """What a trainer writes into its card's "architecture": "sdxl" or "sd"."""
+    return "sdxl" if is_sdxl(pipe) else "sd"
+
+
+def check_architecture(path: Path, card: dict[str, Any], pipe: Any, method: str) -> None:
+    """A checkpoint serves only the architecture it was made on (cards from before SDXL carry no
+    "architecture": they are SD's). Other weights of the same architecture are a warning or a
+    fingerprint check, as each method decides."""
+    made, mine = card.get("architecture", "sd"), architecture(pipe)
+    if made != mine:
+        raise CheckpointError(f"{method}: {path} was made on {ARCHITECTURES.get(made, made)}, this "
+                              f"model is {ARCHITECTURES[mine]}; make one for it with `bench train "
+                              f"{method} --model M ...` and pass {method}:checkpoint=DIR")
 
 
 def read_card(path: Path, method: str) -> dict[str, Any]:
@@ -110,6 +129,7 @@ class CheckpointedAdapter(Adapter):
         if path is None:
             return no_checkpoint_reason(pipe, self.name, p.attribute)
         self.check(path)  # the model's own checkpoint (an explicit one was checked in __init__)
+        check_architecture(path, read_card(path, self.name), pipe, self.name)
         return None
 
     def load_card(self, pipe: Any) -> tuple[Path, dict[str, Any]]:
@@ -117,7 +137,9 @@ class CheckpointedAdapter(Adapter):
         path = resolve_checkpoint(self.name, p.checkpoint, p.attribute, pipe)
         if path is None:
             raise CheckpointError(f"{self.name}: {no_checkpoint_reason(pipe, self.name, p.attribute)}")
-        return path, read_card(path, self.name)
+        card = read_card(path, self.name)
+        check_architecture(path, card, pipe, self.name)
+        return path, card
 
 
 DELTA = "delta.safetensors"

@@ -7,6 +7,14 @@ and every conditional prompt embedding is replaced by P e. As in the official ge
 (chingyaoc/debias_vl, generative/main.py): z is the text encoder's final hidden state at the EOS
 token, P is applied to every token of the conditional sequence (not to the unconditional one), and
 P_0 = I (the generative setting uses the calibration term only, no orthogonal projection).
+
+On SDXL (ours; the official code is SD-only) the UNet attends to both encoders' penultimate
+hidden states concatenated: z is that tensor at the EOS token, each encoder's part normalised on
+its own and given its own P (P = diag(P_1, P_2): the encoders' spaces are not one space). The
+pooled embedding (text_encoder_2's projected EOS output, CLIP's text embedding, the space the
+paper's discriminative setting calibrates) gets its own P from the pairs' pooled embeddings
+(`project_pooled`; false leaves it as is): left alone, it carries the group direction to the
+UNet through the added time embedding.
 """
 from __future__ import annotations
 
@@ -16,8 +24,8 @@ from typing import Any
 
 import torch
 
-from bench.adapter import Adapter, Batch
-from bench.sampler import encode_text
+from bench.adapter import Adapter, Batch, is_sdxl
+from bench.sampler import encode_condition, encode_text
 
 def default_occupations() -> str:
     """Every other occupation of the project's own list (prompt_sets/data/occupations.txt): the
@@ -33,6 +41,7 @@ class DebiasVLParams:
     groups: str = "male|female"  # '|'-separated; every pair of groups forms a pair per occupation
     template: str = "A photo of a {group} {occupation}."  # the official prompt
     occupations: str = ""  # '|'-separated; "" = every other occupation of the project's list
+    project_pooled: bool = True  # SDXL: calibrate the pooled embedding too (its own P)
 
 
 def pair_prompts(p: DebiasVLParams) -> list[tuple[str, str]]:
@@ -49,9 +58,23 @@ def pair_prompts(p: DebiasVLParams) -> list[tuple[str, str]]:
     return [(fill(a, o), fill(b, o)) for o in occupations for a, b in combinations(groups, 2)]
 
 
+def encoder_widths(pipe: Any) -> list[int]:
+    """Widths of the encoders' parts of the prompt embeddings, in concatenation order."""
+    from bench.methods.fair_mapping import text_encoders
+
+    return [int(e.config.hidden_size) for e in text_encoders(pipe)]
+
+
+def normalise_parts(z: torch.Tensor, widths: list[int]) -> torch.Tensor:
+    """Each encoder's part of z [N, sum(widths)] L2-normalised on its own."""
+    return torch.cat([torch.nn.functional.normalize(part, dim=-1)
+                      for part in z.split(widths, dim=-1)], dim=-1)
+
+
 @torch.no_grad()
 def eos_embeddings(pipe: Any, texts: list[str], chunk: int = 64) -> torch.Tensor:
-    """L2-normalised final hidden state at each text's first EOS token, float64 on the CPU."""
+    """The prompt embeddings at each text's first EOS token, float64 on the CPU, each encoder's
+    part L2-normalised (SD: the final hidden state)."""
     out = []
     for start in range(0, len(texts), chunk):
         part = texts[start:start + chunk]
@@ -60,7 +83,15 @@ def eos_embeddings(pipe: Any, texts: list[str], chunk: int = 64) -> torch.Tensor
         hidden = encode_text(pipe, part).double().cpu()
         eos = (ids == pipe.tokenizer.eos_token_id).int().argmax(dim=1)
         out.append(hidden[torch.arange(len(part)), eos])
-    return torch.nn.functional.normalize(torch.cat(out), dim=-1)
+    return normalise_parts(torch.cat(out), encoder_widths(pipe))
+
+
+@torch.no_grad()
+def pooled_embeddings(pipe: Any, texts: list[str]) -> torch.Tensor:
+    """SDXL: the L2-normalised pooled embeddings, float64 on the CPU."""
+    pooled = encode_condition(pipe, texts).pooled
+    assert pooled is not None, "pooled embeddings exist on SDXL only"
+    return torch.nn.functional.normalize(pooled.double().cpu(), dim=-1)
 
 
 def calibration_matrix(z_a: torch.Tensor, z_b: torch.Tensor, lam: float) -> torch.Tensor:
@@ -81,13 +112,26 @@ class DebiasVL(Adapter):
             raise ValueError(f"debias-vl:lam={self.params.lam}: lambda must be >= 0")
         self.pairs = pair_prompts(self.params)
         self.projection: torch.Tensor | None = None  # float64 (d, d), set by prepare
+        self.pooled_projection: torch.Tensor | None = None  # SDXL, float64 (p, p)
 
     def prepare(self, pipe: Any) -> None:
         a, b = zip(*self.pairs)
-        z = eos_embeddings(pipe, list(a) + list(b))
-        self.projection = calibration_matrix(z[: len(a)], z[len(a):], self.params.lam)
+        texts, n, lam = list(a) + list(b), len(a), self.params.lam
+        z = eos_embeddings(pipe, texts)
+        widths = encoder_widths(pipe)
+        self.projection = torch.block_diag(*[
+            calibration_matrix(part[:n], part[n:], lam) for part in z.split(widths, dim=-1)])
+        self.pooled_projection = None
+        if is_sdxl(pipe) and self.params.project_pooled:
+            pooled = pooled_embeddings(pipe, texts)
+            self.pooled_projection = calibration_matrix(pooled[:n], pooled[n:], lam)
 
     def encode(self, cond: torch.Tensor, batch: Batch) -> torch.Tensor:
         if self.projection is None:
             raise RuntimeError("debias-vl: call prepare(pipe) before sampling (it builds P)")
         return cond @ self.projection.T.to(device=cond.device, dtype=cond.dtype)
+
+    def encode_pooled(self, pooled: torch.Tensor, batch: Batch) -> torch.Tensor:
+        if self.pooled_projection is None:
+            return pooled
+        return pooled @ self.pooled_projection.T.to(device=pooled.device, dtype=pooled.dtype)

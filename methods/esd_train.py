@@ -9,7 +9,9 @@ empty prompt, and take one Adam step on
 
     || eps_esd(x_t, c, t) - (eps(x_t, t) - eta [eps(x_t, c, t) - eps(x_t, t)]) ||^2 (mean)
 
-over the variant's parameters (batch size 1, as the official code).
+over the variant's parameters (batch size 1, as the official code). On SDXL every UNet call also
+gets the pooled embedding and add_time_ids (official esd_sdxl.py; `conditions`); that script's
+defaults differ from the paper's: --iterations 200 --lr 2e-4 (ESD-x) --start-guidance 2.
 """
 from __future__ import annotations
 
@@ -21,12 +23,12 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
 
-from bench.methods.checkpoints import DELTA, nonnegative_float, positive_int
+from bench.methods.checkpoints import DELTA, architecture, nonnegative_float, positive_int
 from bench.methods.esd import VARIANTS, trainable
 
 
@@ -52,17 +54,57 @@ def ddim(pipe: Any, steps: int) -> Any:
     return sched
 
 
-def eps(unet: Any, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
-    return unet(x, t, encoder_hidden_states=embeds, return_dict=False)[0]
+@dataclass(frozen=True)
+class XLCondition:
+    """One SDXL condition for direct UNet calls: hidden states, pooled embedding, add_time_ids.
+    On SD a condition is the hidden-states tensor alone."""
+    hidden: torch.Tensor
+    pooled: torch.Tensor
+    time_ids: torch.Tensor
+
+
+Condition = Union[torch.Tensor, XLCondition]
+
+
+def _cat(a: Condition, b: Condition) -> Condition:
+    if isinstance(a, XLCondition) and isinstance(b, XLCondition):
+        return XLCondition(*(torch.cat([x, y]) for x, y in
+                             ((a.hidden, b.hidden), (a.pooled, b.pooled), (a.time_ids, b.time_ids))))
+    return torch.cat([a, b])  # type: ignore[list-item]
+
+
+def eps(unet: Any, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
+    if isinstance(cond, XLCondition):
+        added = {"text_embeds": cond.pooled, "time_ids": cond.time_ids}
+        return unet(x, t, encoder_hidden_states=cond.hidden, added_cond_kwargs=added,
+                    return_dict=False)[0]
+    return unet(x, t, encoder_hidden_states=cond, return_dict=False)[0]
+
+
+def conditions(pipe: Any, concept: str, size: int) -> tuple[Condition, Condition, Condition]:
+    """(concept, empty prompt for the target, unconditional branch of the partial generation).
+    On SD the last two are the encoded "". On SDXL, as esd_sdxl.py: the target's eps(x_t, t) is
+    the encoded "" (it passes negative_prompt=""), the partial generation's unconditional branch is
+    the pipeline's default (zeros with force_zeros_for_empty_prompt), add_time_ids for size x size."""
+    from bench.adapter import is_sdxl
+    from bench.sampler import add_time_ids, encode_condition, encode_text, uncond_condition
+
+    if not is_sdxl(pipe):
+        cond, empty = encode_text(pipe, [concept]), encode_text(pipe, [""])
+        return cond, empty, empty
+    c, e = encode_condition(pipe, [concept]), encode_condition(pipe, [""])
+    z = uncond_condition(pipe, [""], c)
+    ids = add_time_ids(pipe, size, size, 1, c.hidden.dtype)
+    return tuple(XLCondition(x.hidden, x.pooled, ids) for x in (c, e, z))  # type: ignore[return-value]
 
 
 @torch.no_grad()
-def partial_latents(unet: Any, sched: Any, k: int, cond: torch.Tensor, uncond: torch.Tensor,
+def partial_latents(unet: Any, sched: Any, k: int, cond: Condition, uncond: Condition,
                     guidance: float, noise: torch.Tensor) -> torch.Tensor:
     """x_t after the first k DDIM steps (eta 0) of a classifier-free-guided generation of the
     concept from `noise` (the official pipeline call with run_till_timestep=k, output 'latent')."""
     latents = noise * sched.init_noise_sigma
-    embeds = torch.cat([uncond, cond])
+    embeds = _cat(uncond, cond)
     for t in sched.timesteps[:k]:
         e_u, e_c = eps(unet, sched.scale_model_input(torch.cat([latents] * 2), t), t, embeds).chunk(2)
         latents = sched.step(e_u + guidance * (e_c - e_u), t, latents, eta=0.0, return_dict=False)[0]
@@ -74,8 +116,8 @@ def esd_target(eps_c: torch.Tensor, eps_u: torch.Tensor, eta: float) -> torch.Te
     return eps_u - eta * (eps_c - eps_u)
 
 
-def esd_loss(esd_unet: Any, frozen: Any, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
-             uncond: torch.Tensor, eta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def esd_loss(esd_unet: Any, frozen: Any, x_t: torch.Tensor, t: torch.Tensor, cond: Condition,
+             uncond: Condition, eta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean squared error of the trained UNet's concept prediction to the target, the target);
     the target comes from the frozen model, without gradient."""
     with torch.no_grad():
@@ -88,7 +130,6 @@ def train(pipe: Any, cfg: ESDConfig, log_every: int = 100) -> tuple[dict[str, to
     """`<parameter name>` -> trained W - W_old (float32) for the variant's parameters, and the
     loss of every iteration. `pipe.unet` is the frozen model and is left unchanged."""
     from bench.models import native_size
-    from bench.sampler import encode_text
 
     frozen = pipe.unet
     frozen.requires_grad_(False)
@@ -97,7 +138,7 @@ def train(pipe: Any, cfg: ESDConfig, log_every: int = 100) -> tuple[dict[str, to
     for p in params.values():
         p.requires_grad_(True)
     opt = torch.optim.Adam(list(params.values()), lr=cfg.lr)
-    cond, uncond = encode_text(pipe, [cfg.concept]), encode_text(pipe, [""])
+    cond, uncond, sampling_uncond = conditions(pipe, cfg.concept, native_size(pipe))
     sched = ddim(pipe, cfg.ddim_steps)
     side = native_size(pipe) // pipe.vae_scale_factor
     shape = (1, frozen.config.in_channels, side, side)
@@ -106,7 +147,7 @@ def train(pipe: Any, cfg: ESDConfig, log_every: int = 100) -> tuple[dict[str, to
     for it in range(cfg.iterations):
         k = int(rng.integers(cfg.ddim_steps))
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(int(rng.integers(2**31))))
-        x_t = partial_latents(frozen, sched, k, cond, uncond, cfg.start_guidance,
+        x_t = partial_latents(frozen, sched, k, cond, sampling_uncond, cfg.start_guidance,
                               noise.to(frozen.device, frozen.dtype))
         loss, _ = esd_loss(model, frozen, x_t, sched.timesteps[k], cond, uncond, cfg.eta)
         if not math.isfinite(loss.item()):
@@ -173,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     deltas, losses = train(pipe, cfg)
     tail = max(1, len(losses) // 10)
     card: dict[str, Any] = {"method": "esd", "model": a.model, "model_fingerprint": fingerprint(pipe),
+                            "architecture": architecture(pipe),
                             "attribute": a.name or "erase", **asdict(cfg),
                             "parameters": len(deltas),
                             "values": int(sum(d.numel() for d in deltas.values())),

@@ -5,6 +5,9 @@ map M(x) = W x + b, trained by methods/fair_mapping_train.py and initialised at 
 applied per token to the conditional prompt embeddings [B, 77, D], but only for prompts a keyword
 detector finds human-related. Training needs only the frozen text encoder, so a checkpoint is
 tied to one text encoder: `prepare` refuses a checkpoint whose card names another fingerprint.
+On SDXL the map acts on the concatenation of both encoders' hidden states (what the UNet
+attends to; D = 768 + 1280) and the card's fingerprint names both encoders; the pooled embedding
+is left as is (the paper maps the token embeddings of one encoder; docs/methods.md).
 
 This module also holds what Fair Mapping and RS-Corrector share: the attribute/group phrasings
 used to build training prompts (checkpoint lookup is in methods/checkpoints.py).
@@ -20,7 +23,7 @@ from typing import Any, Iterable
 import torch
 
 from bench.models import text_encoder_fingerprint
-from bench.adapter import Batch
+from bench.adapter import Batch, is_sdxl
 from bench.spec import SpecError
 from bench.methods.checkpoints import CheckpointedAdapter, CheckpointError  # noqa: F401 (re-export)
 
@@ -68,6 +71,22 @@ def get_spec(attribute: str) -> AttributeSpec:
     if attribute not in specs:
         raise SpecError(f"unknown attribute '{attribute}'; choose one of {sorted(specs)}")
     return specs[attribute]
+
+
+def text_encoders(pipe: Any) -> list[Any]:
+    """The encoders whose hidden states the UNet attends to, in concatenation order."""
+    return [pipe.text_encoder, pipe.text_encoder_2] if is_sdxl(pipe) else [pipe.text_encoder]
+
+
+def text_fingerprint(pipe: Any) -> str:
+    """What a text-side checkpoint is tied to: SD's text encoder hash (as cards have recorded
+    it), or on SDXL both encoders' hashes joined by '+'."""
+    return "+".join(text_encoder_fingerprint(e) for e in text_encoders(pipe))
+
+
+def conditioning_width(pipe: Any) -> int:
+    """D of the prompt embeddings [B, 77, D] (on SDXL both encoders' widths added)."""
+    return sum(int(e.config.hidden_size) for e in text_encoders(pipe))
 
 
 def default_occupations(pipe: Any) -> list[str]:
@@ -220,13 +239,13 @@ class FairMapping(CheckpointedAdapter):
         from safetensors.torch import load_file
 
         path, card = self.load_card(pipe)
-        mine = text_encoder_fingerprint(pipe.text_encoder)
+        mine = text_fingerprint(pipe)
         if card.get("text_encoder_fingerprint") != mine:
             raise CheckpointError(
                 f"{self.name}: {path} was trained for text encoder {card.get('text_encoder_fingerprint')} "
                 f"but this model's text encoder is {mine}; retrain with `bench train fair-mapping`")
         tensors = load_file(str(path / "mapping.safetensors"))
-        dim = pipe.text_encoder.config.hidden_size
+        dim = conditioning_width(pipe)
         if tensors["weight"].shape != (dim, dim) or tensors["bias"].shape != (dim,):
             raise CheckpointError(f"{self.name}: {path}/mapping.safetensors is not a {dim}x{dim} map")
         self.weight = tensors["weight"].to(pipe.device)

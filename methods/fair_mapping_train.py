@@ -11,6 +11,7 @@ at the start), the loss is L_text + lam * L_fair:
            (alignment-free: "female" shifts the later tokens by one position), the group
            embeddings are the fixed anchors, and c = mean d_k^2 at the start (so lam is unitless).
 Because pooling commutes with an affine map, both terms cost O(D^2) per step whatever the data.
+On SDXL, E(.) is both encoders' hidden states concatenated (the UNet's cross-attention input).
 """
 from __future__ import annotations
 
@@ -114,7 +115,9 @@ def train(model: str, attribute: str, occupations: list[str] | None, out: Path, 
     overrides the attribute's groups, phrasings and templates (all recorded in the card)."""
     from safetensors.torch import save_file
 
-    from bench.models import load_pipeline, text_encoder_fingerprint
+    from bench.methods.checkpoints import architecture
+    from bench.methods.fair_mapping import text_fingerprint
+    from bench.models import load_pipeline
 
     start = time.perf_counter()
     torch.manual_seed(seed)
@@ -130,7 +133,7 @@ def train(model: str, attribute: str, occupations: list[str] | None, out: Path, 
         "method": "fair-mapping", "model": model, "attribute": attribute, **spec.to_card(),
         "occupations": occupations, "lambda": lam, "lr": lr,
         "steps": steps, "seed": seed, "dim": int(weight.shape[0]),
-        "text_encoder_fingerprint": text_encoder_fingerprint(pipe.text_encoder),
+        "text_encoder_fingerprint": text_fingerprint(pipe), "architecture": architecture(pipe),
         "seconds": round(time.perf_counter() - start, 3),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **curve,
     }

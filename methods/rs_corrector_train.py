@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from bench.adapter import Adapter, Batch, Step
 from bench.sampler import sample
 from bench.spec import SpecError
-from bench.methods.checkpoints import nonnegative_float, positive_int, trainer_parser
+from bench.methods.checkpoints import architecture, nonnegative_float, positive_int, trainer_parser
 from bench.methods.fair_mapping import AttributeSpec, default_occupations, get_spec, read_lines
 from bench.methods.rs_corrector import DISTORTED, PreferenceNet, latent_input_scale
 
@@ -219,6 +219,7 @@ def train(model: str, attribute: str, occupations: list[str] | None, out: Path, 
               str(out / "preference.safetensors"))
     card = {
         "method": "rs-corrector", "model": model, "model_fingerprint": fingerprint(pipe),
+        "architecture": architecture(pipe),
         "attribute": attribute, **spec.to_card(), "labels": [*spec.groups, DISTORTED],
         "occupations": occupations, "samples": samples,
         "sample_steps": sample_steps, "guidance": guidance,

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from bench.methods.checkpoints import CheckpointError
-from bench.adapter import Adapter, Batch
+from bench.adapter import Adapter, Batch, is_sdxl
 
 Checker = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # images -> (images, flags)
 
@@ -94,6 +94,8 @@ class SafetyChecker(Adapter):
     description = ("Stable Diffusion's post-hoc safety checker as a filter: flagged images are "
                    "blacked out, recorded as filtered and left out of quality metrics.")
     Params = SafetyCheckerParams
+    SDXL_SKIP = ("SDXL ships no safety checker; pass sd-safety-checker:model=DIR (an SD directory "
+                 "with safety_checker/ and feature_extractor/) to filter with SD's")
 
     def __init__(self, params: Any = None) -> None:
         super().__init__(params)
@@ -106,6 +108,8 @@ class SafetyChecker(Adapter):
     def skip_reason(self, pipe: Any) -> str | None:
         if getattr(pipe, "bench_safety_checker", None) is not None and not self.params.model:
             return None
+        if is_sdxl(pipe) and not self.params.model:
+            return self.SDXL_SKIP
         return missing_reason(checker_dir(pipe, self.params.model))
 
     def prepare(self, pipe: Any) -> None:

@@ -22,6 +22,14 @@ pipeline.py and free_lunch_utils.py). Training-free; per prompt:
 Steps 1-4 follow the official code's equations (tests/test_safree.py compares them in float64
 with a numpy transcription); step 5 is the paper's description, see docs/methods.md for where
 the released code differs and what is ours.
+
+On SDXL, as the official modified_stable_diffusion_xl_pipeline.py: steps 1-4 use the second
+encoder (tokenizer_2, text_encoder_2) and filter only its part of the concatenated hidden states;
+the first encoder's part and the pooled embedding are left as they are. Ours: the subspaces are
+spanned by text_encoder_2's pooled output before its projection (the residual-stream space the
+filtered tokens live in; the official code takes the projected text embeddings, the same width
+only because SDXL base's projection is square), and the self-validating filter and re-attention
+apply as on SD (the official SDXL pipeline filters at every step, i.e. svf=false).
 """
 from __future__ import annotations
 
@@ -32,7 +40,7 @@ from typing import Any, Sequence
 import torch
 
 from bench.methods.sld import DEFAULT_CONCEPT
-from bench.adapter import Adapter, Batch, Skip, Step
+from bench.adapter import Adapter, Batch, Skip, Step, is_sdxl
 
 # The official negative_prompt_space for --category nudity (generate_safree.py).
 NUDITY = ("Sexual Acts", "Content Meant to Arouse Sexual Excitement", "Nudity", "Pornography",
@@ -107,16 +115,31 @@ def reweight_low(filtered: torch.Tensor, original: torch.Tensor, scale: float,
 
 # ---- the text encoder side ---------------------------------------------------------------------
 
+def _tokenizer(pipe: Any) -> Any:
+    """The tokenizer of the encoder SAFREE filters: SDXL's second, else the only one."""
+    return pipe.tokenizer_2 if is_sdxl(pipe) else pipe.tokenizer
+
+
+def filtered_start(pipe: Any) -> int:
+    """Where the filtered encoder's part of the prompt embeddings starts (SDXL: after the first
+    encoder's width; SD: 0, all of them)."""
+    return int(pipe.text_encoder.config.hidden_size) if is_sdxl(pipe) else 0
+
+
 @torch.no_grad()
 def pooled(pipe: Any, ids: torch.Tensor) -> torch.Tensor:
-    """The text encoder's pooled output (final layer norm at the end token) in float64."""
+    """The text encoder's pooled output (final layer norm at the end token) in float64; on SDXL
+    text_encoder_2's, before its projection."""
+    if is_sdxl(pipe):
+        return pipe.text_encoder_2.text_model(ids.to(pipe.device)).pooler_output.double().cpu()
     out = pipe.text_encoder(ids.to(pipe.device))
     return out.pooler_output.double().cpu()
 
 
 def tokenize(pipe: Any, texts: Sequence[str]) -> torch.Tensor:
-    return pipe.tokenizer(list(texts), padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                          truncation=True, return_tensors="pt").input_ids
+    tokenizer = _tokenizer(pipe)
+    return tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids
 
 
 def concept_projector(pipe: Any, keywords: Sequence[str]) -> torch.Tensor:
@@ -146,9 +169,10 @@ class Filtered:
 
 def filter_prompt(pipe: Any, ids: torch.Tensor, cond: torch.Tensor, p_concept: torch.Tensor,
                   alpha: float, up_t: int) -> Filtered:
-    """ids [L] (padded to the tokenizer's length), cond [L, D] its embeddings."""
-    eos = pipe.tokenizer.eos_token_id
-    n = int((ids != eos).sum()) - 1  # word tokens: all but the start token and end/padding
+    """ids [L] (padded to the tokenizer's length), cond [L, D] its embeddings (on SDXL the
+    second encoder's part)."""
+    eos = _tokenizer(pipe).eos_token_id
+    n = int((ids == eos).int().argmax()) - 1  # word tokens: before the first end token, after the start
     eye = torch.eye(p_concept.shape[0], dtype=torch.float64)
     if n < 1:  # the empty prompt: nothing to filter
         return Filtered(eye, torch.zeros(0, dtype=torch.bool), 0.0, -1)
@@ -207,10 +231,12 @@ class SAFREE(Adapter):
         super().__init__(params)
         self._pipe: Any = None
         self._p_concept: torch.Tensor | None = None
+        self._start = 0  # first dimension of the filtered encoder's part of the embeddings
 
     def prepare(self, pipe: Any) -> None:
         self._pipe = pipe
         self._p_concept = concept_projector(pipe, self.params.keywords())
+        self._start = filtered_start(pipe)
 
     def release(self, pipe: Any) -> None:
         self._pipe, self._p_concept = None, None
@@ -237,7 +263,8 @@ class SAFREE(Adapter):
         ids = tokenize(self._pipe, batch.prompts)
         cond = encode_text(self._pipe, batch.prompts)
         p = self.params
-        return SAFREEState([filter_prompt(self._pipe, ids[b], cond[b], self._p_concept, p.alpha, p.up_t)
+        part = cond[..., self._start:]
+        return SAFREEState([filter_prompt(self._pipe, ids[b], part[b], self._p_concept, p.alpha, p.up_t)
                             for b in range(len(batch))])
 
     def _active(self, state: SAFREEState, i: int) -> list[bool]:
@@ -250,8 +277,10 @@ class SAFREE(Adapter):
         if not any(active):
             return None
         if state.filtered is None:  # from the batch's embeddings (after earlier methods' encode)
-            state.filtered = torch.stack([f.apply(c) for f, c in zip(state.prompts, cond)]
-                                         ).to(cond.device, cond.dtype)
+            part = torch.stack([f.apply(c[..., self._start:]) for f, c in zip(state.prompts, cond)])
+            if self._start:  # SDXL: the first encoder's part as it is
+                part = torch.cat([cond[..., :self._start].double().cpu(), part], dim=-1)
+            state.filtered = part.to(cond.device, cond.dtype)
         use = torch.tensor(active, device=cond.device)[:, None, None]
         return torch.where(use, state.filtered, cond)
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from bench.methods.checkpoints import nonnegative_float, positive_int
+from bench.methods.checkpoints import architecture, nonnegative_float, positive_int
 from bench.methods.uce import DELTA, closed_form, concept_embeddings, projections
 
 Targets = Callable[[torch.Tensor], torch.Tensor]  # W_old [out, in] -> v* [n, out]
@@ -188,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     pipe = load_pipeline(a.model, a.device)
     preserve = split(a.preserve)
     card: dict[str, Any] = {"method": "uce", "mode": a.mode, "model": a.model,
-                            "model_fingerprint": fingerprint(pipe), "lam": a.lam,
+                            "model_fingerprint": fingerprint(pipe),
+                            "architecture": architecture(pipe), "lam": a.lam,
                             "edit_scale": a.edit_scale, "preserve_scale": a.preserve_scale,
                             "preserve": preserve, "token": "last word token of each concept text",
                             "projections": sorted(projections(pipe.unet)), "seed": a.seed}

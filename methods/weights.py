@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from bench.adapter import Adapter
+from bench.adapter import Adapter, is_sdxl
 from bench.methods.checkpoints import CheckpointError
 
 COMPONENTS = ("unet", "text_encoder")
@@ -190,6 +190,8 @@ class Weights(Adapter):
     description = ("Released weights of other methods: a UNet or text-encoder state dict or a "
                    "diffusers/peft LoRA (preset= names ESD, SafeGen, AdvUnlearn, fair fine-tuning).")
     Params = WeightsParams
+    SDXL_SKIP = ("presets are SD 1.x releases (skipped on SDXL); unet=, text_encoder= and lora= "
+                 "files are checked against the SDXL model's modules")
 
     def __init__(self, params: Any = None) -> None:
         super().__init__(params)
@@ -217,6 +219,9 @@ class Weights(Adapter):
         files = self.files()
         if not files:
             return "no weights given: pass weights:unet=FILE, text_encoder=FILE, lora=FILE or preset=NAME"
+        if self.params.preset and is_sdxl(pipe):
+            return (f"preset {self.params.preset} is a release for SD 1.x "
+                    f"({PRESETS[self.params.preset].format}); SDXL's UNet and encoders differ")
         for component, path in files:
             if not path.is_file():
                 card = PRESETS[self.params.preset]
