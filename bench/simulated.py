@@ -1,11 +1,16 @@
 """`simulated-gpu`: a stand-in model that generates at a GPU's speed on a CPU machine.
 
 The harness's own CPU work (PNG encoding, records, fsyncs, tables) is invisible on CPU runs,
-where the model is the bottleneck; on a GPU it shows. This model makes it visible: its UNet is a
-zero predictor, and its VAE "decodes" by sleeping `seconds_per_image` per image (time.sleep
-releases the GIL, as a thread waiting on CUDA kernels does) and returning one of the world's
-portraits at the requested size, upsampled and with sensor-like grain so the PNG compresses like
-a natural 512 px image (about as large and as slow to encode), not like flat drawings or noise.
+where the model is the bottleneck; on a GPU it shows. This model makes it visible. It spends its
+time where a GPU does, sleeping (time.sleep releases the GIL, as a thread waiting on CUDA kernels
+does): its UNet predicts zero noise after sleeping (1 - VAE_SHARE) * seconds_per_image /
+REFERENCE_EVALS per row of each call, and its VAE "decodes" after sleeping VAE_SHARE *
+seconds_per_image per image, so an image at 50 steps with classifier-free guidance (100 UNet
+evaluations) takes `seconds_per_image`, fewer steps or extra branches (SLD) scale as on a GPU, and
+a 2-step warm-up costs what it would there (9% of a batch, not the whole batch). The VAE returns
+one of the world's portraits at the requested size, upsampled and with sensor-like grain so the
+PNG compresses like a natural 512 px image (about as large and as slow to encode), not like flat
+drawings or noise.
 Everything else is the real run path: the world's tokenizer, text encoder and scheduler, the
 harness's sampler loop, grid, batches, store, records and tables.
 
@@ -22,6 +27,11 @@ import torch
 from PIL import Image
 
 POOL = 32  # distinct portraits; an image's latents choose one
+# seconds_per_image is an image at SD 1.5's usual 50 steps with CFG: 100 UNet evaluations.
+REFERENCE_EVALS = 100
+# The VAE decoder's share of an image's GPU time: SD 1.5's decoder at 512 px is ~2.5 TFLOP
+# against ~70 TFLOP for 100 UNet evaluations (4%), at a lower utilisation: about 5%.
+VAE_SHARE = 0.05
 GRAIN = 4.0  # std of the added grain, in 8-bit levels: real 512 px PNGs are ~0.4-0.5 MB
 
 
@@ -36,10 +46,13 @@ class _Config(dict):
 
 
 class ZeroUNet(torch.nn.Module):
-    """Predicts zero noise at no cost: the scheduler's arithmetic still runs, as on a GPU."""
+    """Predicts zero noise after a GPU evaluation's time per row (`seconds_per_eval`): the
+    scheduler's arithmetic still runs, as on a GPU."""
 
-    def __init__(self, sample_size: int = 64, cross_attention_dim: int = 32) -> None:
+    def __init__(self, sample_size: int = 64, cross_attention_dim: int = 32,
+                 seconds_per_eval: float = 0.0) -> None:
         super().__init__()
+        self.seconds_per_eval = seconds_per_eval
         self.config = _Config(in_channels=4, out_channels=4, sample_size=sample_size,
                               cross_attention_dim=cross_attention_dim, simulated=True)
         self.anchor = torch.nn.Parameter(torch.zeros(1), requires_grad=False)  # carries dtype/device
@@ -54,15 +67,17 @@ class ZeroUNet(torch.nn.Module):
 
     def forward(self, sample: torch.Tensor, t: Any, encoder_hidden_states: Any = None,
                 return_dict: bool = False, **_: Any) -> tuple[torch.Tensor]:
+        time.sleep(self.seconds_per_eval * sample.shape[0])
         return (torch.zeros_like(sample),)
 
 
 class PortraitVAE(torch.nn.Module):
-    """Sleeps `seconds_per_image` per image, then returns world portraits in [-1, 1]."""
+    """Sleeps VAE_SHARE of `seconds_per_image` per image, then returns world portraits in [-1, 1]."""
 
     def __init__(self, seconds_per_image: float) -> None:
         super().__init__()
         self.seconds_per_image = seconds_per_image
+        self.seconds_per_decode = VAE_SHARE * seconds_per_image
         self.config = _Config(scaling_factor=0.18215, latent_channels=4, simulated=True)
         self.anchor = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
         self._pools: dict[tuple[int, int], np.ndarray] = {}
@@ -72,7 +87,7 @@ class PortraitVAE(torch.nn.Module):
         return self.anchor.dtype
 
     def decode(self, latents: torch.Tensor, return_dict: bool = False) -> tuple[torch.Tensor]:
-        time.sleep(self.seconds_per_image * latents.shape[0])
+        time.sleep(self.seconds_per_decode * latents.shape[0])
         height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
         pool = self._pool(height, width)
         # The latents are drawn from the image's seed: the same seed gives the same portrait.
@@ -115,7 +130,8 @@ class SimulatedPipeline:
         self.text_encoder = world.text_encoder
         self.tokenizer = world.tokenizer
         self.scheduler = world.scheduler
-        self.unet = ZeroUNet(cross_attention_dim=int(world.unet.config.cross_attention_dim))
+        self.unet = ZeroUNet(cross_attention_dim=int(world.unet.config.cross_attention_dim),
+                             seconds_per_eval=(1 - VAE_SHARE) * seconds_per_image / REFERENCE_EVALS)
         self.vae = PortraitVAE(seconds_per_image)
 
     @property
@@ -132,7 +148,7 @@ class SimulatedPipeline:
 
 
 def simulated_gpu_pipeline(seconds_per_image: float = 0.25) -> SimulatedPipeline:
-    """A GPU-speed stand-in (seconds_per_image, default 0.25: SD 1.5 at 50 steps with CFG on
+    """A GPU-speed stand-in (seconds_per_image at 50 steps with CFG, default 0.25: SD 1.5 on
     an H100-class card at batch 8-16; 0.1 for the fastest): world portraits at 512 px."""
     if not seconds_per_image >= 0 or seconds_per_image == float("inf"):
         from bench.models import ModelError

@@ -1,4 +1,5 @@
-"""The GPU-speed stand-in: options parsed, delay per image through time.sleep, real 512 px images."""
+"""The GPU-speed stand-in: options parsed, delays per UNet row and decoded image through time.sleep,
+real 512 px images."""
 from __future__ import annotations
 
 import io
@@ -32,12 +33,18 @@ def test_bad_options_one_line(name, fragment):
         load_pipeline(name, "cpu")
 
 
-def test_sleeps_per_image_and_images_follow_seeds(pipe, monkeypatch):
+def test_sleeps_where_a_gpu_spends_its_time_and_images_follow_seeds(pipe, monkeypatch):
     slept: list[float] = []
     monkeypatch.setattr(simulated.time, "sleep", slept.append)
-    batch = Batch(prompts=["a photo of a doctor"] * 3, seeds=[1, 2, 1])
-    out = to_uint8(sample(pipe, [], batch, steps=3, height=512, width=512).images)
-    assert slept == [pytest.approx(0.375)]  # one sleep per batch: 3 images x 0.125 s
+    batch = Batch(prompts=["a photo of a doctor"] * 3, seeds=[1, 2, 1], guidance=7.5)
+    out = to_uint8(sample(pipe, [], batch, steps=50, height=512, width=512).images)
+    # 50 UNet calls of 6 rows (3 images x CFG's 2 branches), 0.95 x 0.125 s per 100 evaluations,
+    # then one decode of 3 images x 0.05 x 0.125 s: 3 images x 0.125 s in all.
+    assert slept == [pytest.approx(6 * 0.95 * 0.125 / 100)] * 50 + [pytest.approx(3 * 0.05 * 0.125)]
+    assert sum(slept) == pytest.approx(3 * 0.125)
+    slept.clear()
+    sample(pipe, [], batch, steps=2, height=512, width=512)  # the warm-up's two steps: 9% of it
+    assert sum(slept) == pytest.approx(3 * 0.125 * (0.05 + 4 * 0.95 / 100))
     assert out.shape == (3, 512, 512, 3)
     assert np.array_equal(out[0], out[2])  # same seed, same image, whatever the batch
     pool = simulated.portraits(512, 512)
