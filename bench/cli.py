@@ -30,6 +30,8 @@ def _add_sampler_flags(p: argparse.ArgumentParser) -> None:
                                    "float32 elsewhere)")
     p.add_argument("--scheduler", help="ddim, pndm, euler, euler-a, dpm++, heun, lms or a "
                                        "diffusers class name (default: the model's own)")
+    p.add_argument("--guidance-rescale", type=float,
+                   help="diffusers' guidance_rescale in [0, 1] (arXiv:2305.08891; default 0: off)")
 
 
 TOP_EXAMPLES = """examples:
@@ -228,7 +230,8 @@ def spec_from_args(a: argparse.Namespace) -> RunSpec:
         height=pick(a.resolution, sampler.height),
         width=pick(a.resolution, sampler.width),
         scheduler=pick(a.scheduler, sampler.scheduler),
-        negative_prompt=sampler.negative_prompt)
+        negative_prompt=sampler.negative_prompt,
+        guidance_rescale=pick(a.guidance_rescale, sampler.guidance_rescale))
     return RunSpec(
         model=pick(a.model, base.model),
         methods=base.methods if a.methods is None else (a.methods,),
@@ -309,7 +312,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
     steps = 25 if a.steps is None else a.steps
     RunSpec(methods=(a.method,), seed=a.seed, guidance=(a.guidance,),  # bench run's checks
             sampler=SamplerSpec(steps=steps, height=a.resolution, width=a.resolution,
-                                scheduler=a.scheduler), dtype=a.dtype)
+                                scheduler=a.scheduler, guidance_rescale=a.guidance_rescale or 0.0),
+            dtype=a.dtype)
     output_file(a.out, ".png")
     try:  # Python keeps argv bytes that are not UTF-8 as lone surrogates the tokenizer rejects
         a.prompt.encode("utf-8")
@@ -317,7 +321,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
         raise SpecError(f"--prompt {a.prompt!r}: not UTF-8 text; pass the prompt in UTF-8") from None
     debug.generate_one(model=a.model or "world", method=a.method, prompt=a.prompt, seed=a.seed,
                        guidance=a.guidance, steps=steps, resolution=a.resolution,
-                       device=a.device, out=Path(a.out), dtype=a.dtype, scheduler=a.scheduler)
+                       device=a.device, out=Path(a.out), dtype=a.dtype, scheduler=a.scheduler,
+                       guidance_rescale=a.guidance_rescale or 0.0)
     print(f"wrote {a.out}")
     return 0
 

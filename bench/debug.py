@@ -13,7 +13,7 @@ from bench.spec import MethodChain, SpecError
 
 def generate_one(model: str, method: str, prompt: str, seed: int, guidance: float, steps: int,
                  resolution: int | None, device: str | None, out: Path, dtype: str | None = None,
-                 scheduler: str | None = None) -> None:
+                 scheduler: str | None = None, guidance_rescale: float = 0.0) -> None:
     chain = MethodChain.parse(method)  # `bench generate --method`: parsed here, once
     adapters = build_adapters(chain)
     pipe = load_pipeline(model, device, dtype, scheduler)
@@ -26,7 +26,7 @@ def generate_one(model: str, method: str, prompt: str, seed: int, guidance: floa
     check_size(pipe, size, size)
     try:
         result = sample(pipe, adapters, Batch([prompt], [seed], [{}], guidance), steps=steps,
-                        height=size, width=size)
+                        height=size, width=size, guidance_rescale=guidance_rescale)
         pixels = to_uint8(result.images)[0]
     except NonFiniteError as exc:
         raise exc.naming(str(chain), [(repr(prompt), seed)], dtype_name(pipe)) from None

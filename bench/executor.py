@@ -177,7 +177,8 @@ def time_phase(pipe: Any, grid: Sequence[WorkItem], adapters: dict[str, list[Ada
         chunk = batches[method]
         return sample(pipe, active, to_batch(chunk), steps=settings.sampler.steps,
                       height=settings.height, width=settings.width,
-                      negative_prompt=settings.sampler.negative_prompt).seconds
+                      negative_prompt=settings.sampler.negative_prompt,
+                      guidance_rescale=settings.sampler.guidance_rescale).seconds
 
     warm_up(pipe, next(b for b in batches.values() if b), settings)
     table = timing.time_methods(run_batch, batches, rounds)
@@ -218,7 +219,8 @@ def write_batch(pipe: Any, adapters: Sequence[Adapter], chunk: Sequence[WorkItem
     try:  # a non-finite image stops the run before anything of its batch is stored
         result = sample(pipe, adapters, to_batch(chunk), steps=settings.sampler.steps,
                         height=settings.height, width=settings.width,
-                        negative_prompt=settings.sampler.negative_prompt)
+                        negative_prompt=settings.sampler.negative_prompt,
+                        guidance_rescale=settings.sampler.guidance_rescale)
         pixels = to_uint8(result.images)
     except NonFiniteError as exc:
         raise exc.naming(chunk[0].method, [(w.prompt.id, w.seed) for w in chunk],

@@ -47,6 +47,8 @@ def cache_key(model_fp: str, method: str, prompt_text: str, seed: int, guidance:
     if dtype != "float32":  # keys made before dtypes were chosen are float32's and stay valid
         settings.append(dtype)
     settings.extend(options)  # RunSpec.pixel_options(): none -> the key as before they existed
+    if sampler.guidance_rescale:  # off -> the key as before the option existed
+        settings.append(["guidance_rescale", sampler.guidance_rescale])
     return _sha([model_fp, method, prompt_text, seed, settings])[:24]
 
 

@@ -146,11 +146,18 @@ class SamplerSpec:
     width: int | None = None
     scheduler: str | None = None  # None -> the pipeline's own; else a short or diffusers class name
     negative_prompt: str = ""
+    # diffusers' guidance_rescale (arXiv:2305.08891 section 3.4), in [0, 1]; 0 = off. Written to
+    # to_dict and the cache key only when on, so SD runs keep their ids and keys.
+    guidance_rescale: float = 0.0
 
     def __post_init__(self) -> None:
         # Stored as the class name, so `euler` and `EulerDiscreteScheduler` share cached images.
         if self.scheduler is not None:
             object.__setattr__(self, "scheduler", canonical_scheduler(self.scheduler))
+        r = self.guidance_rescale
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r <= 1:
+            raise SpecError(f"sampler.guidance_rescale={r!r}: give a number in [0, 1] (0: off; "
+                            "0.7 is the paper's value)")
 
 
 NEWLINE = b"\n"
@@ -281,6 +288,8 @@ class RunSpec:
         for key in ("suites", *GPU_OPTIONS):  # written when set: older specs keep their ids
             if not out[key]:
                 del out[key]
+        if not out["sampler"]["guidance_rescale"]:
+            del out["sampler"]["guidance_rescale"]
         return out
 
     def pixel_options(self) -> tuple[str, ...]:

@@ -199,3 +199,47 @@ def test_bench_generate_equals_the_pipeline(tmp_path, tiny_xl_pipe):
     ref = np.asarray(ref).astype(int)
     assert ours.shape == ref.shape == (32, 32, 3)
     assert np.abs(ours - ref).max() <= 1  # 1e-4 in [0, 1] may round to the next 8-bit level
+
+
+def test_guidance_rescale_run_option_in_manifest_and_key_only_when_on(tmp_path, tiny_xl_pipe):
+    """`bench run --guidance-rescale 0.7` on tiny-random-xl: the PNG equals the pipeline's, the
+    manifest records the option; off, spec dicts and cache keys are as before the option."""
+    import hashlib
+    import json
+
+    import pandas as pd
+    from PIL import Image
+
+    from bench.cli import main
+    from bench.grid import cache_key
+    from bench.spec import RunSpec, SamplerSpec, SpecError
+
+    (tmp_path / "p.txt").write_text("a nurse\n")
+    (tmp_path / "run.yaml").write_text("timing_rounds: 0\n")
+    out = tmp_path / "run"
+    main(["run", "--config", str(tmp_path / "run.yaml"), "--model", "tiny-random-xl",
+          "--metrics", "none", "--steps", "4", "--samples", "1", "--quiet", "--prompt-set",
+          str(tmp_path / "p.txt"), "--guidance-rescale", "0.7", "--out", str(out)])
+    row = pd.read_parquet(out / "images.parquet").iloc[0]
+    ours = np.asarray(Image.open(out / row["file"])).astype(int)
+    gen = torch.Generator().manual_seed(int(row["seed"]))
+    ref = tiny_xl_pipe("a nurse", num_inference_steps=4, guidance_scale=7.5, generator=gen,
+                       guidance_rescale=0.7, output_type="pil").images[0]
+    assert np.abs(ours - np.asarray(ref).astype(int)).max() <= 1
+    gen = torch.Generator().manual_seed(int(row["seed"]))
+    unscaled = tiny_xl_pipe("a nurse", num_inference_steps=4, guidance_scale=7.5, generator=gen,
+                            output_type="pil").images[0]
+    assert np.abs(ours - np.asarray(unscaled).astype(int)).max() > 1  # the option reached it
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["spec"]["sampler"]["guidance_rescale"] == 0.7
+
+    assert "guidance_rescale" not in RunSpec().to_dict()["sampler"]
+    plain = SamplerSpec(steps=4)
+    old = hashlib.sha256(json.dumps(["fp", "baseline", "p", 1, [4, 7.5, 32, 32, None, ""]],
+                                    sort_keys=True).encode()).hexdigest()[:24]
+    assert cache_key("fp", "baseline", "p", 1, 7.5, plain, 32, 32) == old
+    assert cache_key("fp", "baseline", "p", 1, 7.5, SamplerSpec(steps=4, guidance_rescale=0.7),
+                     32, 32) != old
+    for bad in (1.5, -0.1, float("nan"), True, "0.5"):
+        with pytest.raises(SpecError, match="guidance_rescale"):
+            SamplerSpec(guidance_rescale=bad)
