@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
@@ -233,6 +234,27 @@ def nonnegative_float(text: str) -> float:
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r}: give a finite number >= 0")
     return value
+
+
+class TrainingError(ModelError):
+    """A training run that cannot go on (a non-finite loss): one line naming the step and the fix."""
+
+
+def check_finite(method: str, value: float, what: str, fix: str) -> None:
+    """Stops training at the first NaN/inf, before anything is written: a NaN checkpoint would
+    load and silently draw black (or noise) images."""
+    if not math.isfinite(value):
+        raise TrainingError(f"{method}: {what} is {value}; {fix}")
+
+
+def add_dtype(ap: argparse.ArgumentParser, trained: str) -> None:
+    """`--dtype`, as `bench run` takes it: the frozen model's dtype. `trained` says what stays
+    float32 whatever it is (the trainer's own help)."""
+    from bench.spec import DTYPES
+
+    ap.add_argument("--dtype", choices=DTYPES, default=None,
+                    help=f"dtype of the frozen model, as `bench run --dtype` (None: float16 on "
+                         f"cuda, float32 elsewhere); {trained}; the card records it")
 
 
 def trainer_parser(prog: str, doc: str, occupations_default: str) -> argparse.ArgumentParser:

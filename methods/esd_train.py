@@ -12,13 +12,17 @@ empty prompt, and take one Adam step on
 over the variant's parameters (batch size 1, as the official code). On SDXL every UNet call also
 gets the pooled embedding and add_time_ids (official esd_sdxl.py; `conditions`); that script's
 defaults differ from the paper's: --iterations 200 --lr 2e-4 (ESD-x) --start-guidance 2.
+
+`--dtype` is the frozen model's (the partial generation and the targets). The trained copy and
+Adam's state are float32 whatever it is (master weights): Adam moves a parameter by about lr per
+step, and lr 1e-5 is below float16's and bfloat16's resolution of most UNet weights (the official
+esd_sd.py trains both UNets in bfloat16, where those steps round away).
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -28,7 +32,8 @@ from typing import Any, Sequence, Union
 import numpy as np
 import torch
 
-from bench.methods.checkpoints import DELTA, architecture, nonnegative_float, positive_int
+from bench.methods.checkpoints import (DELTA, add_dtype, architecture, check_finite,
+                                       nonnegative_float, positive_int)
 from bench.methods.esd import VARIANTS, trainable
 
 
@@ -71,6 +76,12 @@ def _cat(a: Condition, b: Condition) -> Condition:
         return XLCondition(*(torch.cat([x, y]) for x, y in
                              ((a.hidden, b.hidden), (a.pooled, b.pooled), (a.time_ids, b.time_ids))))
     return torch.cat([a, b])  # type: ignore[list-item]
+
+
+def _to(cond: Condition, dtype: torch.dtype) -> Condition:
+    if isinstance(cond, XLCondition):
+        return XLCondition(*(x.to(dtype) for x in (cond.hidden, cond.pooled, cond.time_ids)))
+    return cond.to(dtype)
 
 
 def eps(unet: Any, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
@@ -119,21 +130,25 @@ def esd_target(eps_c: torch.Tensor, eps_u: torch.Tensor, eta: float) -> torch.Te
 def esd_loss(esd_unet: Any, frozen: Any, x_t: torch.Tensor, t: torch.Tensor, cond: Condition,
              uncond: Condition, eta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean squared error of the trained UNet's concept prediction to the target, the target);
-    the target comes from the frozen model, without gradient."""
+    the target comes from the frozen model, without gradient, in its dtype; the loss is taken in
+    the trained UNet's (float32 when the frozen model is half)."""
     with torch.no_grad():
         target = esd_target(eps(frozen, x_t, t, cond), eps(frozen, x_t, t, uncond), eta)
-    pred = eps(esd_unet, x_t, t, cond)
-    return torch.nn.functional.mse_loss(pred, target), target
+    dtype = esd_unet.dtype
+    pred = eps(esd_unet, x_t.to(dtype), t, _to(cond, dtype))
+    return torch.nn.functional.mse_loss(pred, target.to(dtype)), target
 
 
 def train(pipe: Any, cfg: ESDConfig, log_every: int = 100) -> tuple[dict[str, torch.Tensor], list[float]]:
     """`<parameter name>` -> trained W - W_old (float32) for the variant's parameters, and the
-    loss of every iteration. `pipe.unet` is the frozen model and is left unchanged."""
+    loss of every iteration. `pipe.unet` is the frozen model (in the pipeline's dtype) and is left
+    unchanged; the trained copy is float32."""
     from bench.models import native_size
 
     frozen = pipe.unet
     frozen.requires_grad_(False)
-    model = copy.deepcopy(frozen)
+    frozen_dtype = str(frozen.dtype).removeprefix("torch.")
+    model = copy.deepcopy(frozen).float()  # master weights (the module docstring)
     params = trainable(model, cfg.variant)
     for p in params.values():
         p.requires_grad_(True)
@@ -149,10 +164,11 @@ def train(pipe: Any, cfg: ESDConfig, log_every: int = 100) -> tuple[dict[str, to
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(int(rng.integers(2**31))))
         x_t = partial_latents(frozen, sched, k, cond, sampling_uncond, cfg.start_guidance,
                               noise.to(frozen.device, frozen.dtype))
-        loss, _ = esd_loss(model, frozen, x_t, sched.timesteps[k], cond, uncond, cfg.eta)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"esd: the loss is {loss.item()} at iteration {it} (step {k}); "
-                                     f"lower --lr")
+        loss, target = esd_loss(model, frozen, x_t, sched.timesteps[k], cond, uncond, cfg.eta)
+        where = f"at iteration {it} (DDIM step {k}, frozen model in {frozen_dtype})"
+        check_finite("esd", float(target.float().abs().sum()), f"the frozen model's target {where}",
+                     "train with --dtype float32")
+        check_finite("esd", loss.item(), f"the loss {where}", f"lower --lr (now {cfg.lr:g})")
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -200,22 +216,26 @@ def parser() -> argparse.ArgumentParser:
                     "esd-<name>/ checkpoint (default: erase)")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--device", default=None)
+    add_dtype(ap, "the frozen model's partial generations and targets run in it; the trained copy "
+              "and Adam's state are float32 (master weights: Adam's steps of about --lr are below "
+              "half precision's resolution of the weights; the official esd_sd.py trains in "
+              "bfloat16, where they round away)")
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bench.models import fingerprint, load_pipeline
+    from bench.models import dtype_name, fingerprint, load_pipeline
 
     a = parser().parse_args(argv)
     cfg = ESDConfig(concept=a.concept, variant=a.variant, eta=a.eta, iterations=a.iterations,
                     lr=a.lr, start_guidance=a.start_guidance, ddim_steps=a.ddim_steps, seed=a.seed)
     start = time.perf_counter()
-    pipe = load_pipeline(a.model, a.device, "float32")  # Adam on float16 weights loses the steps
+    pipe = load_pipeline(a.model, a.device, a.dtype)
     deltas, losses = train(pipe, cfg)
     tail = max(1, len(losses) // 10)
     card: dict[str, Any] = {"method": "esd", "model": a.model, "model_fingerprint": fingerprint(pipe),
                             "architecture": architecture(pipe),
-                            "attribute": a.name or "erase", **asdict(cfg),
+                            "attribute": a.name or "erase", **asdict(cfg), "dtype": dtype_name(pipe),
                             "parameters": len(deltas),
                             "values": int(sum(d.numel() for d in deltas.values())),
                             "loss_first_tenth": round(float(np.mean(losses[:tail])), 6),

@@ -25,7 +25,8 @@ from typing import Sequence
 
 import torch
 
-from bench.methods.checkpoints import nonnegative_float, positive_int, trainer_parser
+from bench.methods.checkpoints import (add_dtype, check_finite, nonnegative_float, positive_int,
+                                       trainer_parser)
 from bench.methods.fair_mapping import AttributeSpec, default_occupations, get_spec, read_lines
 
 
@@ -98,6 +99,8 @@ def fit(stats: TextStats, steps: int, lam: float, lr: float = 1e-3
     for step in range(steps + 1):  # the last pass only records the final loss
         text, fair = losses(weight, bias, stats)
         loss = text + lam * fair
+        check_finite("fair-mapping", float(loss.detach()), f"the loss at step {step}",
+                     f"lower --lr (now {lr})")
         for key, v in zip(curve, (loss, text, fair)):
             curve[key].append(float(v.detach()))
         if step == steps:
@@ -110,21 +113,25 @@ def fit(stats: TextStats, steps: int, lam: float, lr: float = 1e-3
 
 def train(model: str, attribute: str, occupations: list[str] | None, out: Path, steps: int = 1000,
           lam: float = 1.0, seed: int = 0, device: str | None = None, *, lr: float = 1e-3,
-          spec: AttributeSpec | None = None) -> Path:
+          spec: AttributeSpec | None = None, dtype: str | None = None) -> Path:
     """Train and write `out/mapping.safetensors` + `out/card.json`; returns `out`. `spec`
-    overrides the attribute's groups, phrasings and templates (all recorded in the card)."""
+    overrides the attribute's groups, phrasings and templates (all recorded in the card). The text
+    encoder runs in `dtype`; its embeddings are summed in float64 and the map is fit in float32."""
     from safetensors.torch import save_file
 
     from bench.methods.checkpoints import architecture
     from bench.methods.fair_mapping import text_fingerprint
-    from bench.models import load_pipeline
+    from bench.models import dtype_name, load_pipeline
 
     start = time.perf_counter()
     torch.manual_seed(seed)
     spec = spec or get_spec(attribute)
-    pipe = load_pipeline(model, device)
+    pipe = load_pipeline(model, device, dtype)
     occupations = list(occupations or default_occupations(pipe))
     stats = text_stats(pipe, *build_prompts(spec, occupations))
+    moments = torch.cat([stats.second.flatten(), stats.neutral.flatten(), stats.groups.flatten()])
+    check_finite("fair-mapping", float(moments.double().abs().sum()), "the text encoder's "
+                 f"embeddings' sum in {dtype_name(pipe)}", "train with --dtype float32")
     weight, bias, curve = fit(stats, steps, lam, lr)
     out.mkdir(parents=True, exist_ok=True)
     save_file({"weight": weight.float().cpu().contiguous(), "bias": bias.float().cpu().contiguous()},
@@ -132,7 +139,7 @@ def train(model: str, attribute: str, occupations: list[str] | None, out: Path, 
     card = {
         "method": "fair-mapping", "model": model, "attribute": attribute, **spec.to_card(),
         "occupations": occupations, "lambda": lam, "lr": lr,
-        "steps": steps, "seed": seed, "dim": int(weight.shape[0]),
+        "steps": steps, "seed": seed, "dim": int(weight.shape[0]), "dtype": dtype_name(pipe),
         "text_encoder_fingerprint": text_fingerprint(pipe), "architecture": architecture(pipe),
         "seconds": round(time.perf_counter() - start, 3),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **curve,
@@ -146,9 +153,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--steps", type=positive_int, default=1000)
     ap.add_argument("--lam", type=nonnegative_float, default=1.0, help="weight of L_fair against L_text")
     ap.add_argument("--lr", type=nonnegative_float, default=1e-3)
+    add_dtype(ap, "the map is fit in float32 (the embeddings' moments are summed in float64)")
     a = ap.parse_args(argv)
     occ = read_lines(a.occupations, "occupation") if a.occupations else None
-    out = train(a.model, a.attribute, occ, a.out, a.steps, a.lam, a.seed, a.device, lr=a.lr)
+    out = train(a.model, a.attribute, occ, a.out, a.steps, a.lam, a.seed, a.device, lr=a.lr,
+                dtype=a.dtype)
     card = json.loads((out / "card.json").read_text())
     print(f"wrote {out}: loss {card['loss'][0]:.4g} -> {card['loss'][-1]:.4g} "
           f"(L_fair {card['loss_fair'][0]:.4g} -> {card['loss_fair'][-1]:.4g}, "

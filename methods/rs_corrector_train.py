@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from bench.adapter import Adapter, Batch, Step
 from bench.sampler import sample
 from bench.spec import SpecError
-from bench.methods.checkpoints import architecture, nonnegative_float, positive_int, trainer_parser
+from bench.methods.checkpoints import (add_dtype, architecture, check_finite, nonnegative_float,
+                                       positive_int, trainer_parser)
 from bench.methods.fair_mapping import AttributeSpec, default_occupations, get_spec, read_lines
 from bench.methods.rs_corrector import DISTORTED, PreferenceNet, latent_input_scale
 
@@ -160,7 +161,7 @@ def fit_preference(data: Trajectories, n_groups: int, steps: int, batch_size: in
     # lets R serve other step counts (else it calls an unseen t's latent "distorted").
     gap = float(data.timesteps.unique().diff().abs().median()) if data.timesteps.unique().numel() > 1 else 0.0
     curve = []
-    for _ in range(steps):
+    for step in range(steps):
         idx = torch.randint(len(data.labels), (batch_size,), generator=gen)
         bad = torch.randint(len(data.labels), (n_bad,), generator=gen)
         z = torch.cat([data.latents[idx].float(), corrupt(data.latents[bad].float(), gen)])
@@ -169,6 +170,8 @@ def fit_preference(data: Trajectories, n_groups: int, steps: int, batch_size: in
         t = (t + gap * (torch.rand(len(t), generator=gen) - 0.5)).clamp(0, 999)
         y = torch.cat([data.labels[idx], torch.full((n_bad,), n_groups)])
         loss = F.cross_entropy(net(z.to(device), t.to(device)), y.to(device))
+        check_finite("rs-corrector", float(loss.detach()), f"R's loss at step {step}",
+                     f"lower --lr (now {lr})")
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -198,15 +201,17 @@ def evaluate(net: PreferenceNet, data: Trajectories, n_groups: int, seed: int = 
 def train(model: str, attribute: str, occupations: list[str] | None, out: Path, steps: int = 2000,
           seed: int = 0, device: str | None = None, *, samples: int = 2, sample_steps: int = 25,
           guidance: float = 7.5, classify: Classifier | None = None, batch_size: int = 64,
-          lr: float = 1e-3, width: int = 32, spec: AttributeSpec | None = None) -> Path:
-    """Sample trajectories, fit R, write `out/preference.safetensors` + `out/card.json`."""
+          lr: float = 1e-3, width: int = 32, spec: AttributeSpec | None = None,
+          dtype: str | None = None) -> Path:
+    """Sample trajectories (the model in `dtype`), fit R in float32, write
+    `out/preference.safetensors` + `out/card.json`."""
     from safetensors.torch import save_file
 
-    from bench.models import fingerprint, load_pipeline
+    from bench.models import dtype_name, fingerprint, load_pipeline
 
     start = time.perf_counter()
     spec = spec or get_spec(attribute)
-    pipe = load_pipeline(model, device)
+    pipe = load_pipeline(model, device, dtype)
     occupations = list(occupations or default_occupations(pipe)[:20])  # sampling is the cost
     data = collect(pipe, spec, occupations, samples, sample_steps, guidance, seed, classify)
     sampled = time.perf_counter()
@@ -227,7 +232,7 @@ def train(model: str, attribute: str, occupations: list[str] | None, out: Path, 
         "requested": data.requested, "kept": data.kept, "latents": len(fit_data.labels),
         "validation": validation,
         "in_channels": int(data.latents.shape[1]), "width": width, "steps": steps,
-        "batch_size": batch_size, "lr": lr, "seed": seed,
+        "batch_size": batch_size, "lr": lr, "seed": seed, "dtype": dtype_name(pipe),
         "sampling_seconds": round(sampled - start, 3),
         "seconds": round(time.perf_counter() - start, 3),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "loss": curve,
@@ -254,12 +259,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "labels; trajectories are kept only where it agrees with the requested group")
     ap.add_argument("--batch-size", type=positive_int, default=64, help="R's minibatch (clean latents)")
     ap.add_argument("--width", type=positive_int, default=32, help="R's base channel count (multiple of 8)")
+    ap.add_argument("--lr", type=nonnegative_float, default=1e-3, help="R's Adam learning rate")
+    add_dtype(ap, "the trajectories are sampled in it (and stored as float16), R trains in float32")
     a = ap.parse_args(argv)
     occ = read_lines(a.occupations, "occupation") if a.occupations else None
     classify = load_classifier(a.classifier) if a.classifier else None
     out = train(a.model, a.attribute, occ, a.out, a.steps, a.seed, a.device, samples=a.samples,
                 sample_steps=a.sample_steps, guidance=a.guidance, classify=classify,
-                batch_size=a.batch_size, width=a.width)
+                batch_size=a.batch_size, width=a.width, lr=a.lr, dtype=a.dtype)
     card = json.loads((out / "card.json").read_text())
     head, tail = np.mean(card["loss"][:50]), np.mean(card["loss"][-50:])
     print(f"wrote {out}: {card['latents']} latents (kept {card['kept']} of {card['requested']}), "

@@ -20,7 +20,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from bench.methods.checkpoints import architecture, nonnegative_float, positive_int
+from bench.methods.checkpoints import (add_dtype, architecture, check_finite, nonnegative_float,
+                                       positive_int)
 from bench.methods.uce import DELTA, closed_form, concept_embeddings, projections
 
 Targets = Callable[[torch.Tensor], torch.Tensor]  # W_old [out, in] -> v* [n, out]
@@ -33,6 +34,8 @@ def solve(pipe: Any, edit: torch.Tensor, targets: Targets, preserve: torch.Tenso
     for name, module in projections(pipe.unet).items():
         w_old = module.weight.detach().double()
         w = closed_form(w_old, edit, targets(w_old), preserve, lam, edit_scale, preserve_scale)
+        check_finite("uce", float((w - w_old).abs().sum()), f"the edit of {name} (|delta| sum)",
+                     "train with --dtype float32 (are the text embeddings finite?)")
         out[f"{name}.weight"] = (w - w_old).float().cpu().contiguous()
     return out
 
@@ -173,11 +176,13 @@ def parser() -> argparse.ArgumentParser:
                     "uce-<name>/ checkpoint (default: hazard-free concept label or the attribute)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None)
+    add_dtype(ap, "the edit is solved in float64 from the weights and embeddings in it and "
+              "written as float32")
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bench.models import fingerprint, load_pipeline
+    from bench.models import dtype_name, fingerprint, load_pipeline
     from bench.spec import SpecError
 
     ap = parser()
@@ -185,14 +190,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.lam <= 0:
         ap.error("--lam must be > 0 (the regulariser makes the system invertible)")
     start = time.perf_counter()
-    pipe = load_pipeline(a.model, a.device)
+    pipe = load_pipeline(a.model, a.device, a.dtype)
     preserve = split(a.preserve)
     card: dict[str, Any] = {"method": "uce", "mode": a.mode, "model": a.model,
                             "model_fingerprint": fingerprint(pipe),
                             "architecture": architecture(pipe), "lam": a.lam,
                             "edit_scale": a.edit_scale, "preserve_scale": a.preserve_scale,
                             "preserve": preserve, "token": "last word token of each concept text",
-                            "projections": sorted(projections(pipe.unet)), "seed": a.seed}
+                            "projections": sorted(projections(pipe.unet)), "seed": a.seed,
+                            "dtype": dtype_name(pipe)}
     if a.mode == "erase":
         concepts, guides = split(a.concepts), split(a.guide) or [""]
         if not concepts:
