@@ -28,7 +28,7 @@ def test_installed_wheel_exposes_them_under_bench_only(tmp_path: Path) -> None:
     # one in the checkout would shadow the installed entry points for every later run there.
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, src / name)
     for name in ("bench", *TOP):
         shutil.copytree(ROOT / name, src / name, symlinks=True,
@@ -41,6 +41,12 @@ def test_installed_wheel_exposes_them_under_bench_only(tmp_path: Path) -> None:
     zipfile.ZipFile(wheel).extractall(site)
     tops = {Path(n).parts[0] for n in zipfile.ZipFile(wheel).namelist()}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"bench"}
+    # The licence as PEP 639 writes it: an SPDX expression and the file itself.
+    meta = next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".dist-info/METADATA"))
+    headers = zipfile.ZipFile(wheel).read(meta).decode().split("\n\n")[0].splitlines()
+    assert "License-Expression: Apache-2.0" in headers and "License-File: LICENSE" in headers
+    assert not [h for h in headers if h.startswith("License:")]  # the deprecated field
+    assert meta.replace("METADATA", "licenses/LICENSE") in zipfile.ZipFile(wheel).namelist()
     # A fresh interpreter outside the source tree: the checkout's editable hook and root removed,
     # the unpacked wheel first on the path (its dependencies still come from this environment).
     probe = f"""
