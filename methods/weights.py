@@ -24,7 +24,7 @@ import torch
 from bench.adapter import Adapter, is_sdxl
 from bench.methods.checkpoints import CheckpointError
 
-COMPONENTS = ("unet", "text_encoder")
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")  # LoRA prefixes; the last is SDXL's
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
@@ -77,7 +77,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
 class WeightsParams:
     unet: str = ""  # a UNet state dict file
     text_encoder: str = ""  # a text-encoder state dict file
-    lora: str = ""  # a LoRA file in diffusers/peft format (unet. / text_encoder. prefixes)
+    lora: str = ""  # a LoRA file in diffusers/peft format (unet. / text_encoder. / text_encoder_2.)
     lora_scale: float = 1.0
     preset: str = ""  # a name in PRESETS
     dir: str = ""  # where preset files are looked for (default $BENCH_WEIGHTS_DIR or ~/.cache/bench/weights)
@@ -169,6 +169,10 @@ def lora_deltas(module: torch.nn.Module, tensors: dict[str, torch.Tensor], meta:
                                   f"{prefix} weight {target!r}")
         r = a.shape[0]
         scale = float(config.get("lora_alpha", r)) / r
+        if b.shape[0] * a[0].numel() != own[target].numel() or b.shape[1] != r:
+            raise CheckpointError(f"{path}: {prefix}.{key} and its lora_B give a "
+                                  f"{b.shape[0]}x{a[0].numel()} update, the model's {target} is "
+                                  f"{tuple(own[target].shape)} (another model's LoRA?)")
         delta = (b.flatten(1).double() @ a.flatten(1).double()).reshape(own[target].shape)
         deltas[target] = scale * delta
     return deltas
@@ -191,7 +195,7 @@ class Weights(Adapter):
                    "diffusers/peft LoRA (preset= names ESD, SafeGen, AdvUnlearn, fair fine-tuning).")
     Params = WeightsParams
     SDXL_SKIP = ("presets are SD 1.x releases (skipped on SDXL); unet=, text_encoder= and lora= "
-                 "files are checked against the SDXL model's modules")
+                 "(with text_encoder_2 layers) files are checked against the SDXL model's modules")
 
     def __init__(self, params: Any = None) -> None:
         super().__init__(params)
@@ -245,7 +249,12 @@ class Weights(Adapter):
                                   f"unet.<module>.lora_A.weight / lora_B.weight)")
         pairs = []
         for comp in COMPONENTS:
-            module = getattr(pipe, comp)
+            module = getattr(pipe, comp, None)
+            if module is None:  # SD has no text_encoder_2
+                if any(k.startswith(comp + ".") for k in tensors):
+                    raise CheckpointError(f"{path}: has {comp} LoRA layers but this model has no "
+                                          f"{comp} (an SDXL LoRA on an SD model?)")
+                continue
             own = _targets(module)
             for k, d in lora_deltas(module, tensors, meta, comp, path).items():
                 w = own[k]

@@ -222,6 +222,41 @@ def test_safree_with_nothing_flagged_equals_baseline_and_filters_only_the_second
     assert np.isfinite(images).all() and np.abs(images - base).max() > 1e-4
 
 
+def test_safree_on_sdxl_equals_the_official_equations_on_the_second_encoder(xl):
+    """The official SDXL recipe in numpy: tokenizer_2 ids, token i masked with id 0, the second
+    encoder's EOS output (ours: its final-layer-norm state, before the projection), the projection
+    applied to the second encoder's part of the prompt embeddings."""
+    from bench.methods import safree as sf
+    from test_safree import np_f_beta, np_projection_and_orthogonal, np_projection_matrix, \
+        np_safree_projection, np_svf
+
+    tok = lambda texts: xl.tokenizer_2(texts, padding="max_length", max_length=77,  # noqa: E731
+                                       truncation=True, return_tensors="np").input_ids
+
+    def np_pooled(ids):
+        with torch.no_grad():
+            last = xl.text_encoder_2(torch.as_tensor(ids)).last_hidden_state.double().numpy()
+        return last[np.arange(len(ids)), np.argmax(ids == xl.tokenizer_2.eos_token_id, axis=1)]
+
+    params = sf.SAFREEParams(alpha=0.0)
+    ids = tok([PROMPT])[0]
+    n = int(np.argmax(ids == xl.tokenizer_2.eos_token_id)) - 1
+    masked_ids = np.repeat(ids[None], n, axis=0)
+    masked_ids[np.arange(n), np.arange(n) + 1] = 0
+    cs = np_projection_matrix(np_pooled(tok(list(params.keywords()))).T)
+    masked = np_pooled(masked_ids)
+    ms = np_projection_matrix(masked.T)
+    text_e = encode_text(xl, [PROMPT])[0, :, xl.text_encoder.config.hidden_size:].double().numpy()
+    ref, keep = np_safree_projection(text_e, masked, ms, cs, params.alpha)
+    beta = np_svf(text_e, np_projection_and_orthogonal(text_e, ms, cs), n + 2)
+
+    ours = sf.filter_prompt(xl, torch.as_tensor(ids), torch.from_numpy(text_e),
+                            sf.concept_projector(xl, params.keywords()), params.alpha, params.up_t)
+    assert np.array_equal(ours.triggers.numpy(), keep == 0) and ours.triggers.any()
+    assert abs(ours.beta - beta) < 1e-9 and ours.steps == np_f_beta(beta, params.up_t)
+    assert np.abs(ours.apply(torch.from_numpy(text_e)).numpy() - ref).max() < 1e-9
+
+
 def adapter_dims(pipe):
     from bench.methods import safree as sf
 
@@ -243,6 +278,35 @@ def test_safety_checker_and_weight_presets_are_skipped_on_sdxl_with_their_reason
     shown = {line.split()[0]: line for line in listing("methods").splitlines()}
     assert "SDXL: SDXL ships no safety checker" in shown["sd-safety-checker"]
     assert "SDXL: presets are SD 1.x releases" in shown["weights"]
+
+
+def test_sdxl_lora_with_both_encoders_equals_diffusers_load_lora_weights(xl, tiny_pipe, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    from bench.methods.weights import Weights, WeightsParams
+    from test_weights import lora_layers
+
+    gen = torch.Generator().manual_seed(0)
+    layers = {"unet_lora_layers": lora_layers(xl.unet, ("to_k", "to_v"), 4, gen),
+              "text_encoder_lora_layers": lora_layers(xl.text_encoder, ("q_proj", "v_proj"), 2, gen),
+              "text_encoder_2_lora_layers": lora_layers(xl.text_encoder_2, ("q_proj", "v_proj"), 2, gen)}
+    StableDiffusionXLPipeline.save_lora_weights(tmp_path, **layers)
+    path = tmp_path / "pytorch_lora_weights.safetensors"
+    ref_pipe = load_pipeline("tiny-random-xl", "cpu")
+    ref_pipe.load_lora_weights(str(tmp_path), weight_name=path.name)
+    ref = ours(ref_pipe, [], [PROMPT], [2])
+    before = {k: v.clone() for k, v in xl.text_encoder_2.state_dict().items()}
+    got = ours(xl, [Weights(WeightsParams(lora=str(path)))], [PROMPT], [2])
+    print(f"SDXL LoRA (unet, text_encoder, text_encoder_2) vs diffusers: {np.abs(got - ref).max():.3g}")
+    assert np.abs(got - ref).max() <= 1e-5 and np.abs(got - ours(xl, [], [PROMPT], [2])).max() > 1e-3
+    assert all(torch.equal(v, xl.text_encoder_2.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(CheckpointError, match="another model's LoRA"):  # SDXL's UNet widths
+        Weights(WeightsParams(lora=str(path))).skip_reason(tiny_pipe)
+    only = tmp_path / "te2"
+    StableDiffusionXLPipeline.save_lora_weights(
+        only, text_encoder_2_lora_layers=layers["text_encoder_2_lora_layers"])
+    with pytest.raises(CheckpointError, match="text_encoder_2 LoRA layers but this model has no"):
+        Weights(WeightsParams(lora=str(only / path.name))).skip_reason(tiny_pipe)
 
 
 # ---- trainers and checkpoints ---------------------------------------------------------------------
