@@ -386,6 +386,34 @@ def test_uce_edits_the_concatenated_width_with_the_official_embeddings(xl, train
     assert torch.allclose(concept_embeddings(xl, ["a red fox"])[0].float(), e[0, last], atol=1e-6)
 
 
+def test_uce_erase_on_sdxl_equals_numpy_closed_form_and_debias_samples_sdxl(xl):
+    from bench.methods.uce import projections
+    from bench.methods.uce_train import debias, erase_edit
+    from test_uce import numpy_uce
+
+    def official(texts):  # encode_prompt's embeddings at the last word token (uce_sd_erase.py)
+        with torch.no_grad():
+            e = xl.encode_prompt(texts, device="cpu", do_classifier_free_guidance=False)[0]
+        last = xl.tokenizer(texts, padding="max_length", max_length=77,
+                            return_tensors="pt").attention_mask.sum(1) - 2
+        return e.double().numpy()[np.arange(len(texts)), last.numpy()]
+
+    concepts, guides, keep = ["a cat", "blood"], ["a dog", ""], ["a photo of a doctor"]
+    deltas = erase_edit(xl, concepts, guides, keep, lam=0.5)
+    c, g, k = official(concepts), official(guides), official(keep)
+    assert c.shape[1] == 32 + 64  # both encoders' concatenated width
+    for name, m in projections(xl.unet).items():
+        w = m.weight.detach().double().numpy()
+        assert np.abs(w + deltas[f"{name}.weight"].double().numpy() - numpy_uce(w, c, g @ w.T, k, 0.5)).max() <= 1e-5
+    # the debias loop generates SDXL images through the sampler (classifier: the brighter half)
+    classify = lambda images: ["male" if im.mean() > 0.5 else "female" for im in images]  # noqa: E731
+    deltas, info = debias(xl, ["doctor"], "gender", classify, iterations=1, images=2, steps=2,
+                          guidance=7.5, max_diff=0.05, lam=0.5, seed=0, preserve=[])
+    shares = np.array(info["history"][0]["shares"])
+    assert shares.shape == (1, 2) and shares.sum() == pytest.approx(1.0)
+    assert np.allclose(info["alpha"], 0.5 - shares) or np.allclose(info["alpha"], 0.0)
+
+
 def test_esd_on_sdxl_trains_cross_attention_with_pooled_and_time_ids(xl, trained):
     from safetensors.torch import load_file
 
@@ -457,3 +485,19 @@ def test_the_run_shows_the_sdxl_skip(tmp_path, prompt_file, capsys):
             "--steps", "2", "--dry-run", "--out", str(tmp_path / "run")]
     assert main(args) == 0
     assert "skipped sd-safety-checker: SDXL ships no safety checker" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("trainer", ["fair-mapping", "rs-corrector", "uce", "esd"])
+def test_trainers_on_sdxl_in_float16_write_finite_checkpoints(trainer, tmp_path):
+    from safetensors.torch import load_file
+
+    from bench.cli import main
+    from test_train_dtype import WEIGHTS, argv
+
+    (tmp_path / "occ.txt").write_text("doctor\nnurse\n")
+    args = argv(trainer, tmp_path / "occ.txt", tmp_path / "ckpt", "--dtype", "float16")
+    args[args.index("tiny-random")] = "tiny-random-xl"
+    assert main(args) == 0
+    tensors = load_file(str(tmp_path / "ckpt" / WEIGHTS[trainer]))
+    assert tensors and all(torch.isfinite(t).all() and t.dtype == torch.float32 for t in tensors.values())
+    assert card(tmp_path / "ckpt")["architecture"] == "sdxl"
