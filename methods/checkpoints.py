@@ -60,8 +60,13 @@ def no_checkpoint_reason(pipe: Any, method: str, attribute: str) -> str:
         return (f"the model ships {method} checkpoints for attributes {', '.join(shipped)}; "
                 f"choose one with {method}:attribute=A")
     which = f" for attribute {attribute}" if attribute else ""
+    what = TRAIN_ARGS.get(method, "--attribute A")
     return (f"the model ships no {method} checkpoint{which}; train one with `bench train {method} "
-            f"--model M --attribute A --out DIR` and pass {method}:checkpoint=DIR")
+            f"--model M {what} --out DIR` and pass {method}:checkpoint=DIR")
+
+
+# What each trainer needs besides --model and --out, for the hint above.
+TRAIN_ARGS = {"uce": "--mode erase --concepts C", "esd": "--concept C"}
 
 
 ARCHITECTURES = {"sd": "Stable Diffusion 1.x/2.x", "sdxl": "SDXL"}

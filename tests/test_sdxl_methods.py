@@ -501,3 +501,10 @@ def test_trainers_on_sdxl_in_float16_write_finite_checkpoints(trainer, tmp_path)
     tensors = load_file(str(tmp_path / "ckpt" / WEIGHTS[trainer]))
     assert tensors and all(torch.isfinite(t).all() and t.dtype == torch.float32 for t in tensors.values())
     assert card(tmp_path / "ckpt")["architecture"] == "sdxl"
+
+
+def test_missing_checkpoint_hints_name_each_trainers_flags(xl):
+    for method, flags in (("uce", "--mode erase --concepts C"), ("esd", "--concept C"),
+                          ("fair-mapping", "--attribute A"), ("rs-corrector", "--attribute A")):
+        reason = METHODS.get(method)().skip_reason(xl)
+        assert f"`bench train {method} --model M {flags} --out DIR`" in reason, reason
