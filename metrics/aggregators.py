@@ -3,8 +3,9 @@
 Each `compute(table)` returns {method: {metric_name: Cell}} for one prompt set. Metric names carry
 their qualifier in brackets: `parity_l2[race]`, `inappropriate_prob[sexual]`, `aesthetic[female]`.
 Cells are NaN with n = 0 when nothing could be measured; the returned `Aggregate`'s notes then
-say why (and list other things a reader should know: unmatched pairs, unlabelled images). Randomness is seeded per
-(seed, method, metric), so a method's numbers do not depend on which other methods are in the run.
+say why (and list other things a reader should know: unmatched pairs, unlabelled images).
+Randomness is seeded per (seed, method, metric), so a method's numbers do not depend on which other
+methods are in the run.
 Definitions and formulas: docs/metrics.md.
 """
 from __future__ import annotations
@@ -90,13 +91,16 @@ class Parity(_Bootstrapped):
         if len(groups) < 2:
             raise ValueError(f"Parity({attribute}): need at least 2 groups, got {list(groups)}")
         if correction not in stats.CORRECTIONS:
-            raise ValueError(f"Parity: correction={correction!r}; use one of {list(stats.CORRECTIONS)}")
+            raise ValueError(f"Parity: correction={correction!r}; use one of "
+                             f"{list(stats.CORRECTIONS)}")
         unknown = [c for c in compare if c not in stats.DISCREPANCIES]
         if unknown:
-            raise ValueError(f"Parity: compare={unknown}; use names from {list(stats.DISCREPANCIES)}")
+            raise ValueError(f"Parity: compare={unknown}; use names from "
+                             f"{list(stats.DISCREPANCIES)}")
         self.label_column, self.groups, self.attribute = label_column, list(groups), attribute
         self.name = name or attribute
-        self.confusion = None if confusion is None else stats.check_confusion(confusion, len(groups))
+        self.confusion = (None if confusion is None
+                          else stats.check_confusion(confusion, len(groups)))
         self.correction, self.compare, self.baseline = correction, list(compare), baseline
         self.infos = tuple(self._infos())
 
@@ -109,7 +113,8 @@ class Parity(_Bootstrapped):
         return f"{metric}[{self.name}]"
 
     def _infos(self) -> list[MetricInfo]:
-        a = self.attribute if self.name == self.attribute else f"{self.attribute} ({self.label_column})"
+        a = (self.attribute if self.name == self.attribute
+             else f"{self.attribute} ({self.label_column})")
         desc = {"parity_l2": f"fairness discrepancy (FD, as ITI-GEN): ||p - uniform||_2 of the "
                              f"{a} proportions per neutral prompt, mean over prompts",
                 "kl_uniform": f"KL(p || uniform) (nats) of the {a} proportions, mean over prompts",
@@ -137,7 +142,8 @@ class Parity(_Bootstrapped):
         try:
             return stats.encode_labels(labels, self.groups)
         except ValueError as e:
-            raise ValueError(f"Parity({self.attribute}) column '{self.label_column}': {e}") from None
+            raise ValueError(f"Parity({self.attribute}) column '{self.label_column}': "
+                             f"{e}") from None
 
     def _neutral(self, table: pd.DataFrame) -> pd.DataFrame:
         df = self._prepare(table, [self.label_column])
@@ -152,7 +158,8 @@ class Parity(_Bootstrapped):
         out = pd.DataFrame.from_dict(rows, orient="index", columns=self.groups)
         if corrected:
             if self.confusion is None:
-                raise ValueError("Parity.proportions(corrected=True) needs confusion= at construction")
+                raise ValueError("Parity.proportions(corrected=True) needs confusion= at "
+                                 "construction")
             out[:] = stats.correct_proportions(out.to_numpy(), self.confusion)
         return out
 
@@ -233,7 +240,8 @@ class RequestedGroupRate(_Bootstrapped):
         a = self.name
         self.infos = (
             MetricInfo(f"requested_group_rate[{a}]", "", True,
-                       f"share of labelled images of {a}-specified prompts showing the requested group"),
+                       f"share of labelled images of {a}-specified prompts showing the "
+                       f"requested group"),
             MetricInfo(f"requested_no_face_rate[{a}]", "", False,
                        f"share of images of {a}-specified prompts without a {a} label"),
             *(MetricInfo(f"requested_group_rate[{a}={g}]", "", True,
@@ -270,8 +278,9 @@ class RequestedGroupRate(_Bootstrapped):
                     est = self._boot(hit, mask, stats.pooled_mean, method, "rate", grp)[0]
                 cells[f"requested_group_rate[{a}={grp}]"] = _cell(
                     est, int(np.isfinite(sub["_hit"]).sum()))
-        notes = [f"requested_group_rate[{a}]: no prompt with meta.attribute == {self.attribute!r} and a "
-                 "requested meta.group in this prompt set"] if df.empty else []
+        notes = [f"requested_group_rate[{a}]: no prompt with meta.attribute == "
+                 f"{self.attribute!r} and a requested meta.group in this prompt set"
+                 ] if df.empty else []
         return Aggregate(result, notes)
 
 
@@ -348,7 +357,8 @@ class Inappropriateness(_Bootstrapped):
         if 0 < n_prompts < self.k:
             few.setdefault((self._name("exp_max_inappropriate", category), n_prompts),
                            []).append(method)
-        return {self._name("inappropriate_prob", category): _cell(est, int(np.isfinite(sub["_flag"]).sum())),
+        known = int(np.isfinite(sub["_flag"]).sum())  # images whose flag is known
+        return {self._name("inappropriate_prob", category): _cell(est, known),
                 self._name("exp_max_inappropriate", category):
                     NAN_CELL if np.isnan(mean) else Cell(mean, mean - std, mean + std, n_prompts)}
 
@@ -393,7 +403,8 @@ class MeanScore(_Bootstrapped):
             if self.by:
                 ns += [int((np.isfinite(x) & (code == i)).sum()) for i in range(k)]
                 ns.append(sum(ns[1:]))  # the gap rests on all labelled images
-                names += [f"{self.info.name}[{gr}]" for gr in self.groups] + [f"{self.info.name}_gap"]
+                names += [f"{self.info.name}[{gr}]" for gr in self.groups]
+                names += [f"{self.info.name}_gap"]
             result[str(method)] = {n: _cell(e, c) for n, e, c in zip(names, ests, ns)}
             if ns[0] == 0:
                 notes.append(f"{self.info.name} {method}: no finite {self.column} value")
@@ -462,8 +473,8 @@ class Latency(_Bootstrapped):
             if method not in wide:
                 continue
             v = wide[method].dropna().to_numpy()[:, None]
-            result[method]["seconds_per_image"] = _cell(
-                self._boot(v, np.ones(v.shape, bool), stats.pooled_mean, method, "timed")[0], len(v))
+            timed = self._boot(v, np.ones(v.shape, bool), stats.pooled_mean, method, "timed")
+            result[method]["seconds_per_image"] = _cell(timed[0], len(v))
             if self.baseline in wide:
                 both = wide[[method, self.baseline]].dropna().to_numpy()[:, None, :]
                 est = self._boot(both, np.ones(both.shape[:2], bool), _ratio_of_sums, method,

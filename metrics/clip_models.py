@@ -75,34 +75,40 @@ def _tag_cached(cfg: dict) -> bool:
         from huggingface_hub import try_to_load_from_cache
 
         repo, filename = os.path.split(cfg["hf_hub"])  # "org/name/" -> default file names
-        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        names = [filename] if filename else ["open_clip_model.safetensors",
+                                             "open_clip_pytorch_model.bin"]
         return any(isinstance(try_to_load_from_cache(repo, n), str) for n in names)
     url = cfg.get("url", "")
     return bool(url) and (Path("~/.cache/clip").expanduser() / os.path.basename(url)).is_file()
 
 
-def weights_reason(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED) -> str | None:
+def weights_reason(name: str = DEFAULT_MODEL,
+                   pretrained: str | None = DEFAULT_PRETRAINED) -> str | None:
     """None when `load_clip(name, pretrained)` can get its weights, else a one-line reason."""
     import open_clip
 
     if name.startswith("local-dir:"):  # config + weights in a folder: pretrained is ignored
         folder = Path(name.removeprefix("local-dir:")).expanduser()
-        return None if (folder / "open_clip_config.json").is_file() else f"no open_clip_config.json in {folder}"
+        if (folder / "open_clip_config.json").is_file():
+            return None
+        return f"no open_clip_config.json in {folder}"
     if name.startswith("hf-hub:"):
         return None  # open_clip resolves config and weights from the hub itself
     if name not in open_clip.list_models():
-        return f"unknown open_clip model '{name}'; pick one of open_clip.list_models(), e.g. ViT-L-14"
+        return (f"unknown open_clip model '{name}'; pick one of open_clip.list_models(), "
+                f"e.g. ViT-L-14")
     tag = parse_pretrained(pretrained)
     if tag is None or Path(tag).expanduser().is_file():
         return None
     cfg = open_clip.get_pretrained_cfg(name, tag)
     if not cfg:
         known = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
-        return f"open_clip pretrained '{tag}' for {name} is neither a file nor a known tag ({known})"
+        return (f"open_clip pretrained '{tag}' for {name} is neither a file nor a known tag "
+                f"({known})")
     if _hub_offline() and not _tag_cached(cfg):
         where = cfg.get("hf_hub") or cfg.get("url")
-        return (f"open_clip {name}/{tag} weights ({where}) are not cached and HF_HUB_OFFLINE is set; "
-                f"run once online or pass pretrained=PATH to a checkpoint")
+        return (f"open_clip {name}/{tag} weights ({where}) are not cached and HF_HUB_OFFLINE is "
+                f"set; run once online or pass pretrained=PATH to a checkpoint")
     return None
 
 
@@ -149,7 +155,8 @@ def openai_archive_model(path: Path, name: str) -> str:
     if arch is None:
         raise ValueError(f"{path} is a TorchScript archive but not one of OpenAI's published CLIP "
                          f"archives (sha256 {digest[:16]}...); TorchScript can run code, so only "
-                         f"those are opened: pass the weights as a state dict (.safetensors) instead")
+                         f"those are opened: pass the weights as a state dict (.safetensors) "
+                         f"instead")
     if base_name(name) != arch:
         raise ValueError(f"{path} is OpenAI's {arch} archive but the CLIP model is {name}; "
                          f"pass model={arch}")
@@ -166,7 +173,8 @@ def openai_archive_state(path: Path, model: torch.nn.Module) -> dict[str, torch.
     with warnings.catch_warnings():  # torch 2.x deprecates TorchScript; OpenAI still ships it
         warnings.simplefilter("ignore", FutureWarning)
         module = torch.jit.load(str(path), map_location="cpu")
-    return {k: v for k, v in module.state_dict().items() if k not in OPENAI_EXTRA_KEYS and k not in unsaved}
+    return {k: v for k, v in module.state_dict().items()
+            if k not in OPENAI_EXTRA_KEYS and k not in unsaved}
 
 
 def resolve_quick_gelu(name: str, tag: str | None, quickgelu: bool | None) -> bool:
@@ -188,8 +196,9 @@ def resolve_quick_gelu(name: str, tag: str | None, quickgelu: bool | None) -> bo
         return quickgelu
     elif base_name(name) in set(openai_archives().values()):
         raise ValueError(f"CLIP weights {tag} are a state dict for {name}, which OpenAI published "
-                         f"with QuickGELU and others (LAION) with GELU: say which with quickgelu=true "
-                         f"(OpenAI's weights; or model={base_name(name)}-quickgelu) or quickgelu=false")
+                         f"with QuickGELU and others (LAION) with GELU: say which with "
+                         f"quickgelu=true (OpenAI's weights; or model={base_name(name)}-quickgelu) "
+                         f"or quickgelu=false")
     else:
         known = False
     if quickgelu is not None and quickgelu != known:
@@ -203,7 +212,8 @@ def model_embed_dim(name: str) -> int | None:
     config is not built in, e.g. hf-hub: and local-dir: names)."""
     import open_clip
 
-    cfg = open_clip.get_model_config(name) if not name.startswith(("hf-hub:", "local-dir:")) else None
+    local = name.startswith(("hf-hub:", "local-dir:"))
+    cfg = None if local else open_clip.get_model_config(name)
     return int(cfg["embed_dim"]) if cfg and "embed_dim" in cfg else None
 
 
@@ -266,7 +276,8 @@ def _load(name: str, tag: str | None, quick_gelu: bool, device: str) -> Clip:
     embed_dim = getattr(model.visual, "output_dim", None)
     if embed_dim is None:  # timm towers do not record it: measure it
         with torch.inference_mode():
-            embed_dim = model.encode_image(preprocess(Image.new("RGB", (8, 8)))[None].to(device)).shape[-1]
+            probe = preprocess(Image.new("RGB", (8, 8)))[None].to(device)
+            embed_dim = model.encode_image(probe).shape[-1]
     return Clip(name, tag, model, preprocess, open_clip.get_tokenizer(name), device, int(embed_dim),
                 quick_gelu)
 
@@ -278,7 +289,8 @@ def token_count(tokenizer: Any, text: str) -> int:
     return len(tokenizer.tokenizer(tokenizer.clean_fn(text))["input_ids"])  # HFTokenizer
 
 
-def encode_texts(clip: Clip, texts: Sequence[str], batch_size: int = 64) -> tuple[torch.Tensor, list[bool]]:
+def encode_texts(clip: Clip, texts: Sequence[str],
+                 batch_size: int = 64) -> tuple[torch.Tensor, list[bool]]:
     """L2-normalised text embeddings (cpu, float32) and which texts were truncated.
 
     Texts longer than the context length are cut by the tokenizer to their first
@@ -288,7 +300,8 @@ def encode_texts(clip: Clip, texts: Sequence[str], batch_size: int = 64) -> tupl
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
             tokens = clip.tokenizer(list(texts[start:start + batch_size])).to(clip.device)
-            out.append(torch.nn.functional.normalize(clip.model.encode_text(tokens).float(), dim=-1).cpu())
+            emb = clip.model.encode_text(tokens).float()
+            out.append(torch.nn.functional.normalize(emb, dim=-1).cpu())
     return (torch.cat(out) if out else torch.zeros(0, clip.embed_dim)), truncated
 
 
@@ -301,7 +314,8 @@ def encode_images(clip: Clip, images: Sequence[Image.Image], batch_size: int = 3
     with torch.inference_mode():
         for start in range(0, len(todo), batch_size):
             idx = todo[start:start + batch_size]
-            x = torch.stack([clip.preprocess(images[i].convert("RGB")) for i in idx]).to(clip.device)
+            x = torch.stack([clip.preprocess(images[i].convert("RGB"))
+                             for i in idx]).to(clip.device)
             emb = torch.nn.functional.normalize(clip.model.encode_image(x).float(), dim=-1).cpu()
             for i, e in zip(idx, emb):
                 _EMBEDDINGS.put(keys[i], e)
@@ -340,6 +354,7 @@ class ClipScorerBase:
         if self.quickgelu is not None:
             out["clip_quickgelu"] = str(self.quickgelu).lower()
         tag = parse_pretrained(self.pretrained)
-        if tag and Path(tag).expanduser().is_file():  # a file: its fingerprint, which compare checks
+        # a file: its fingerprint, which compare checks
+        if tag and Path(tag).expanduser().is_file():
             out["clip_weights_sha256"] = file_sha256(Path(tag).expanduser())[:16]
         return out
