@@ -74,8 +74,11 @@ def get_spec(attribute: str) -> AttributeSpec:
 
 
 def text_encoders(pipe: Any) -> list[Any]:
-    """The encoders whose hidden states the UNet attends to, in concatenation order."""
-    return [pipe.text_encoder, pipe.text_encoder_2] if is_sdxl(pipe) else [pipe.text_encoder]
+    """The encoders whose hidden states the UNet attends to, in concatenation order (an SDXL
+    refiner has only the second)."""
+    if not is_sdxl(pipe):
+        return [pipe.text_encoder]
+    return [e for e in (pipe.text_encoder, pipe.text_encoder_2) if e is not None]
 
 
 def text_fingerprint(pipe: Any) -> str:

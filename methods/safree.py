@@ -123,7 +123,8 @@ def _tokenizer(pipe: Any) -> Any:
 def filtered_start(pipe: Any) -> int:
     """Where the filtered encoder's part of the prompt embeddings starts (SDXL: after the first
     encoder's width; SD: 0, all of them)."""
-    return int(pipe.text_encoder.config.hidden_size) if is_sdxl(pipe) else 0
+    first = pipe.text_encoder if is_sdxl(pipe) else None  # None also for an SDXL refiner
+    return int(first.config.hidden_size) if first is not None else 0
 
 
 @torch.no_grad()
