@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import os
+import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -123,7 +124,8 @@ class Writer:
         # zlib and file writes release the GIL: two threads keep up with 0.1 s/image on 2 cores.
         self.store = store
         self._pool = ThreadPoolExecutor(threads or min(4, os.cpu_count() or 1),
-                                        thread_name_prefix="bench-writer")
+                                        thread_name_prefix="bench-writer",
+                                        initializer=yield_cpu)
         self._slots = threading.BoundedSemaphore(max(1, depth))
         self._futures: set[Future] = set()
 
@@ -156,6 +158,19 @@ class Writer:
         self._pool.shutdown(wait=True)
         if exc_type is None:
             self._raise_first_error()
+
+
+WRITER_NICENESS = 10  # added to the writer threads' nice value: lower priority than generation
+
+
+def yield_cpu() -> None:
+    """Lower the calling thread's CPU priority (Linux: nice is per thread), so that on a busy
+    machine the thread feeding the GPU runs first and PNG encoding takes what is left; the queue's
+    backpressure keeps the writers from falling behind for long. Elsewhere nice is per process:
+    left alone."""
+    if sys.platform.startswith("linux"):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + WRITER_NICENESS)
 
 
 def time_phase(pipe: Any, grid: Sequence[WorkItem], adapters: dict[str, list[Adapter]],

@@ -59,6 +59,22 @@ def test_a_write_error_is_raised_whole_in_the_generating_thread(tmp_path):
     assert info.value.errno == errno.ENOSPC and info.value.filename.endswith("k0.png")
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice is per thread on Linux only")
+def test_writer_threads_yield_the_cpu_to_the_generating_thread():
+    """On a busy machine the thread feeding the GPU runs first: writers are WRITER_NICENESS nicer."""
+    from bench.executor import WRITER_NICENESS
+
+    class NiceStore:
+        def put(self, key, image, record) -> None:
+            self.nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    store, mine = NiceStore(), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    with Writer(store, depth=1, threads=1) as writer:
+        writer.put("k", IMAGE, {})
+    assert store.nice == min(19, mine + WRITER_NICENESS)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine  # caller unchanged
+
+
 CHILD = textwrap.dedent("""
     import sys, time
     import bench.executor as ex
