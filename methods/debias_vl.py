@@ -75,13 +75,14 @@ def normalise_parts(z: torch.Tensor, widths: list[int]) -> torch.Tensor:
 def eos_embeddings(pipe: Any, texts: list[str], chunk: int = 64) -> torch.Tensor:
     """The prompt embeddings at each text's first EOS token, float64 on the CPU, each encoder's
     part L2-normalised (SD: the final hidden state)."""
+    tokenizer = pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2  # SDXL refiner
     out = []
     for start in range(0, len(texts), chunk):
         part = texts[start:start + chunk]
-        ids = pipe.tokenizer(part, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+        ids = tokenizer(part, padding="max_length", max_length=tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids
         hidden = encode_text(pipe, part).double().cpu()
-        eos = (ids == pipe.tokenizer.eos_token_id).int().argmax(dim=1)
+        eos = (ids == tokenizer.eos_token_id).int().argmax(dim=1)
         out.append(hidden[torch.arange(len(part)), eos])
     return normalise_parts(torch.cat(out), encoder_widths(pipe))
 
