@@ -21,7 +21,8 @@ RUN_EXAMPLES = """examples:
 
 
 def _add_sampler_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="alias (sd14, sd15, sd21-base, world, tiny-random), hub id or "
+    p.add_argument("--model", help="alias (sd14, sd15, sd21-base, sdxl, world, tiny-random, "
+                                   "tiny-random-xl), hub id or "
                                    "local diffusers directory (default: world)")
     p.add_argument("--steps", type=int, help="denoising steps (default 25)")
     p.add_argument("--resolution", type=int, help="image size in pixels (default: the model's)")
@@ -30,6 +31,8 @@ def _add_sampler_flags(p: argparse.ArgumentParser) -> None:
                                    "float32 elsewhere)")
     p.add_argument("--scheduler", help="ddim, pndm, euler, euler-a, dpm++, heun, lms or a "
                                        "diffusers class name (default: the model's own)")
+    p.add_argument("--vae", help="a VAE directory or hub id replacing the model's, e.g. "
+                                 "madebyollin/sdxl-vae-fp16-fix (in the fingerprint)")
     p.add_argument("--guidance-rescale", type=float,
                    help="diffusers' guidance_rescale in [0, 1] (arXiv:2305.08891; default 0: off)")
 
@@ -253,6 +256,7 @@ def spec_from_args(a: argparse.Namespace) -> RunSpec:
         workers=pick(a.workers, base.workers),
         protocol=base.protocol,
         dtype=pick(a.dtype, base.dtype),
+        vae=pick(a.vae, base.vae),
         timing_rounds=base.timing_rounds,  # config only: no flag
         compile=pick(a.compile, base.compile),
         vae_slicing=pick(a.vae_slicing, base.vae_slicing),
@@ -313,7 +317,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     RunSpec(methods=(a.method,), seed=a.seed, guidance=(a.guidance,),  # bench run's checks
             sampler=SamplerSpec(steps=steps, height=a.resolution, width=a.resolution,
                                 scheduler=a.scheduler, guidance_rescale=a.guidance_rescale or 0.0),
-            dtype=a.dtype)
+            dtype=a.dtype, vae=a.vae)
     output_file(a.out, ".png")
     try:  # Python keeps argv bytes that are not UTF-8 as lone surrogates the tokenizer rejects
         a.prompt.encode("utf-8")
@@ -322,7 +326,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     debug.generate_one(model=a.model or "world", method=a.method, prompt=a.prompt, seed=a.seed,
                        guidance=a.guidance, steps=steps, resolution=a.resolution,
                        device=a.device, out=Path(a.out), dtype=a.dtype, scheduler=a.scheduler,
-                       guidance_rescale=a.guidance_rescale or 0.0)
+                       guidance_rescale=a.guidance_rescale or 0.0, vae=a.vae)
     print(f"wrote {a.out}")
     return 0
 

@@ -13,10 +13,11 @@ from bench.spec import MethodChain, SpecError
 
 def generate_one(model: str, method: str, prompt: str, seed: int, guidance: float, steps: int,
                  resolution: int | None, device: str | None, out: Path, dtype: str | None = None,
-                 scheduler: str | None = None, guidance_rescale: float = 0.0) -> None:
+                 scheduler: str | None = None, guidance_rescale: float = 0.0,
+                 vae: str | None = None) -> None:
     chain = MethodChain.parse(method)  # `bench generate --method`: parsed here, once
     adapters = build_adapters(chain)
-    pipe = load_pipeline(model, device, dtype, scheduler)
+    pipe = load_pipeline(model, device, dtype, scheduler, vae)
     for a in adapters:
         reason = a.skip_reason(pipe)
         if reason:

@@ -35,6 +35,7 @@ class GenerationSettings:
     batch_size: int
     dtype: str = "float32"  # resolved on the driver: workers on other devices use the same
     options: tuple[str, ...] = ()  # RunSpec.gpu_options(), for workers that load their own pipeline
+    vae: str | None = None  # RunSpec.vae, for the same workers
 
 
 class Executor(abc.ABC):

@@ -100,7 +100,7 @@ class GenerationWorker:
         self.pipe: Any = None
         try:
             self.pipe = load_pipeline(settings.model, device, settings.dtype,
-                                      settings.sampler.scheduler)
+                                      settings.sampler.scheduler, settings.vae)
             if fingerprint(self.pipe) != model_fp:  # cache keys would name other weights' images
                 raise ModelError(
                     f"Ray worker on {socket.gethostname()}: model '{settings.model}' has "

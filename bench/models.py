@@ -1,7 +1,8 @@
 """Model loading: aliases, hub ids, local diffusers directories, and offline tiny models.
 
-`load_pipeline(name)` returns a diffusers `StableDiffusionPipeline` on the chosen device. The
-sampler only uses its unet, vae, text_encoder, tokenizer and scheduler.
+`load_pipeline(name)` returns a diffusers `StableDiffusionPipeline`, or a
+`StableDiffusionXLPipeline` when the model's model_index.json names it, on the chosen device. The
+sampler only uses its unet, vae, text encoder(s), tokenizer(s) and scheduler.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ ALIASES: dict[str, str] = {
     "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "sd21-base": "stabilityai/stable-diffusion-2-1-base",
     "sd21": "stabilityai/stable-diffusion-2-1",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
 }
 
 # Models built in code rather than loaded by id; registered lazily like every other entry.
@@ -67,11 +69,13 @@ def dtype_name(pipe: Any) -> str:
 
 
 def load_pipeline(name: str, device: str | None = None, dtype: str | None = None,
-                  scheduler: str | None = None) -> Any:
+                  scheduler: str | None = None, vae: str | None = None) -> Any:
     """Load `name` (a registered model, an alias, a local diffusers directory or a hub id) in
     `dtype` (None: float16 on cuda, else float32), with `scheduler` (a short or diffusers class
-    name; None: the model's own). Fingerprints are taken on the weights as loaded, before the
-    cast, so a model has one fingerprint in every dtype."""
+    name; None: the model's own) and `vae` (a VAE directory or hub id replacing the model's,
+    e.g. madebyollin/sdxl-vae-fp16-fix; None: the model's own). Fingerprints are taken on the
+    weights as loaded (the replacement VAE's included), before the cast, so a model has one
+    fingerprint in every dtype."""
     dev = resolve_device(device)
     target = resolve_dtype(dtype, dev)
     if scheduler is not None:
@@ -83,6 +87,8 @@ def load_pipeline(name: str, device: str | None = None, dtype: str | None = None
         pipe = MODELS.get(base)(**model_options(base, options))
     else:
         pipe = _from_pretrained(ALIASES.get(name, name), torch.float32)
+    if vae is not None:
+        replace_vae(pipe, vae)
     pipe.set_progress_bar_config(disable=True)
     record_fingerprints(pipe)
     # What diffusers does for VAEs that overflow in float16 (SD 2.x, SDXL): decode in float32
@@ -178,15 +184,14 @@ def _from_pretrained(source: str, dtype: torch.dtype) -> Any:
     cached = _cached_snapshot(source)
     if cached is not None:
         return _from_directory(cached, dtype)
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
 
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # its "cannot reach the hub" warnings: our one line says it
-    try:
-        return StableDiffusionPipeline.from_pretrained(
-            source, dtype=dtype, safety_checker=None, requires_safety_checker=False,
-            use_safetensors=True)
+    try:  # model_index.json first (a few hundred bytes): it names the pipeline class
+        cls, kwargs = pipeline_class(DiffusionPipeline.load_config(source), source)
+        return cls.from_pretrained(source, dtype=dtype, use_safetensors=True, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(
             f"cannot fetch model '{source}' from the hub (not in the HF cache; offline, "
@@ -196,8 +201,26 @@ def _from_pretrained(source: str, dtype: torch.dtype) -> Any:
         diffusers_logging.set_verbosity(verbosity)
 
 
-# Weight files of the three components the sampler uses; the safety checker is never loaded.
+# Weight files of the components the sampler uses (SDXL adds text_encoder_2); the safety
+# checker is never loaded.
 COMPONENTS = ("unet", "vae", "text_encoder")
+XL_COMPONENTS = (*COMPONENTS, "text_encoder_2")
+
+
+def pipeline_class(index: dict[str, Any], where: str) -> tuple[Any, dict[str, Any]]:
+    """The diffusers pipeline class a model_index.json names, and the keyword arguments bench
+    loads it with: no safety checker (SD), no invisible watermark (SDXL: it changes pixels and
+    bench never watermarks)."""
+    import diffusers
+
+    name = index.get("_class_name", "StableDiffusionPipeline")
+    if name == "StableDiffusionXLPipeline":
+        return diffusers.StableDiffusionXLPipeline, {"add_watermarker": False}
+    if name != "StableDiffusionPipeline":
+        raise ModelError(f"{where}: model_index.json names {name}; bench runs "
+                         "StableDiffusionPipeline (SD 1.x/2.x) and StableDiffusionXLPipeline models")
+    return diffusers.StableDiffusionPipeline, {"safety_checker": None,
+                                               "requires_safety_checker": False}
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 _WARNED: set[str] = set()
 
@@ -253,13 +276,15 @@ def _from_directory(local: Path, dtype: torch.dtype) -> Any:
     bytes), the fp16 variant when it is all there is; safetensors when every
     component has them, otherwise `.bin` files, which diffusers and transformers read with
     `torch.load(weights_only=True)` (tensors only), said once in a warning."""
-    from diffusers import StableDiffusionPipeline
-
     if not (local / "model_index.json").is_file():
         raise ModelError(f"{local} is not a diffusers pipeline directory (no model_index.json); "
                          "pass the directory that holds model_index.json, unet/ and vae/, or a "
                          ".safetensors checkpoint file")
-    kinds = {c: weight_kinds(local / c) for c in COMPONENTS}
+    index = _read_index(local / "model_index.json")
+    cls, extra = pipeline_class(index, str(local))
+    parts = XL_COMPONENTS if cls.__name__ == "StableDiffusionXLPipeline" else COMPONENTS
+    # An entry [null, null] is a component the model does not have (an SDXL refiner's text_encoder).
+    kinds = {c: weight_kinds(local / c) for c in parts if (index.get(c) or [None])[0] is not None}
     empty = [c for c, k in kinds.items() if not k]
     if empty:
         raise ModelError(f"{local}/{empty[0]} holds no weights (*.safetensors or *.bin); the "
@@ -274,13 +299,143 @@ def _from_directory(local: Path, dtype: torch.dtype) -> Any:
         pickled = ", ".join(c for c, k in kinds.items() if prefix + "safetensors" not in k)
         print(f"bench: warning: {local}: {pickled} weights are .bin pickles; loaded with "
               "torch.load(weights_only=True), which reads tensors only", file=sys.stderr)
+    files = {"variant": variant, "use_safetensors": True if safe else None}
+    loaded = {c: _load_component(local / c, index[c], dtype, files) for c in kinds}
     try:
-        return StableDiffusionPipeline.from_pretrained(
-            str(local), dtype=dtype, variant=variant, use_safetensors=True if safe else None,
-            safety_checker=None, requires_safety_checker=False)
+        return cls.from_pretrained(str(local), dtype=dtype, **files, **extra, **loaded)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"cannot load the diffusers directory {local}: "
                          f"{_first_line(exc)}") from None
+
+
+def _load_component(folder: Path, entry: Sequence[str], dtype: torch.dtype,
+                    files: dict[str, Any]) -> Any:
+    """One weighted component, loaded by the class model_index.json names, refusing weights that
+    do not fill its config's model: a key missing (transformers would initialise it at random,
+    diffusers leave it empty) or of another shape is one line naming the file and the key."""
+    import importlib
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    library, name = entry[0], entry[1]
+    if library not in ("diffusers", "transformers"):
+        raise ModelError(f"{folder.parent}/model_index.json: {folder.name} is a {library}.{name}; "
+                         "bench loads diffusers and transformers components only")
+    cls = getattr(importlib.import_module(library), name)
+    kwargs: dict[str, Any] = {"dtype": dtype, "output_loading_info": True, **files}
+    if library == "transformers":  # report mismatched shapes in `info` rather than raising
+        kwargs["ignore_mismatched_sizes"] = True
+    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # their multi-line reports: our one line says it
+    transformers_logging.set_verbosity_error()
+    try:
+        model, info = cls.from_pretrained(str(folder), **kwargs)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(_weights_problem(folder, files, exc)) from None
+    finally:
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])
+    mismatched = sorted(info.get("mismatched_keys") or [], key=str)
+    if mismatched:
+        key, found, expected = mismatched[0]
+        raise ModelError(_shape_problem(folder, files, key, tuple(found), tuple(expected)))
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise ModelError(f"{_weight_file(folder, files)}: no tensor {missing[0]}{more}, which the "
+                         f"model of {folder.name}/config.json needs; the file is incomplete or of "
+                         f"another model: fetch {folder.name}/ again")
+    return model
+
+
+def _weight_file(folder: Path, files: dict[str, Any]) -> Path:
+    """The weight file a component loads from (the first shard when sharded), for messages."""
+    ext = "safetensors" if files["use_safetensors"] else "*"
+    variant = f".{files['variant']}" if files["variant"] else ""
+    found = sorted(f for f in folder.glob(f"*{variant}.{ext}")
+                   if f.suffix in (".safetensors", ".bin") and (variant or ".fp16" not in f.name))
+    return found[0] if found else folder
+
+
+def _shape_problem(folder: Path, files: dict[str, Any], key: str, found: tuple,
+                   expected: tuple) -> str:
+    return (f"{_weight_file(folder, files)}: {key} has shape {list(found)}, the model of "
+            f"{folder.name}/config.json needs {list(expected)}; the weights and the config are of "
+            f"different models: fetch {folder.name}/ again")
+
+
+def _weights_problem(folder: Path, files: dict[str, Any], exc: BaseException) -> str:
+    """diffusers raises a shape mismatch as 'Cannot load <file> because KEY expected shape A,
+    but got B. If you want ...': the same line as transformers' mismatches; else its first line."""
+    import re
+
+    text = _first_line(exc)
+    found = re.search(r"because (\S+) expected shape (.+?), but got (.+?)\.( |$)", text)
+    if found:
+        sizes = [tuple(int(n) for n in re.findall(r"\d+", g)) for g in found.group(2, 3)]
+        return _shape_problem(folder, files, found.group(1), sizes[1], sizes[0])
+    return f"cannot load {folder}: {text}"
+
+
+def _read_index(path: Path) -> dict[str, Any]:
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: not readable JSON ({_first_line(exc)}); fetch the model "
+                         "directory again") from None
+    if not isinstance(index, dict):
+        raise ModelError(f"{path}: expected a JSON object naming the pipeline's components")
+    return index
+
+
+def replace_vae(pipe: Any, source: str) -> None:
+    """`--vae`: the pipeline's VAE replaced by a diffusers AutoencoderKL from a local directory
+    (config.json and diffusion_pytorch_model.safetensors, or a pipeline directory's vae/) or a
+    hub id (from the HF cache, else downloaded), e.g. madebyollin/sdxl-vae-fp16-fix, whose
+    config has force_upcast false: it then decodes in float16 too."""
+    from diffusers import AutoencoderKL
+
+    if not hasattr(pipe, "register_modules"):
+        raise ModelError(f"--vae {source}: this model has no diffusers VAE to replace; use --vae "
+                         "with a Stable Diffusion or SDXL model")
+    local = Path(source).expanduser()
+    if not local.exists() and _is_path(source):
+        raise ModelError(f"--vae {source} does not exist; pass a VAE directory (config.json and "
+                         "diffusion_pytorch_model.safetensors) or a hub id")
+    if local.is_dir() and not (local / "config.json").is_file() and (local / "vae").is_dir():
+        local = local / "vae"
+    if local.is_dir() and not weight_kinds(local) & {"safetensors", "fp16.safetensors"}:
+        raise ModelError(f"--vae {local}: no diffusion_pytorch_model.safetensors there; pass a "
+                         "diffusers VAE directory")
+    where = str(local) if local.exists() else (_cached_vae(source) or source)
+    try:
+        vae = AutoencoderKL.from_pretrained(where, use_safetensors=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        fetch = "" if local.exists() else (f"; download it with `hf download {source} --include "
+                                           '"config.json" --include "diffusion_pytorch_model.safetensors"`')
+        raise ModelError(f"--vae {source}: cannot load it as a diffusers AutoencoderKL "
+                         f"({_first_line(exc)}){fetch}") from None
+    old = pipe.vae.config
+    if (vae.config.latent_channels, len(vae.config.block_out_channels)) != \
+            (old.latent_channels, len(old.block_out_channels)):
+        raise ModelError(f"--vae {source}: {vae.config.latent_channels} latent channels, "
+                         f"{len(vae.config.block_out_channels)} blocks; the model's VAE has "
+                         f"{old.latent_channels} and {len(old.block_out_channels)}: not a VAE of "
+                         "this model family")
+    pipe.register_modules(vae=vae.to(torch.float32))
+
+
+def _cached_vae(repo: str) -> str | None:
+    from huggingface_hub import snapshot_download
+
+    if repo.count("/") != 1:
+        return None
+    try:
+        path = Path(snapshot_download(repo, local_files_only=True))
+    except Exception:  # not cached
+        return None
+    return str(path) if (path / "config.json").is_file() else None
 
 
 def _from_single_file(path: Path, config: Path | None, dtype: torch.dtype) -> Any:

@@ -115,7 +115,7 @@ def plan(spec: RunSpec, dry_run: bool = False) -> RunPlan:
     check_scorers(scorer_names(spec.model, spec.metrics, [s.name for s in sets], spec.suites),
                   spec.device)
     try:
-        pipe = load_pipeline(spec.model, spec.device, spec.dtype, spec.sampler.scheduler)
+        pipe = load_pipeline(spec.model, spec.device, spec.dtype, spec.sampler.scheduler, spec.vae)
     except ModelError as exc:
         if not dry_run:
             raise

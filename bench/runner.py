@@ -58,7 +58,7 @@ def execute(p: RunPlan, quiet: bool = False, columns: str | None = None) -> Path
         if note and not quiet:
             print(f"bench: note: {note}", file=sys.stderr)
     settings = GenerationSettings(spec.model, spec.sampler, p.height, p.width, spec.batch_size,
-                                  dtype_name(p.pipe), spec.gpu_options())
+                                  dtype_name(p.pipe), spec.gpu_options(), spec.vae)
     with executor:
         p.written = executor.generate(p, store, settings)
         if not spec.shard and not (store.root / "timing.parquet").exists():

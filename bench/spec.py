@@ -176,7 +176,7 @@ def _yaml_error(path: str | Path, raw: bytes, exc: yaml.YAMLError) -> str:
     return f"config {where}: {problem}; {hint}"
 
 
-_OPTIONAL = ("device", "shard", "out", "sampler.scheduler")  # string keys that may be None
+_OPTIONAL = ("device", "shard", "out", "sampler.scheduler", "vae")  # string keys that may be None
 
 
 @dataclass(frozen=True)
@@ -203,6 +203,9 @@ class RunSpec:
     workers: int | None = None  # Ray workers; None -> one per GPU in the cluster, else 1
     protocol: str | None = None  # a paper's setup (bench/protocols.py) under the given values
     dtype: str | None = None  # float32 | float16 | bfloat16; None -> float16 on cuda, else float32
+    # A VAE directory or hub id replacing the model's (--vae); its weights enter the model
+    # fingerprint. In to_dict only when set, so specs without it keep their ids.
+    vae: str | None = None
     # Rounds of the interleaved timing phase after generation (bench/timing.py); 0: latency
     # from the generation's own times (methods one after another: load drift enters the ratios).
     timing_rounds: int = 4
@@ -257,7 +260,7 @@ class RunSpec:
             raise SpecError(f"sampler={self.sampler!r}: write a mapping of sampler keys, e.g. "
                             f"sampler: {{steps: 25, scheduler: DDIMScheduler}}")
         text = {"model": self.model, "out": self.out, "executor": self.executor,
-                "device": self.device, "shard": self.shard,
+                "device": self.device, "shard": self.shard, "vae": self.vae,
                 "sampler.scheduler": self.sampler.scheduler,
                 "sampler.negative_prompt": self.sampler.negative_prompt}
         for key, value in text.items():
@@ -285,7 +288,7 @@ class RunSpec:
         """Every key; `suites` only when some are named, so manifests, bundles and run ids from
         before suites existed stay byte-identical."""
         out = dataclasses.asdict(self)
-        for key in ("suites", *GPU_OPTIONS):  # written when set: older specs keep their ids
+        for key in ("suites", "vae", *GPU_OPTIONS):  # written when set: older specs keep their ids
             if not out[key]:
                 del out[key]
         if not out["sampler"]["guidance_rescale"]:
