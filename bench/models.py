@@ -439,12 +439,11 @@ def _cached_vae(repo: str) -> str | None:
 
 
 def _from_single_file(path: Path, config: Path | None, dtype: torch.dtype) -> Any:
-    """`StableDiffusionPipeline.from_single_file` on an original-layout `.safetensors` checkpoint.
-    Its configs (model_index.json, component configs, tokenizer) come from `config` (a diffusers
-    directory of the same architecture; weights not needed), else from the HF cache of the
-    architecture's reference repo, else from the hub unless offline."""
-    from diffusers import StableDiffusionPipeline
-
+    """`from_single_file` on an original-layout `.safetensors` checkpoint, of the pipeline class
+    its configs' model_index.json names (SD or SDXL). Its configs (model_index.json, component
+    configs, tokenizers) come from `config` (a diffusers directory of the same architecture;
+    weights not needed), else from the HF cache of the architecture's reference repo, else from
+    the hub unless offline."""
     if path.suffix in (".ckpt", ".pt", ".pth", ".bin"):
         raise ModelError(
             f"{path} is a pickle checkpoint, which can run code when loaded; bench reads only "
@@ -469,10 +468,15 @@ def _from_single_file(path: Path, config: Path | None, dtype: torch.dtype) -> An
         raise ModelError(f"{path}: a single-file checkpoint needs the diffusers configs of its "
                          f"architecture ({repo}), not in the HF cache and the hub is offline "
                          f"(HF_HUB_OFFLINE): {fetch}")
+    if config is not None:
+        cls, extra = pipeline_class(_read_index(config / "model_index.json"), str(config))
+    else:  # configs from the hub: the architecture diffusers inferred from the keys
+        xl = "stable-diffusion-xl" in repo
+        cls, extra = pipeline_class({"_class_name": "StableDiffusionXLPipeline" if xl
+                                     else "StableDiffusionPipeline"}, repo)
     try:
-        return StableDiffusionPipeline.from_single_file(
-            str(path), config=str(config) if config else None, dtype=dtype,
-            safety_checker=None, requires_safety_checker=False, local_files_only=config is not None)
+        return cls.from_single_file(str(path), config=str(config) if config else None, dtype=dtype,
+                                    local_files_only=config is not None, **extra)
     except Exception as exc:  # diffusers raises many types here; all mean "cannot load"
         hint = "" if config else f" (the configs of {repo} could not be fetched: {fetch})"
         raise ModelError(f"cannot load the checkpoint {path}: {_first_line(exc)}{hint}") from None

@@ -239,3 +239,32 @@ def test_half_precision_on_the_cpu_gives_finite_images_near_float32(dtype, tiny_
     ref = (ref / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().numpy()
     assert np.abs(ours - ref).max() <= 1e-3
     assert np.abs(ours - images(tiny_xl_pipe, seed=4)).max() <= 0.05
+
+
+def test_sdxl_single_file_needs_sdxl_configs_and_loads_as_sdxl(xl_dir, tmp_path, monkeypatch):
+    """An original-layout SDXL checkpoint (sd_xl_base_1.0.safetensors: its OpenCLIP encoder's
+    keys tell it apart): offline and uncached, one line naming the SDXL repo's configs; with
+    configs, StableDiffusionXLPipeline.from_single_file (no watermarker) loads it."""
+    import diffusers
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    path = tmp_path / "sd_xl_base_1.0.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3),
+               "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias":
+               torch.zeros(1280)}, path)
+    with pytest.raises(ModelError) as err:
+        load_pipeline(str(path), "cpu")
+    assert "\n" not in str(err.value)
+    assert 'hf download stabilityai/stable-diffusion-xl-base-1.0 --include "*.json"' in str(err.value)
+    calls = []
+
+    def fake(cls, source, **kwargs):
+        calls.append((cls.__name__, kwargs))
+        return tiny_random_xl_pipeline()
+
+    monkeypatch.setattr(diffusers.StableDiffusionXLPipeline, "from_single_file", classmethod(fake))
+    load_pipeline(f"{path}:config={xl_dir}", "cpu")
+    assert calls[0][0] == "StableDiffusionXLPipeline"
+    assert calls[0][1]["add_watermarker"] is False and calls[0][1]["config"] == str(xl_dir)
