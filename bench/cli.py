@@ -11,7 +11,7 @@ from bench.spec import (RunSpec, SamplerSpec, SpecError, parse_kind_samples, rea
                         split_method_list)
 
 RUN_EXAMPLES = """examples:
-  bench run --methods all                                 # the synthetic world, every method
+  bench run --methods all                                 # the default run, every method
   bench run --model sd15 --methods baseline --prompt-set occupations --device cuda
   bench run --model sd14 --methods baseline,sld-strong:warmup=5 --prompt-set i2p:hard=1,limit=100
   bench run --methods fair-mapping+sld-strong --guidance 1 --guidance 7.5 --dry-run
@@ -21,9 +21,10 @@ RUN_EXAMPLES = """examples:
 
 
 def _add_sampler_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="alias (sd14, sd15, sd21-base, sdxl, world, tiny-random, "
-                                   "tiny-random-xl), hub id or "
-                                   "local diffusers directory (default: world)")
+    p.add_argument("--model", help="alias (sd14, sd15, sd21-base, sdxl, tiny-random, "
+                                   "tiny-random-xl), registered model (`bench list models`), hub "
+                                   "id or local diffusers directory (default: the model of the "
+                                   "default run a plugin registers)")
     p.add_argument("--steps", type=int, help="denoising steps (default 25)")
     p.add_argument("--resolution", type=int, help="image size in pixels (default: the model's)")
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
@@ -38,12 +39,12 @@ def _add_sampler_flags(p: argparse.ArgumentParser) -> None:
 
 
 TOP_EXAMPLES = """examples:
-  bench run --methods all                      # the main job: the synthetic world, every method
+  bench run --methods all                      # the main job: the default run, every method
   bench run --methods baseline,sld-strong --samples 8 --dry-run     # the grid and its cost
   bench list methods                           # methods, metrics, prompt sets, models, protocols, suites
   bench report runs/latest                     # rescore and rebuild the tables of a run
-  bench reproduce results/world/bundle.zip --out runs/check && \\
-      bench compare results/world/bundle.zip runs/check
+  bench reproduce paper-results.zip --out runs/check && \\
+      bench compare paper-results.zip runs/check
 
 `bench COMMAND --help` describes each command's flags, with examples.
 """
@@ -86,8 +87,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--samples-by-kind", metavar="KIND=N,...",
                      help="images per prompt by the prompt's meta.kind or <set>.<kind>, over "
                           "--samples, e.g. neutral=32,group=2; 'none' for --samples everywhere "
-                          "(default: the model's own for its default prompt sets, e.g. the "
-                          "world's world-occupations.neutral=24,world-occupations.group=2)")
+                          "(default: those of the model's registered default run, for its "
+                          "default prompt sets)")
     run.add_argument("--seed", type=int, help="run seed (default 0)")
     run.add_argument("--guidance", type=float, action="append",
                      help="classifier-free guidance scale; repeat to sweep (default 7.5)")
@@ -159,19 +160,27 @@ def parser() -> argparse.ArgumentParser:
                           "leaderboard.csv keeps every metric")
 
     train = sub.add_parser("train", help="train a method's checkpoint",
-                           epilog="examples:\n  bench train fair-mapping --model world --attribute "
-                                  "skin --out ckpt/fm\n  bench train rs-corrector --help",
+                           epilog="examples:\n  bench train fair-mapping --model sd15 --attribute "
+                                  "gender --out ckpt/fm\n  bench train rs-corrector --help",
                            formatter_class=fmt)
     train.add_argument("method", choices=["fair-mapping", "rs-corrector", "uce", "esd"])
     train.add_argument("args", nargs=argparse.REMAINDER, help="the trainer's own flags")
 
-    world = sub.add_parser("world", help="build the synthetic-portrait world",
-                           epilog="examples:\n  bench world build\n  bench world build --quick "
-                                  "--out /tmp/world", formatter_class=fmt)
-    world.add_argument("action", choices=["build"])
-    world.add_argument("args", nargs=argparse.REMAINDER, help="the builder's own flags")
     _add_reproducibility_commands(sub, fmt)
+    _add_plugin_commands(sub, fmt)
     return root
+
+
+def _add_plugin_commands(sub: argparse._SubParsersAction, fmt: type) -> None:
+    """`bench NAME ARGS...` for each command a plugin registers (bench.plugins.COMMANDS); a
+    built-in command keeps its name."""
+    from bench.plugins import COMMANDS
+
+    for name in COMMANDS.names():
+        if name not in sub.choices:
+            command = COMMANDS.get(name)
+            p = sub.add_parser(name, help=command.help, epilog=command.epilog, formatter_class=fmt)
+            p.add_argument("args", nargs=argparse.REMAINDER, help="the command's own arguments")
 
 
 def _add_reproducibility_commands(sub: argparse._SubParsersAction, fmt: type) -> None:
@@ -191,7 +200,7 @@ def _add_reproducibility_commands(sub: argparse._SubParsersAction, fmt: type) ->
     cmp = sub.add_parser("compare", help="compare two runs or bundles image by image and cell by "
                          "cell; exit 1 when they disagree", formatter_class=fmt, epilog=(
                              "examples:\n  bench compare runs/latest runs/check\n"
-                             "  bench compare results/world/bundle.zip runs/ci --format json --out cmp.json"
+                             "  bench compare paper-results.zip runs/ci --format json --out cmp.json"
                              "\n  bench compare a b --tolerance 2/255 --include-latency --strict"))
     cmp.add_argument("run_a", help="run directory or bundle .zip")
     cmp.add_argument("run_b", help="run directory or bundle .zip")
@@ -323,7 +332,9 @@ def cmd_generate(a: argparse.Namespace) -> int:
         a.prompt.encode("utf-8")
     except UnicodeEncodeError:
         raise SpecError(f"--prompt {a.prompt!r}: not UTF-8 text; pass the prompt in UTF-8") from None
-    debug.generate_one(model=a.model or "world", method=a.method, prompt=a.prompt, seed=a.seed,
+    from bench.plugins import default_model
+
+    debug.generate_one(model=a.model or default_model(), method=a.method, prompt=a.prompt, seed=a.seed,
                        guidance=a.guidance, steps=steps, resolution=a.resolution,
                        device=a.device, out=Path(a.out), dtype=a.dtype, scheduler=a.scheduler,
                        guidance_rescale=a.guidance_rescale or 0.0, vae=a.vae)
@@ -415,15 +426,15 @@ def cmd_train(a: argparse.Namespace) -> int:
     return train_main(a.args) or 0
 
 
-def cmd_world(a: argparse.Namespace) -> int:
-    from bench.world.build import main as world_main
+def cmd_plugin(a: argparse.Namespace) -> int:
+    from bench.plugins import run_command
 
-    return world_main(a.args) or 0
+    return run_command(a.command, a.args)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "list": cmd_list, "generate": cmd_generate, "report": cmd_report,
-    "train": cmd_train, "world": cmd_world, "reproduce": cmd_reproduce, "compare": cmd_compare,
+    "train": cmd_train, "reproduce": cmd_reproduce, "compare": cmd_compare,
     "bundle": cmd_bundle,
 }
 
@@ -431,7 +442,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        return COMMANDS.get(args.command, cmd_plugin)(args)
     except SystemExit as exc:  # --help (0) or a usage error, already printed (2)
         if isinstance(exc.code, str):
             print(exc.code, file=sys.stderr)

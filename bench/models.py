@@ -37,8 +37,6 @@ ALIASES: dict[str, str] = {
 # Models built in code rather than loaded by id; registered lazily like every other entry.
 MODELS.register("tiny-random", "bench.models:tiny_random_pipeline")
 MODELS.register("tiny-random-xl", "bench.models:tiny_random_xl_pipeline")
-# GPU-speed stand-in for measuring the harness (bench/simulated.py); simulated-gpu:seconds_per_image=0.1
-MODELS.register("simulated-gpu", "bench.simulated:simulated_gpu_pipeline")
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -180,7 +178,7 @@ def _from_pretrained(source: str, dtype: torch.dtype) -> Any:
     if _is_path(path_text):
         raise ModelError(f"model path {path_text} does not exist; pass a diffusers pipeline "
                          f"directory, a .safetensors checkpoint, a hub id or an alias "
-                         f"({', '.join(ALIASES)}, world)")
+                         f"({', '.join(ALIASES)}) or a registered model (`bench list models`)")
     cached = _cached_snapshot(source)
     if cached is not None:
         return _from_directory(cached, dtype)

@@ -17,6 +17,7 @@ from bench import rundir
 from bench.grid import WorkItem, build_grid, prompt_samples, shard, unique_images
 from bench.models import (ModelError, apply_options, dtype_name, fingerprint, load_pipeline,
                           native_size)
+from bench.plugins import default_model, default_run
 from bench.registry import METHODS
 from bench.adapter import Adapter, Batch
 from bench.scoring import check_scorers, scorer_names
@@ -24,24 +25,23 @@ from bench.spec import MethodChain, RunSpec, SpecError, split_method_list
 from bench.suites import check_suites
 from bench.prompt_sets.base import PromptSet, check_metadata_types
 
-# With no --prompt-set, a model's own sets; the synthetic world ships its own.
-DEFAULT_PROMPT_SETS: dict[str, tuple[str, ...]] = {"world": ("world-occupations", "world-hazard")}
+# With no --prompt-set and no default run registered for the model (bench.plugins).
 FALLBACK_PROMPT_SETS: tuple[str, ...] = ("occupations",)
-# Images per prompt by prompt kind for a model's default sets (RunSpec.samples_by_kind), sized so
-# the world's main job separates its known effects within 10 minutes on 2 CPU cores: parity is
-# measured on the neutral prompts, so they get the images (results/world/README.md).
-DEFAULT_SAMPLES_BY_KIND: dict[str, tuple[tuple[str, int], ...]] = {
-    "world": (("world-occupations.group", 2), ("world-occupations.neutral", 24)),
-}
 
 
-def resolve_samples(spec: RunSpec) -> RunSpec:
-    """The spec with `samples_by_kind` explicit, as its manifest records it (`bench reproduce`
-    pins the prompt sets, so a None there would mean no per-kind counts)."""
-    if spec.samples_by_kind is not None:
+def resolve_defaults(spec: RunSpec) -> RunSpec:
+    """The spec with its model and `samples_by_kind` explicit, as its manifest records them: no
+    model -> the registered default run's; no counts -> those of the model's default run when
+    its default prompt sets run, else none (`bench reproduce` pins the prompt sets, so a None
+    there would mean no per-kind counts)."""
+    if spec.model and spec.samples_by_kind is not None:
         return spec
-    default = () if spec.prompt_sets else DEFAULT_SAMPLES_BY_KIND.get(spec.model, ())
-    return dataclasses.replace(spec, samples_by_kind=default)
+    model = spec.model or default_model()
+    kinds = spec.samples_by_kind
+    if kinds is None:
+        run = None if spec.prompt_sets else default_run(model)
+        kinds = run.samples_by_kind if run else ()
+    return dataclasses.replace(spec, model=model, samples_by_kind=kinds)
 
 
 def expand_methods(methods: Sequence[str]) -> list[MethodChain]:
@@ -103,7 +103,7 @@ class RunPlan:
 def plan(spec: RunSpec, dry_run: bool = False) -> RunPlan:
     """Resolve everything that can fail before any image is generated. A dry run plans the grid
     without the model when its weights are absent (its UNet cost is then unknown)."""
-    spec = resolve_samples(spec)
+    spec = resolve_defaults(spec)
     deviations = _protocol_deviations(spec)  # a refused prompt set fails before anything loads
     if spec.shard:
         parse_shard(spec.shard)  # these before the prompt sets and the model load
@@ -216,7 +216,8 @@ def load_prompt_sets(spec: RunSpec) -> list[PromptSet]:
     """The spec's prompt sets as the run uses them (after `limit`): what the manifest hashes."""
     from bench.prompt_sets.resolve import load_prompt_set
 
-    names = spec.prompt_sets or DEFAULT_PROMPT_SETS.get(spec.model, FALLBACK_PROMPT_SETS)
+    run = None if spec.prompt_sets else default_run(spec.model)
+    names = spec.prompt_sets or (run.prompt_sets if run else FALLBACK_PROMPT_SETS)
     sets = [load_prompt_set(n) for n in names]
     if spec.limit:
         sets = [dataclasses.replace(s, prompts=s.prompts[: spec.limit]) for s in sets]

@@ -181,14 +181,16 @@ _OPTIONAL = ("device", "shard", "out", "sampler.scheduler", "vae")  # string key
 
 @dataclass(frozen=True)
 class RunSpec:
-    model: str = "world"
+    # "" -> the model of the default run a plugin registers (bench.plugins); `plan` resolves it,
+    # so a manifest records the model that ran.
+    model: str = ""
     methods: tuple[str, ...] = ("baseline",)  # method spec strings; ("all",) expands at run time
     prompt_sets: tuple[str, ...] = ()  # registered names or file paths; () -> the model's default sets
     samples: int = 4  # images per prompt
     # Images per prompt by the prompt's `meta.kind` ("neutral": 32), or by "<set>.<kind>"
-    # ("world-occupations.group": 2), over `samples`; None -> the model's default when its default
-    # prompt sets run (bench.planning.DEFAULT_SAMPLES_BY_KIND), else none. `plan` resolves None, so
-    # a manifest records the counts that ran.
+    # ("occupations.group": 2), over `samples`; None -> the counts of the model's registered
+    # default run when its default prompt sets run (bench.plugins.DefaultRun), else none. `plan`
+    # resolves None, so a manifest records the counts that ran.
     samples_by_kind: tuple[tuple[str, int], ...] | None = None
     seed: int = 0
     guidance: tuple[float, ...] = (7.5,)  # a list sweeps guidance scales

@@ -1,6 +1,6 @@
 """Does the harness keep a GPU busy? End-to-end `bench run` against generation alone.
 
-The model is `simulated-gpu` (bench/simulated.py): world portraits at 512 px after GIL-free
+The model is `simulated-gpu` (bench/world/simulated.py): world portraits at 512 px after GIL-free
 sleeps in its UNet and VAE that add up to `seconds_per_image` at 50 steps with CFG (the default
 --steps here), standing in for a GPU. For each (seconds_per_image, batch size):
 
@@ -150,7 +150,7 @@ def _wall(cmd: list[str]) -> float:
 
 def stages(root: Path, repeats: int = 20) -> None:
     """Per-image CPU cost by stage, on one thread, at 512 px."""
-    from bench.simulated import portraits
+    from bench.world.simulated import portraits
 
     images = portraits(512, 512, count=8)
     print(f"\nper-image harness CPU cost at 512 px (median of {repeats}), {load()}")

@@ -163,7 +163,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--attribute", choices=["race", "gender", "skin"], help="debias: the groups")
     ap.add_argument("--occupations", type=Path, help="debias: file, one occupation a line")
     ap.add_argument("--classifier", help="debias: module:callable, images (B,H,W,3 in [0,1]) -> "
-                    "group labels (required; docs/methods.md names the synthetic world's)")
+                    "group labels (required; docs/methods.md names one)")
     ap.add_argument("--iterations", type=positive_int, default=30, help="debias: at most (official 30)")
     ap.add_argument("--images", type=positive_int, default=10, help="debias: images per occupation "
                     "and iteration (official 10)")

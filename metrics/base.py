@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from bench.registry import Registry
+
 
 def file_sha256(path: str | Path) -> str:
     """SHA-256 (hex) of a weight file, for report/scoring.json. Cached per (path, size, mtime):
@@ -110,6 +112,49 @@ class Scorer:
         unknown."""
         return None
 
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A label scorer's confusion counts for one attribute, registered by whoever measured them
+    (`CALIBRATIONS`, entry-point group `bench.calibrations`): rows the true group, columns the
+    predicted one, both in `groups` order. A scorer that takes a `calibration=` option reads it
+    through `calibration()`."""
+    scorer: str
+    attribute: str
+    groups: tuple[str, ...]
+    counts: tuple[tuple[int, ...], ...]
+    source: str  # how they were measured (a command, a paper), for the reader
+
+    def matrix(self) -> np.ndarray:
+        """P(predicted | true): each row of the counts divided by its sum."""
+        m = np.asarray(self.counts, dtype=float)
+        return m / m.sum(axis=1, keepdims=True)
+
+
+CALIBRATIONS: Registry[Calibration] = Registry(
+    "calibration", "bench.calibrations", "bench.metrics.base",
+    ("a bench.metrics.base.Calibration", lambda obj: isinstance(obj, Calibration)))
+
+
+def calibration(scorer: str, attribute: str, name: str = "") -> Calibration | None:
+    """The calibration a scorer's `calibration=` option selects: "none" -> None; a registered
+    name -> that one; "" -> the one registered for (scorer, attribute), None when there is none.
+    ValueError (one line) for one of another scorer or attribute, or several to choose from."""
+    if name == "none":
+        return None
+    if name:
+        found = CALIBRATIONS.get(name)
+        if (found.scorer, found.attribute) != (scorer, attribute):
+            raise ValueError(f"{scorer}: calibration={name} measures {found.scorer}'s "
+                             f"{found.attribute} labels, not {scorer}'s {attribute}")
+        return found
+    mine = [n for n in CALIBRATIONS.names()
+            if (CALIBRATIONS.get(n).scorer, CALIBRATIONS.get(n).attribute) == (scorer, attribute)]
+    if len(mine) > 1:
+        raise ValueError(f"{scorer}: several calibrations of its {attribute} labels are "
+                         f"registered ({', '.join(mine)}); pass calibration=NAME or none")
+    return CALIBRATIONS.get(mine[0]) if mine else None
 
 class Aggregate(Mapping[str, dict[str, Cell]]):
     """What an aggregator's `compute` returns: {method: {metric name: Cell}} (read it as that

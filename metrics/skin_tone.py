@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from bench.metrics.base import MetricInfo, Scorer
+from bench.metrics.base import Calibration, MetricInfo, Scorer, calibration
 from bench.metrics.faces import detect, frame, mtcnn_unavailable
 
 # Monk Skin Tone scale MST-1 .. MST-10, Google's published hex values (skintone.google),
@@ -37,7 +37,7 @@ from bench.metrics.faces import detect, frame, mtcnn_unavailable
 MONK_HEX: tuple[str, ...] = ("#f6ede4", "#f3e7db", "#f7ead0", "#eadaba", "#d7bd96", "#a07e56",
                              "#825c43", "#604134", "#3a312a", "#292420")
 GROUPS: tuple[str, ...] = ("light", "medium", "dark")
-MONK_GROUP: tuple[str, ...] = ("light",) * 3 + ("medium",) * 4 + ("dark",) * 3  # world's grouping
+MONK_GROUP: tuple[str, ...] = ("light",) * 3 + ("medium",) * 4 + ("dark",) * 3
 # The cheek band of a face box (fractions of its width/height): below the eyes, above the mouth.
 CHEEKS = (0.15, 0.45, 0.85, 0.72)  # x0, y0, x1, y1
 # The portrait prior for `fallback="center"` (fractions of the image), then its cheek band.
@@ -48,11 +48,6 @@ _RGB_TO_XYZ = np.array([[0.412453, 0.357580, 0.180423],
                         [0.212671, 0.715160, 0.072169],
                         [0.019334, 0.119193, 0.950227]])
 _WHITE_D65 = np.array([0.95047, 1.0, 1.08883])
-
-# Skin-group confusion counts on 600 world renders at 32 px, fallback="center" (rows true
-# light/medium/dark, columns predicted): `python -m bench.world.skin_tone 600 32` (docs/metrics.md).
-WORLD_CONFUSION_COUNTS: tuple[tuple[int, ...], ...] = ((185, 1, 0), (0, 240, 1), (0, 0, 173))
-
 
 def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """uint8 or [0, 1] float sRGB (..., 3) -> CIELAB (..., 3), D65: sRGB decoding, the sRGB
@@ -115,6 +110,15 @@ def skin_lab(pixels: np.ndarray, max_delta_e: float = 12.0, sample: int = 1024) 
     return np.median(lab[mask], axis=0)  # robust to edge pixels blended with eyes or hair
 
 
+def calibration_of(name: str) -> Calibration | None:
+    """The `calibration=` option's registered counts, checked to be in this scorer's group order."""
+    found = calibration("skin_tone", "skin", name)
+    if found is not None and tuple(found.groups) != GROUPS:
+        raise ValueError(f"skin_tone: calibration {name or '(default)'} orders its groups "
+                         f"{list(found.groups)}; the scorer's are {list(GROUPS)}")
+    return found
+
+
 class SkinTone(Scorer):
     name: ClassVar[str] = "skin_tone"
     description: ClassVar[str] = ("ITA and nearest Monk Skin Tone swatch of the face's cheek pixels "
@@ -125,9 +129,12 @@ class SkinTone(Scorer):
 
     def __init__(self, device: str | None = None, min_prob: float | str = 0.9,
                  fallback: str = "none", max_delta_e: float | str = 12.0,
-                 batch_size: int | str = 16) -> None:
+                 batch_size: int | str = 16, calibration: str = "") -> None:
         if fallback not in ("none", "center"):
             raise ValueError(f"skin_tone: fallback={fallback!r}; use none or center")
+        # The measured confusion counts parity is corrected with: a registered calibration
+        # (bench.metrics.base.calibration: "" takes the one registered for skin_tone, "none" none).
+        self.calibration: Calibration | None = calibration_of(calibration)
         self.device = device
         self.min_prob = float(min_prob)
         self.fallback = fallback
@@ -143,12 +150,11 @@ class SkinTone(Scorer):
                 "cheeks": str(CHEEKS), "center_face": str(CENTER_FACE)}
 
     def confusion(self, attribute: str) -> np.ndarray | None:
-        """P(predicted | true) measured on world renders, for the report's parity correction;
-        None for any attribute but "skin" or while no measurement is recorded."""
-        if attribute != "skin" or not WORLD_CONFUSION_COUNTS:
+        """P(predicted | true) of the calibration, for the report's parity correction; None for
+        any attribute but "skin" or without a calibration."""
+        if attribute != "skin" or self.calibration is None:
             return None
-        m = np.asarray(WORLD_CONFUSION_COUNTS, dtype=float)
-        return m / m.sum(axis=1, keepdims=True)
+        return self.calibration.matrix()
 
     def face_box(self, size: tuple[int, int], boxes: np.ndarray) -> np.ndarray | None:
         """The most probable face's box, or the portrait prior (fallback="center"), or None."""

@@ -64,14 +64,16 @@ def test_bad_kind_samples_are_one_line(value, words):
 
 
 def test_default_counts_resolve_only_for_the_models_default_sets():
-    world = planning.resolve_samples(RunSpec(model="world"))
-    assert world.samples_by_kind == planning.DEFAULT_SAMPLES_BY_KIND["world"]
+    from bench.plugins import DEFAULT_RUNS
+
+    world = planning.resolve_defaults(RunSpec(model="world"))
+    assert world.samples_by_kind == DEFAULT_RUNS.get("world").samples_by_kind
     assert dict(world.samples_by_kind)["world-occupations.neutral"] == 24
-    assert planning.resolve_samples(RunSpec(model="world", prompt_sets=("world-hazard",))
+    assert planning.resolve_defaults(RunSpec(model="world", prompt_sets=("world-hazard",))
                                   ).samples_by_kind == ()
-    assert planning.resolve_samples(RunSpec(model="sd15")).samples_by_kind == ()
+    assert planning.resolve_defaults(RunSpec(model="sd15")).samples_by_kind == ()
     mine = RunSpec(model="world", samples_by_kind=(("neutral", 3),))
-    assert planning.resolve_samples(mine) is mine
+    assert planning.resolve_defaults(mine) is mine
 
 
 def test_reproduce_replays_the_recorded_counts(tmp_path):
@@ -79,17 +81,17 @@ def test_reproduce_replays_the_recorded_counts(tmp_path):
     without the key (an older run) replays its uniform grid and a newer one its counts."""
     from bench.manifest import GridRecord, Manifest, ModelRecord, PromptSetRecord
 
-    spec = planning.resolve_samples(RunSpec(model="world"))
+    spec = planning.resolve_defaults(RunSpec(model="world"))
     manifest = Manifest(created="", spec=spec, model=ModelRecord("world", "f", None, "float32"),
                         height=32, width=32, methods={}, skipped_methods={},
                         prompt_sets=tuple(PromptSetRecord(n, "", 1, "") for n in
                                           ("world-occupations", "world-hazard")),
                         grid=GridRecord(0, None), device="cpu", versions={}, git_commit=None)
-    again = planning.resolve_samples(reproduce_spec(manifest, tmp_path, None, {}))
+    again = planning.resolve_defaults(reproduce_spec(manifest, tmp_path, None, {}))
     assert again.samples_by_kind == spec.samples_by_kind
     old = dict(spec.to_dict())
     del old["samples_by_kind"]
-    older = planning.resolve_samples(reproduce_spec(
+    older = planning.resolve_defaults(reproduce_spec(
         dataclasses.replace(manifest, spec=RunSpec.from_dict(old)), tmp_path, None, {}))
     assert older.samples_by_kind == ()
 
@@ -299,7 +301,8 @@ def test_world_build_writes_beside_the_user_unless_told_to_replace_the_shipped_w
     (["generate"], "the image's seed"),
     (["report"], "a run directory (as `bench run` printed it"),
     (["bundle"], "a finished run directory"),
-    (["compare"], "results/world/bundle.zip runs/ci"),
+    (["compare"], "paper-results.zip runs/ci"),
+    (["world"], "bench world build --quick"),
     (["train", "rs-corrector", "--model", "x"], "(default: 2000)"),
 ])
 def test_help_texts(command, words, capsys):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench import simulated
+from bench.world import simulated
 from bench.models import ModelError, load_pipeline, native_size
 from bench.sampler import Batch, sample, to_uint8
 

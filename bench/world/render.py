@@ -54,7 +54,7 @@ def render(labels: Labels, rng: np.random.Generator) -> Image.Image:
 
 
 def canvas(labels: Labels, rng: np.random.Generator) -> Image.Image:
-    """The CANVAS x CANVAS drawing `render` downsamples (bench/simulated.py upsamples it)."""
+    """The CANVAS x CANVAS drawing `render` downsamples (bench/world/simulated.py upsamples it)."""
     img = Image.new("RGB", (CANVAS, CANVAS), _background(rng))
     draw = ImageDraw.Draw(img)
     _background_pattern(draw, rng)

@@ -16,6 +16,8 @@ harness's sampler loop, grid, batches, store, records and tables.
 
     bench run --model simulated-gpu --prompt-set world-occupations --metrics none
     bench run --model simulated-gpu:seconds_per_image=0.1 ...
+
+Registered like the world model (pyproject.toml's `bench.models` entry points).
 """
 from __future__ import annotations
 
