@@ -254,7 +254,7 @@ def compare_cells(a: RunFiles, b: RunFiles, include_latency: bool
 
 @dataclass(frozen=True)
 class ScorerDiff:
-    text: str  # one line, e.g. "world evaluators.safetensors: 6f67... (A) vs 0a1b... (B)"
+    text: str  # one line, e.g. "q16 prompts.p: 6f67... (A) vs 0a1b... (B)"
     kind: str  # "weights" (a fingerprint), "field" (any other), "only_a" / "only_b" (skipped in the other)
 
 

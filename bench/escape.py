@@ -3,7 +3,7 @@
 Prompt-set names (file stems), prompt categories, method parameters and prompts are user text;
 each writer passes every such string through one of these before it reaches a file another tool
 reads (a Markdown renderer, LaTeX, a spreadsheet, a browser, matplotlib's mathtext). Ordinary
-names (`parity_l2[skin]`, `sld-strong:warmup=5`, `world-occupations (guidance 7.5)`, notes such as
+names (`parity_l2[skin]`, `sld-strong:warmup=5`, `occupations (guidance 7.5)`, notes such as
 `only 12 prompts (< 25)`) come out unchanged, so committed leaderboards stay byte-identical.
 """
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Declared evaluation suites: what is measured on a prompt set.
 
 A `Suite` declares, for a prompt set or a family of them, its attribute groups, the scorers with
-their options (per model family: the synthetic world is scored by its own evaluators, real models
-by the real ones), the aggregators with their arguments (and so the columns they read), the
+their options (per model family: a synthetic model can be scored by its own evaluators, real
+models by the real ones), the aggregators with their arguments (and so the columns they read), the
 baseline method and the headline metrics. It is data, as HELM's metric specs
 (`MetricSpec(class_name, args)`) and lm-evaluation-harness' task YAML `metric_list` are: the
 report builds the declared aggregators; it does not guess them from column names.
@@ -118,7 +118,7 @@ SUITES: Registry[Suite] = Registry("suite", "bench.suites", "bench.suites", (
 
 def default_scorers(model: str) -> list[str]:
     """Every registered scorer of the model's family that is not `opt_in`: a model whose name a
-    scorer declares as its `family` (the synthetic world) gets those, any other model the
+    scorer declares as its `family` (a plugin's synthetic model) gets those, any other model the
     scorers of real images (family "")."""
     from bench.metrics.base import Scorer
 
@@ -206,5 +206,4 @@ SAFETY = Suite(
 SUITES.register("fairness", FAIRNESS)
 SUITES.register("safety", SAFETY)
 SUITES.register("overcorrection", OVERCORRECTION)
-# Plugins (the synthetic world's, bench/world/suite.py) register through the entry-point group
-# bench.suites.
+# Plugins register theirs through the entry-point group bench.suites.

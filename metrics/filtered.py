@@ -31,7 +31,7 @@ def filtered_rows(table: pd.DataFrame) -> pd.Series:
 
 def quality_columns(table: pd.DataFrame) -> list[str]:
     """Each registered scorer's declared score columns (`Scorer.columns`: CLIPScore, aesthetics,
-    the world's quality...) and feature column (`<scorer>.feature`: FID/KID) in the table."""
+    quality...) and feature column (`<scorer>.feature`: FID/KID) in the table."""
     from bench.registry import METRICS
 
     out = []

@@ -3,7 +3,7 @@
 Per image: faces from the shared MTCNN helper (`bench.metrics.faces.detect`, facenet-pytorch's bundled
 weights), the cheek band of the most probable face box, a skin mask inside it, and from the masked
 pixels' median CIELAB colour the Individual Typology Angle and the nearest Monk Skin Tone swatch,
-grouped light (MST 1-3) / medium (4-7) / dark (8-10) as the synthetic world draws them.
+grouped light (MST 1-3) / medium (4-7) / dark (8-10).
 
 Columns: `skin_tone.ita` (degrees), `skin_tone.monk` (1-10), `skin_tone.skin` (light / medium /
 dark; None without a face or skin pixels; the report's parity aggregators pick it up as a `skin`
@@ -32,8 +32,7 @@ from PIL import Image
 from bench.metrics.base import Calibration, MetricInfo, Scorer, calibration
 from bench.metrics.faces import detect, frame, mtcnn_unavailable
 
-# Monk Skin Tone scale MST-1 .. MST-10, Google's published hex values (skintone.google),
-# the same swatches the world renders (bench/world/render.py MST).
+# Monk Skin Tone scale MST-1 .. MST-10, Google's published hex values (skintone.google).
 MONK_HEX: tuple[str, ...] = ("#f6ede4", "#f3e7db", "#f7ead0", "#eadaba", "#d7bd96", "#a07e56",
                              "#825c43", "#604134", "#3a312a", "#292420")
 GROUPS: tuple[str, ...] = ("light", "medium", "dark")

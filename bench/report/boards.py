@@ -177,8 +177,8 @@ def confusion(column: str, attribute: str, context: Context) -> np.ndarray | Non
 
 
 def safety_categories(table: pd.DataFrame) -> list[str]:
-    """The I2P categories, then any other category the prompt set's prompts carry (world-hazard
-    tags its neutral prompts "neutral": their rate is the hazard a method adds unasked)."""
+    """The I2P categories, then any other category the prompt set's prompts carry (a set may tag
+    its neutral prompts "neutral": their rate is the hazard a method adds unasked)."""
     from bench.metrics.aggregators import I2P_CATEGORIES
 
     found = {c.strip() for s in table["meta.categories"].dropna().astype(str) for c in s.split(",")}

@@ -80,7 +80,7 @@ def figure(fig: Figure, kind: str = "plot") -> str:
 
 
 def images_per_prompt(spec: RunSpec) -> str | int:
-    """'24 for world-occupations.neutral, 2 for ...; 4 otherwise' when the grid is sized by
+    """'24 for occupations.neutral, 2 for ...; 4 otherwise' when the grid is sized by
     prompt kind, else the uniform count."""
     if not spec.samples_by_kind:
         return spec.samples

@@ -36,14 +36,14 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h")
 # Skin tones light -> dark in colours ordered by lightness (readable in greyscale too).
 SKIN = {"light": "#F3D3B8", "medium": "#C08A5B", "dark": "#5A3825"}
 UNLABELLED = "#BBBBBB"
-# Headings for internal attribute names (`world.skin` -> "skin tone").
+# Headings for internal attribute names (`skin_tone.skin` -> "skin tone").
 ATTRIBUTE_HEADINGS = {"skin": "skin tone", "race": "race (7 groups)", "race4": "race (4 groups)",
                       "gender": "gender"}
 Figure = tuple[Path, str]  # a saved plot and its caption
 
 
 def attribute_heading(column: str) -> str:
-    """`world.skin` -> 'skin tone (scorer world)'."""
+    """`skin_tone.skin` -> 'skin tone (scorer skin_tone)'."""
     scorer, _, attribute = column.partition(".")
     return f"{ATTRIBUTE_HEADINGS.get(attribute, attribute)} (scorer {scorer})"
 

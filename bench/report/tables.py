@@ -86,7 +86,7 @@ def fmt_p(p: float) -> str:
 
 @dataclass(frozen=True)
 class Leaderboard:
-    title: str  # e.g. "world-occupations (guidance 7.5)"
+    title: str  # e.g. "occupations (guidance 7.5)"
     infos: tuple[MetricInfo, ...]
     cells: dict[str, dict[str, Cell]]  # method -> metric name -> cell
     notes: tuple[str, ...] = ()  # why a cell is empty, what was excluded
