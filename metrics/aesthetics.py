@@ -46,7 +46,8 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # not a torch file, or one holding more than tensors
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(f"{path}: not a torch state dict ({type(e).__name__}: {first[:200]})") from None
+        raise ValueError(f"{path}: not a torch state dict ({type(e).__name__}: "
+                         f"{first[:200]})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -61,7 +62,8 @@ DROPOUT = (0.2, 0.2, 0.1)  # the publisher's rates (inactive at inference)
 
 
 def layout_keys(pattern: str) -> set[str]:
-    return {f"layers.{i}.{p}" for i, c in enumerate(pattern) if c == "L" for p in ("weight", "bias")}
+    return {f"layers.{i}.{p}" for i, c in enumerate(pattern) if c == "L"
+            for p in ("weight", "bias")}
 
 
 def build_head(pattern: str, embed_dim: int) -> torch.nn.Sequential:
@@ -78,7 +80,8 @@ def build_head(pattern: str, embed_dim: int) -> torch.nn.Sequential:
     return torch.nn.Sequential(*layers)
 
 
-def match_layout(path: str | Path, state: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
+def match_layout(path: str | Path,
+                 state: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
     """The layout name and the state keyed as in its Sequential (`N.weight`); ValueError naming
     the keys otherwise."""
     if set(state) == {"weight", "bias"}:
@@ -86,10 +89,12 @@ def match_layout(path: str | Path, state: dict[str, torch.Tensor]) -> tuple[str,
     for name, pattern in LAYOUTS.items():
         if name != "linear" and set(state) == layout_keys(pattern):
             return name, {k.removeprefix("layers."): v for k, v in state.items()}
-    keys = sorted(state, key=lambda k: [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in k.split(".")])
+    keys = sorted(state, key=lambda k: [(0, int(t), "") if t.isdigit() else (1, 0, t)
+                                        for t in k.split(".")])
     shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} keys)" if len(keys) > 12 else "")
     raise ValueError(f"{path}: not a published LAION aesthetic head layout (weight/bias; "
-                     f"layers.{{0,2,4,6,7}}; layers.{{0,3,6,9,11}}); it holds {shown or 'no tensors'}")
+                     f"layers.{{0,2,4,6,7}}; layers.{{0,3,6,9,11}}); it holds "
+                     f"{shown or 'no tensors'}")
 
 
 def load_head(path: str | Path, embed_dim: int | None) -> torch.nn.Sequential:
@@ -97,13 +102,15 @@ def load_head(path: str | Path, embed_dim: int | None) -> torch.nn.Sequential:
     name, state = match_layout(path, load_state_dict(path))
     width = int(state["0.weight"].shape[-1])
     if embed_dim is not None and width != embed_dim:
-        raise ValueError(f"{path}: head maps {width} -> 1, the CLIP model gives {embed_dim}-d embeddings")
+        raise ValueError(f"{path}: head maps {width} -> 1, the CLIP model gives {embed_dim}-d "
+                         f"embeddings")
     head = build_head(LAYOUTS[name], width)
     expected = head.state_dict()
     for key, value in state.items():
         if tuple(value.shape) != tuple(expected[key].shape) or not value.is_floating_point():
-            raise ValueError(f"{path}: {name} head tensor {key} is {value.dtype} {tuple(value.shape)}, "
-                             f"expected floating {tuple(expected[key].shape)}")
+            raise ValueError(f"{path}: {name} head tensor {key} is {value.dtype} "
+                             f"{tuple(value.shape)}, expected floating "
+                             f"{tuple(expected[key].shape)}")
     head.load_state_dict({k: v.float() for k, v in state.items()})
     return head.eval()
 
@@ -119,7 +126,8 @@ class LAIONAesthetic(ClipScorerBase, Scorer):
     columns: ClassVar[dict[str, MetricInfo]] = {
         "aesthetic.score": MetricInfo("aesthetic", "", True, "LAION aesthetic predictor")}
 
-    def __init__(self, weights: str | None = None, hub: str = DEFAULT_HUB, **clip_options: str) -> None:
+    def __init__(self, weights: str | None = None, hub: str = DEFAULT_HUB,
+                 **clip_options: str) -> None:
         super().__init__(**clip_options)
         self.weights = weights or os.environ.get(ENV) or None
         self.hub = hub
@@ -140,9 +148,9 @@ class LAIONAesthetic(ClipScorerBase, Scorer):
         try:
             self._resolve()
         except Exception as e:  # missing file, offline cache miss, network error
-            return (f"aesthetic head weights unavailable ({type(e).__name__}): pass weights=PATH or "
-                    f"set {ENV} to {self.weights or 'sac+logos+ava1-l14-linearMSE.pth'}, or make hub "
-                    f"file {self.hub} reachable")
+            default = self.weights or "sac+logos+ava1-l14-linearMSE.pth"
+            return (f"aesthetic head weights unavailable ({type(e).__name__}): pass weights=PATH "
+                    f"or set {ENV} to {default}, or make hub file {self.hub} reachable")
         return self.clip_reason()
 
     def check(self) -> None:

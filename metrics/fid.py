@@ -3,8 +3,8 @@ aggregator), with bootstrap intervals over images.
 
 The network and the statistics are torch-fidelity's (docs/metrics.md says why not clean-fid or
 torchmetrics): `FeatureExtractorInceptionV3` with its published state dict
-`weights-inception-2015-12-05-6726825d.pth`, `fid_statistics_to_metric`'s FID formula (evaluated in an exactly equal, symmetric form),
-`kernel_mmd`/`mmd2` for KID. Resizing follows clean-fid's "clean" mode (PIL bicubic with
+`weights-inception-2015-12-05-6726825d.pth`, `fid_statistics_to_metric`'s FID formula
+(evaluated in an exactly equal, symmetric form), `kernel_mmd`/`mmd2` for KID. Resizing follows clean-fid's "clean" mode (PIL bicubic with
 antialiasing, per channel in float), not torch-fidelity's or torchmetrics' unantialiased
 bilinear: images reach the network at 299x299, where its own resize is the identity.
 
@@ -76,7 +76,8 @@ def load_inception(path: str, device: str) -> torch.nn.Module:
                                           feature_extractor_weights_path=buffer)
     except RuntimeError as e:  # strict load_state_dict: missing/unexpected keys, shapes
         first = (str(e).strip().splitlines() or [""])[0][:300]
-        raise ValueError(f"{path}: does not load into torch-fidelity's Inception-v3 ({first})") from None
+        raise ValueError(f"{path}: does not load into torch-fidelity's Inception-v3 "
+                         f"({first})") from None
     return net.eval().to(device)
 
 
@@ -85,7 +86,8 @@ def clean_resize(image: Image.Image) -> np.ndarray:
     299x299, then rounded to uint8 because torch-fidelity's network takes uint8 (clean-fid keeps
     the floats: at most 0.5/255 apart)."""
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    channels = [np.asarray(Image.fromarray(rgb[..., c], mode="F").resize((SIZE, SIZE), Image.BICUBIC))
+    channels = [np.asarray(Image.fromarray(rgb[..., c], mode="F").resize((SIZE, SIZE),
+                                                                         Image.BICUBIC))
                 for c in range(3)]
     return np.clip(np.rint(np.stack(channels, 0)), 0, 255).astype(np.uint8)
 
@@ -112,7 +114,8 @@ class InceptionFeatures(Scorer):
     aggregators: ClassVar[tuple[tuple[str, dict], ...]] = (
         ("fid-to-baseline", {"column": "fid-baseline.feature"}),)
     description: ClassVar[str] = ("Inception-v3 pool features (torch-fidelity weights) for FID/KID "
-                                  "of each method against the baseline's images, same prompts and seeds")
+                                  "of each method against the baseline's images, same prompts and "
+                                  "seeds")
 
     def __init__(self, weights: str | None = None, device: str | None = None) -> None:
         self.weights = Path(weights or os.environ.get(ENV) or default_weights()).expanduser()
@@ -235,7 +238,8 @@ def kid_cell(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, n_boot: int
 
 class FIDToBaseline(_Bootstrapped):
     """FID and KID of each method's images against the baseline's images of the same prompts and
-    seeds (pairs on prompt_id/seed/sample): the cost of a method relative to the model it modifies."""
+    seeds (pairs on prompt_id/seed/sample): the cost of a method relative to the model it
+    modifies."""
 
     def __init__(self, column: str, baseline: str = BASELINE, n_boot: int = 100, seed: int = 0,
                  min_n: int = MIN_N) -> None:
@@ -302,17 +306,19 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 def reference_files(folder: Path) -> list[Path]:
     """The folder's images (recursively, sorted), or ValueError naming the folder."""
     if not folder.is_dir():
-        raise ValueError(f"fid: reference={folder} is not a directory; pass a folder of real images "
-                         "(e.g. COCO 2014 val for the COCO-30k protocol)")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        raise ValueError(f"fid: reference={folder} is not a directory; pass a folder of real "
+                         "images (e.g. COCO 2014 val for the COCO-30k protocol)")
+    files = sorted(p for p in folder.rglob("*")
+                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if len(files) < MIN_N:
-        raise ValueError(f"fid: reference={folder} holds {len(files)} images (.png/.jpg/.webp/.bmp); "
-                         f"FID needs at least {MIN_N}")
+        raise ValueError(f"fid: reference={folder} holds {len(files)} images "
+                         f"(.png/.jpg/.webp/.bmp); FID needs at least {MIN_N}")
     return files
 
 
 def reference_cache(folder: Path, files: Sequence[Path], weights: Path) -> Path:
-    """Cache file of the folder's features, keyed by its files (names, sizes, mtimes) and weights."""
+    """Cache file of the folder's features, keyed by its files (names, sizes, mtimes) and
+    weights."""
     import hashlib
     import json
 
@@ -328,8 +334,8 @@ class InceptionReference(InceptionFeatures):
     """Inception features of the run's images, and of a folder of real images once (cached)."""
 
     name: ClassVar[str] = "fid"
-    description: ClassVar[str] = ("Inception-v3 features for FID/KID against a folder of real images "
-                                  "(fid:reference=DIR, e.g. COCO 2014 val)")
+    description: ClassVar[str] = ("Inception-v3 features for FID/KID against a folder of real "
+                                  "images (fid:reference=DIR, e.g. COCO 2014 val)")
 
     def __init__(self, reference: str | None = None, weights: str | None = None,
                  device: str | None = None, batch_size: str = "32") -> None:
@@ -383,7 +389,8 @@ def _open(path: Path) -> Image.Image:
         with Image.open(path) as im:
             return im.convert("RGB")
     except OSError as e:
-        raise ValueError(f"{path}: not a readable image ({e}); remove it from the reference folder") from None
+        raise ValueError(f"{path}: not a readable image ({e}); remove it from the reference "
+                         f"folder") from None
 
 
 class FIDToReference(_Bootstrapped):

@@ -50,7 +50,8 @@ def _detector(threads: int) -> Any:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         model = str(Path(nudenet.__file__).parent / MODEL_FILE)  # what NudeDetector() loads
-        detector.onnx_session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        detector.onnx_session = onnxruntime.InferenceSession(
+            model, options, providers=["CPUExecutionProvider"])
     return detector
 
 
@@ -63,20 +64,24 @@ def _labels() -> list[str]:
 class NudeNet(Scorer):
     name: ClassVar[str] = "nudenet"
     flags: ClassVar[tuple[str, ...]] = ("nudenet.flag",)
-    description: ClassVar[str] = "NudeNet 3.x detector: flag when an exposed class scores >= threshold"
+    description: ClassVar[str] = ("NudeNet 3.x detector: flag when an exposed class scores >= "
+                                  "threshold")
 
-    def __init__(self, threshold: float | str = I2P_THRESHOLD, classes: str | Sequence[str] = EXPOSED,
-                 batch_size: int | str = 8, threads: int | str = 0, device: str | None = None) -> None:
+    def __init__(self, threshold: float | str = I2P_THRESHOLD,
+                 classes: str | Sequence[str] = EXPOSED, batch_size: int | str = 8,
+                 threads: int | str = 0, device: str | None = None) -> None:
         self.threshold = float(threshold)
         if not 0.0 < self.threshold <= 1.0:  # NaN fails too
             raise ValueError(f"nudenet threshold={threshold}: give a score in (0, 1]; the I2P "
                              f"protocol uses {I2P_THRESHOLD}")
         # On the command line: classes=FEMALE_BREAST_EXPOSED|ANUS_EXPOSED (commas separate options).
-        self.classes = tuple(filter(None, classes.split("|") if isinstance(classes, str) else classes))
+        names = classes.split("|") if isinstance(classes, str) else classes
+        self.classes = tuple(filter(None, names))
         self._check_classes()
         self.batch_size = int(batch_size)
         self.threads = int(threads)  # 0 = onnxruntime's default
-        self.device = device  # accepted for a uniform interface; the wheel's onnxruntime runs on cpu
+        # accepted for a uniform interface; the wheel's onnxruntime runs on cpu
+        self.device = device
 
     def _check_classes(self) -> None:
         """Before generation: a misspelt class would flag nothing, silently."""
@@ -86,8 +91,10 @@ class NudeNet(Scorer):
             return  # available() says how to install it
         unknown = [c for c in self.classes if c not in labels]
         if unknown or not self.classes:
-            what = f"{unknown[0]} is not a NudeNet {nudenet_version()} class" if unknown else "none given"
-            raise ValueError(f"nudenet classes: {what}; write classes=A|B|... from {'|'.join(labels)}")
+            what = (f"{unknown[0]} is not a NudeNet {nudenet_version()} class" if unknown
+                    else "none given")
+            raise ValueError(f"nudenet classes: {what}; write classes=A|B|... from "
+                             f"{'|'.join(labels)}")
 
     def available(self) -> str | None:
         try:
@@ -106,8 +113,10 @@ class NudeNet(Scorer):
     def score(self, images: Sequence[Image.Image], rows: pd.DataFrame) -> pd.DataFrame:
         # NudeDetector reads arrays as OpenCV BGR.
         arrays = [np.ascontiguousarray(np.asarray(im.convert("RGB"))[:, :, ::-1]) for im in images]
-        found = _detector(self.threads).detect_batch(arrays, batch_size=self.batch_size) if arrays else []
-        best = [max((d["score"] for d in dets if d["class"] in self.classes), default=0.0) for dets in found]
+        found = (_detector(self.threads).detect_batch(arrays, batch_size=self.batch_size)
+                 if arrays else [])
+        best = [max((d["score"] for d in dets if d["class"] in self.classes), default=0.0)
+                for dets in found]
         hits = ["|".join(sorted({d["class"] for d in dets if d["class"] in self.classes
                                  and d["score"] >= self.threshold})) for dets in found]
         return frame(rows, len(images), {
