@@ -1,7 +1,8 @@
 """Built-in scorers and aggregators, registered lazily by name."""
 from bench.registry import METRICS  # noqa: F401
 
-# Per-image scorers (metrics/faces.py, attributes.py, clip_score.py, aesthetics.py, q16.py, nudenet.py).
+# Per-image scorers (metrics/faces.py, attributes.py, clip_score.py, aesthetics.py, q16.py,
+# nudenet.py).
 METRICS.register("mtcnn", "bench.metrics.faces:MTCNNFaces")
 METRICS.register("insightface", "bench.metrics.faces:InsightFaceFaces")
 METRICS.register("fairface", "bench.metrics.attributes:FairFace")

@@ -9,7 +9,8 @@ Backends:
   `ROOT/models/buffalo_l` (ROOT defaults to `~/.insightface`). The same pass also yields
   insightface's gender/age, used by `bench.metrics.attributes.InsightFaceGenderAge`.
 * dlib (FairFace's own preprocessing, `fairface_chips`): the publisher's `predict.py` steps, dlib's
-  CNN face detector (MMOD), 5-point landmarks and aligned chips; used by `bench.metrics.attributes.FairFace`.
+  CNN face detector (MMOD), 5-point landmarks and aligned chips; used by
+  `bench.metrics.attributes.FairFace`.
 
 Detections are cached per process, keyed by image content, so a detector scorer and the attribute
 classifiers that need face crops detect each image once.
@@ -138,7 +139,8 @@ def _insightface_raw(images: Sequence[Image.Image], root: str, device: str) -> l
     app = _insightface_app(root, device)
     out = []
     for im in images:
-        bgr = np.ascontiguousarray(np.asarray(im.convert("RGB"))[:, :, ::-1])  # insightface wants BGR
+        # insightface wants BGR
+        bgr = np.ascontiguousarray(np.asarray(im.convert("RGB"))[:, :, ::-1])
         found = sorted(app.get(bgr), key=lambda f: -float(f.det_score))
         out.append(Faces(
             np.array([f.bbox for f in found], float).reshape(-1, 4),
@@ -150,7 +152,8 @@ def _insightface_raw(images: Sequence[Image.Image], root: str, device: str) -> l
 
 
 def detect(images: Sequence[Image.Image], backend: str = "mtcnn", *, device: str | None = None,
-           min_prob: float = 0.9, batch_size: int = 16, root: str = "~/.insightface") -> list[Faces]:
+           min_prob: float = 0.9, batch_size: int = 16,
+           root: str = "~/.insightface") -> list[Faces]:
     """Faces per image (prob >= min_prob), detecting only images not seen before."""
     device = resolve_device(device)
     tag = backend if backend == "mtcnn" else f"{backend}:{Path(root).expanduser()}"
@@ -298,7 +301,7 @@ def _insightface_app(root: str, device: str) -> Any:
     from insightface.app import FaceAnalysis
 
     cuda = device.startswith("cuda")
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+    providers = (["CUDAExecutionProvider"] if cuda else []) + ["CPUExecutionProvider"]
     # Pass the directory itself: insightface then loads it and never tries to download.
     app = FaceAnalysis(name=str(buffalo_dir(root)), allowed_modules=["detection", "genderage"],
                        providers=providers)

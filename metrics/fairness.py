@@ -33,7 +33,8 @@ def requested_hits(df: pd.DataFrame, label_column: str) -> np.ndarray:
 
 
 def group_specified(df: pd.DataFrame, attribute: str) -> pd.DataFrame:
-    """Rows of prompts that fix `attribute` (by fact or by request): meta.attribute and meta.group."""
+    """Rows of prompts that fix `attribute` (by fact or by request): meta.attribute and
+    meta.group."""
     return df[df["meta.attribute"].eq(attribute) & df["meta.group"].notna()]
 
 
@@ -43,7 +44,8 @@ def _fixes(table: pd.DataFrame, attribute: str) -> bool:
 
 
 class IntersectionalParity(Parity):
-    """Parity over the joint groups of two label columns, e.g. race x gender -> `parity_l2[race*gender]`.
+    """Parity over the joint groups of two label columns, e.g. race x gender ->
+    `parity_l2[race*gender]`.
 
     Neutral prompts only, as Parity; an image counts when both labels exist (`no_face_rate`
     is then the share without both). Groups are named 'White/male', ... (`stats.joint_groups`).

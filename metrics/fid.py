@@ -4,9 +4,10 @@ aggregator), with bootstrap intervals over images.
 The network and the statistics are torch-fidelity's (docs/metrics.md says why not clean-fid or
 torchmetrics): `FeatureExtractorInceptionV3` with its published state dict
 `weights-inception-2015-12-05-6726825d.pth`, `fid_statistics_to_metric`'s FID formula
-(evaluated in an exactly equal, symmetric form), `kernel_mmd`/`mmd2` for KID. Resizing follows clean-fid's "clean" mode (PIL bicubic with
-antialiasing, per channel in float), not torch-fidelity's or torchmetrics' unantialiased
-bilinear: images reach the network at 299x299, where its own resize is the identity.
+(evaluated in an exactly equal, symmetric form), `kernel_mmd`/`mmd2` for KID. Resizing follows
+clean-fid's "clean" mode (PIL bicubic with antialiasing, per channel in float), not
+torch-fidelity's or torchmetrics' unantialiased bilinear: images reach the network at 299x299,
+where its own resize is the identity.
 
 Features are stored per image as 2048 float32 (8 KiB) in a binary column of scores.parquet,
 `<scorer>.feature`, so `bench report` recomputes the distances without rescoring.

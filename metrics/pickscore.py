@@ -8,9 +8,9 @@ tokens) are L2-normalised and
     pickscore = logit_scale.exp() * cos(image, prompt)
 
 (the checkpoint's logit scale, about 100, so scores are about 20-23 on real images). The image
-processor is run with its PIL backend (`CLIPImageProcessorPil`: shortest side to 224, bicubic, centre
-crop, OpenAI mean/std): the slow processor the model card's transformers used; transformers 5's
-default torchvision backend resizes slightly differently.
+processor is run with its PIL backend (`CLIPImageProcessorPil`: shortest side to 224, bicubic,
+centre crop, OpenAI mean/std): the slow processor the model card's transformers used;
+transformers 5's default torchvision backend resizes slightly differently.
 
 The files come from the HF cache (or `model=DIR`, `processor=DIR`); nothing is downloaded: when
 absent, the scorer is skipped with the `hf download` command. Weights load through transformers with
@@ -28,7 +28,8 @@ from PIL import Image
 
 from bench.metrics.base import MetricInfo, Scorer, file_sha256
 from bench.metrics.faces import frame, resolve_device
-from bench.metrics.preference import cached_file, check_scores, check_tensors, prompts_of, tensor_specs
+from bench.metrics.preference import (cached_file, check_scores, check_tensors, prompts_of,
+                                      tensor_specs)
 
 DEFAULT_MODEL = "yuvalkirstain/PickScore_v1"
 DEFAULT_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -60,7 +61,8 @@ def features(out: Any) -> torch.Tensor:
 
 class PickScore(Scorer):
     name: ClassVar[str] = "pickscore"
-    description: ClassVar[str] = "PickScore v1: logit_scale.exp() * cos(image, prompt), fine-tuned CLIP ViT-H/14"
+    description: ClassVar[str] = ("PickScore v1: logit_scale.exp() * cos(image, prompt), "
+                                  "fine-tuned CLIP ViT-H/14")
     columns: ClassVar[dict[str, MetricInfo]] = {
         "pickscore.score": MetricInfo("pickscore", "", True,
                                       "PickScore v1: logit_scale.exp() * cos(image, prompt)")}
@@ -81,8 +83,8 @@ class PickScore(Scorer):
         if not missing:
             return None
         return (f"PickScore files not in the HF cache ({', '.join(missing)}): run `hf download "
-                f"{DEFAULT_MODEL}` and `hf download {DEFAULT_PROCESSOR} --include '*.json' --include '*.txt'`, "
-                f"or pass pickscore:model=DIR,processor=DIR")
+                f"{DEFAULT_MODEL}` and `hf download {DEFAULT_PROCESSOR} --include '*.json' "
+                f"--include '*.txt'`, or pass pickscore:model=DIR,processor=DIR")
 
     def check(self) -> None:
         """Before generation: a present weight file has the config's CLIPModel keys and shapes."""
@@ -94,7 +96,8 @@ class PickScore(Scorer):
         with torch.device("meta"):
             expected = CLIPModel(CLIPConfig.from_json_file(str(config))).state_dict()
         check_tensors(path, tensor_specs(path), expected, "a PickScore CLIPModel (config.json)",
-                      ignored=("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids"))
+                      ignored=("text_model.embeddings.position_ids",
+                               "vision_model.embeddings.position_ids"))
 
     def manifest(self) -> dict[str, str]:
         path = weights_file(self.model)
@@ -103,17 +106,20 @@ class PickScore(Scorer):
 
     def score(self, images: Sequence[Image.Image], rows: pd.DataFrame) -> pd.DataFrame:
         prompts = prompts_of(rows, self.name)
-        net, processor, tokenizer = load_pickscore(self.model, self.processor, resolve_device(self.device))
+        net, processor, tokenizer = load_pickscore(self.model, self.processor,
+                                                   resolve_device(self.device))
         device = net.device
         out = []
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
                 batch = [im.convert("RGB") for im in images[start:start + self.batch_size]]
                 pixels = processor(images=batch, return_tensors="pt")["pixel_values"].to(device)
-                text = tokenizer(prompts[start:start + self.batch_size], padding=True, truncation=True,
-                                 max_length=77, return_tensors="pt").to(device)
-                image_emb = torch.nn.functional.normalize(features(net.get_image_features(pixel_values=pixels)), dim=-1)
-                text_emb = torch.nn.functional.normalize(features(net.get_text_features(**text)), dim=-1)
+                text = tokenizer(prompts[start:start + self.batch_size], padding=True,
+                                 truncation=True, max_length=77, return_tensors="pt").to(device)
+                image_emb = features(net.get_image_features(pixel_values=pixels))
+                image_emb = torch.nn.functional.normalize(image_emb, dim=-1)
+                text_emb = torch.nn.functional.normalize(features(net.get_text_features(**text)),
+                                                         dim=-1)
                 out.append(net.logit_scale.exp() * (image_emb * text_emb).sum(-1))
         scores = torch.cat(out) if out else torch.zeros(0)
         return frame(rows, len(images), {f"{self.name}.score": check_scores(self.name, scores)})

@@ -22,7 +22,8 @@ def cached_file(repo: str, filename: str) -> Path | None:
         path = local / filename
         return path if path.is_file() else None
     if repo.count("/") > 1 or repo.startswith((".", "/", "~")):
-        return None  # neither a directory nor a hub id ("org/name", or a legacy "bert-base-uncased")
+        # neither a directory nor a hub id ("org/name", or a legacy "bert-base-uncased")
+        return None
     from huggingface_hub import try_to_load_from_cache
 
     try:
@@ -76,13 +77,15 @@ def tensor_specs(path: str | Path, key: str | None = None) -> dict[str, Spec]:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            return {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype().startswith(("F", "BF")))
+            return {k: (tuple(f.get_slice(k).get_shape()),
+                        f.get_slice(k).get_dtype().startswith(("F", "BF")))
                     for k in f.keys()}
     return {k: (tuple(v.shape), v.is_floating_point()) for k, v in read_tensors(path, key).items()}
 
 
-def check_tensors(path: str | Path, state: Mapping[str, Spec], expected: Mapping[str, torch.Tensor],
-                  what: str, ignored: tuple[str, ...] = (), label: Callable[[str], str] = str) -> None:
+def check_tensors(path: str | Path, state: Mapping[str, Spec],
+                  expected: Mapping[str, torch.Tensor], what: str, ignored: tuple[str, ...] = (),
+                  label: Callable[[str], str] = str) -> None:
     """ValueError (one line) unless `state` (tensor_specs) has exactly the keys of `expected` (plus
     keys starting with an `ignored` prefix), each floating with the expected shape. `label` gives
     a key's name in the file, for the message, when the keys were renamed."""

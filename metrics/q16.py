@@ -58,7 +58,8 @@ class _NumpyArrayUnpickler(pickle.Unpickler):
         return found
 
     def persistent_load(self, pid: object) -> object:
-        raise pickle.UnpicklingError("holds a persistent reference; only a pickled numpy array is read")
+        raise pickle.UnpicklingError("holds a persistent reference; only a pickled numpy array "
+                                     "is read")
 
 
 def load_pickled_array(path: Path) -> np.ndarray:
@@ -69,7 +70,8 @@ def load_pickled_array(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: not a pickled numpy array ({e})") from None
     if not isinstance(array, np.ndarray) or array.dtype.kind != "f":
         what = array.dtype if isinstance(array, np.ndarray) else type(array).__name__
-        raise ValueError(f"{path}: expected a pickled float array of Q16 prompt embeddings, got {what}")
+        raise ValueError(f"{path}: expected a pickled float array of Q16 prompt embeddings, "
+                         f"got {what}")
     return array
 
 
@@ -84,7 +86,8 @@ def load_prompts(path: str | Path) -> torch.Tensor:
         raise ValueError(text if text.startswith(str(path)) else f"{path}: {text}") from None
     if array is None or array.ndim != 2 or array.shape[0] != 2:
         shape = None if array is None else tuple(array.shape)
-        raise ValueError(f"{path}: expected one 2 x dim array of Q16 prompt embeddings, got {shape}")
+        raise ValueError(f"{path}: expected one 2 x dim array of Q16 prompt embeddings, "
+                         f"got {shape}")
     return array.float()
 
 
@@ -101,7 +104,8 @@ def _read_array(path: Path) -> torch.Tensor | None:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # not a torch file, or one holding more than tensors
-        raise ValueError(f"not a torch tensor file ({type(e).__name__}: {str(e).strip()[:200]})") from None
+        raise ValueError(f"not a torch tensor file ({type(e).__name__}: "
+                         f"{str(e).strip()[:200]})") from None
     values = list(obj.values()) if isinstance(obj, dict) else [obj]
     return values[0] if len(values) == 1 and isinstance(values[0], torch.Tensor) else None
 
@@ -115,7 +119,8 @@ def check_width(path: str, prompts: torch.Tensor, model: str, dim: int | None) -
 class Q16(ClipScorerBase, Scorer):
     name: ClassVar[str] = "q16"
     flags: ClassVar[tuple[str, ...]] = ("q16.flag",)
-    description: ClassVar[str] = "Q16 inappropriate-content classifier (CLIP ViT-L/14 + learned prompts)"
+    description: ClassVar[str] = ("Q16 inappropriate-content classifier (CLIP ViT-L/14 + learned "
+                                  "prompts)")
 
     def __init__(self, weights: str | None = None, **clip_options: str) -> None:
         super().__init__(**clip_options)
@@ -123,13 +128,15 @@ class Q16(ClipScorerBase, Scorer):
 
     def available(self) -> str | None:
         if not self.weights:
-            return f"Q16 prompts not set: pass q16:weights=PATH or set {ENV} to a 2x768 array from {SOURCE}"
+            return (f"Q16 prompts not set: pass q16:weights=PATH or set {ENV} to a 2x768 array "
+                    f"from {SOURCE}")
         if not Path(self.weights).expanduser().is_file():
             return f"Q16 prompts file not found: {self.weights}; get it from {SOURCE}"
         return self.clip_reason()
 
     def manifest(self) -> dict[str, str]:
-        return {**self.clip_manifest(), "q16_prompts": str(self.weights), "logit_scale": str(LOGIT_SCALE),
+        return {**self.clip_manifest(), "q16_prompts": str(self.weights),
+                "logit_scale": str(LOGIT_SCALE),
                 "q16_prompts_sha256": file_sha256(Path(self.weights).expanduser())[:16]}
 
     def check(self) -> None:

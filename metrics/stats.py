@@ -164,7 +164,8 @@ def correct_proportions(q: np.ndarray, confusion: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------ padded layout
 
 
-def pad_by_prompt(prompt_keys: Sequence[object], values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pad_by_prompt(prompt_keys: Sequence[object],
+                  values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pack per-image `values` (N, *rest) by prompt into (P, n_max, *rest) plus mask (P, n_max).
 
     Prompts keep their first-appearance order; images keep their order within a prompt.
@@ -366,11 +367,13 @@ def paired_comparison(values: np.ndarray, mask: np.ndarray, prompt_stat: Statist
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
-    """Holm step-down adjusted p-values: sorted ascending, adj_(i) = max_{j<=i} min(1, (m-j+1) p_(j)).
+    """Holm step-down adjusted p-values: sorted ascending,
+    adj_(i) = max_{j<=i} min(1, (m-j+1) p_(j)).
 
     NaN p-values are left out (m counts finite ones) and stay NaN.
     """
-    return _adjust(p_values, lambda p, m: np.maximum.accumulate(np.minimum(1, (m - np.arange(m)) * p)))
+    return _adjust(p_values,
+                   lambda p, m: np.maximum.accumulate(np.minimum(1, (m - np.arange(m)) * p)))
 
 
 def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
