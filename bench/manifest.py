@@ -102,6 +102,9 @@ class Manifest:
     method_warnings: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     git_dirty: bool | None = None
     reproduces: Reproduction | None = None
+    # torch's intra-op threads: on the CPU they split the kernels' sums, so images and scores
+    # depend on them in their last bits (results/world/README.md); None: not recorded
+    threads: int | None = None
     version: int = VERSION
     extras: Mapping[str, Any] = field(default_factory=dict)  # keys this bench does not know
     absent: frozenset[str] = frozenset()  # optional keys the file did not hold
@@ -125,6 +128,7 @@ class Manifest:
                                   "deviations": list(self.protocol.deviations)}),
             "method_warnings": lambda: {m: list(w) for m, w in self.method_warnings.items()},
             "git_dirty": lambda: self.git_dirty,
+            "threads": lambda: self.threads,
         }
         model = {"name": self.model.name, "fingerprint": self.model.fingerprint}
         model.update({k: v for k, v in (("scheduler", self.model.scheduler),
@@ -146,6 +150,7 @@ class Manifest:
             "prompt_sets": [dataclasses.asdict(s) for s in self.prompt_sets],
             "grid": grid,
             "device": self.device,
+            "threads": None,
             "versions": dict(self.versions),
             "git_commit": self.git_commit,
             "git_dirty": None,
@@ -185,7 +190,7 @@ class Manifest:
         return _Reader(data, where, fix).manifest()
 
 
-OPTIONAL_KEYS = ("png", "protocol", "method_warnings", "git_dirty")
+OPTIONAL_KEYS = ("png", "protocol", "method_warnings", "git_dirty", "threads")
 KNOWN_KEYS = ("bench_manifest", "created", "spec", "model", "size", "methods", "skipped_methods",
               "prompt_sets", "grid", "device", "versions", "git_commit", "reproduces",
               *OPTIONAL_KEYS)
@@ -269,6 +274,7 @@ class _Reader:
                               enumerate(self.get(d, "prompt_sets", list, "prompt_sets"))),
             grid=self.grid(self.get(d, "grid", dict, "grid")),
             device=self.get(d, "device", str, "device"),
+            threads=self.get(d, "threads", int, "threads", optional=True),
             versions=self.mapping(d, "versions", "versions", self.string),
             git_commit=self.get(d, "git_commit", str, "git_commit", optional=True),
             git_dirty=self.get(d, "git_dirty", bool, "git_dirty", optional=True),

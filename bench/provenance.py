@@ -11,6 +11,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+import torch
+
 from bench.manifest import (AdapterRecord, GridRecord, Manifest, ModelRecord, ProtocolRecord,
                             PromptSetRecord)
 from bench.models import dtype_name
@@ -35,6 +37,7 @@ def manifest(p: RunPlan) -> Manifest:
                           for s in p.prompt_sets),
         grid=GridRecord(len(p.grid), p.spec.shard),  # the whole run's, in any shard
         device=str(p.pipe.device),
+        threads=torch.get_num_threads(),
         versions=versions(),
         git_commit=git_commit(),
         git_dirty=git_dirty(),

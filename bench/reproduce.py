@@ -130,6 +130,21 @@ def differences(manifest: Manifest, p: RunPlan) -> list[Difference]:
     return out
 
 
+def pin_threads(manifest: Manifest, device: str) -> str | None:
+    """A CPU run reproduced on the CPU computes with the thread count it recorded: torch splits
+    the UNet's and the scorers' sums by thread, so at another count a few 8-bit values of the
+    images and the last digits of scores differ (results/world/README.md). Returns the note."""
+    import torch
+
+    recorded, here = manifest.threads, torch.get_num_threads()
+    cpu = manifest.device.startswith("cpu") and device.startswith("cpu")
+    if not cpu or recorded is None or recorded == here:
+        return None
+    torch.set_num_threads(recorded)
+    return (f"torch threads {here} here, {recorded} in the manifest: set to {recorded}, as images "
+            f"and scores depend on it in their last bits")
+
+
 def scorer_drift(source: Path, p: RunPlan) -> list[Difference]:
     """The original run's scorer set-ups (`report/scoring.json`) against this machine's, for the
     scorers it recorded: another weight fingerprint, or a scorer it used that is skipped here,
@@ -218,6 +233,9 @@ def reproduce(source: Path, out: Path | None = None, allow_drift: bool = False,
     if not found and not quiet:
         print("prompt sets, model, methods, scorers, versions and device match the manifest",
               file=sys.stderr)
+    note = pin_threads(manifest, str(p.pipe.device))
+    if note:
+        print(f"bench: note: {note}", file=sys.stderr)
     runner.execute(p, quiet=quiet)
     store = RunStore(out)
     store.write_manifest(dataclasses.replace(store.manifest(), reproduces=Reproduction(
