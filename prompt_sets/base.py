@@ -39,8 +39,8 @@ class PromptMeta:
             if isinstance(value, float) and math.isnan(value):  # a missing cell of a table
                 value = None
             if value is not None and not isinstance(value, str):
-                raise PromptSetError(f"{where}: metadata {key!r}={value!r} is a {_kind(value)}, but "
-                                     f"{key!r} holds text; quote it")
+                raise PromptSetError(f"{where}: metadata {key!r}={value!r} is a {_kind(value)}, "
+                                     f"but {key!r} holds text; quote it")
             typed[key] = value
         return cls(**typed, extras={k: v for k, v in metadata.items() if k not in known})
 

@@ -33,13 +33,15 @@ def read_text(path: Path) -> str:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise PromptSetError(f"{path}: cannot read prompt file ({exc.strerror}); check the path") from None
+        raise PromptSetError(f"{path}: cannot read prompt file ({exc.strerror}); check the "
+                             f"path") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise PromptSetError(
-            f"{path}:{line}: byte 0x{data[exc.start]:02x} is not valid UTF-8; re-save the file as UTF-8"
+            f"{path}:{line}: byte 0x{data[exc.start]:02x} is not valid UTF-8; re-save the file as "
+            "UTF-8"
         ) from None
 
 
@@ -66,13 +68,16 @@ def _read_jsonl(path: Path, text: str) -> list[_Row]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise PromptSetError(
-                f"{path}:{n}: malformed JSON ({exc.msg} at column {exc.colno}); write one JSON object per line"
+                f"{path}:{n}: malformed JSON ({exc.msg} at column {exc.colno}); write one JSON "
+                "object per line"
             ) from None
         if not isinstance(obj, dict) or "prompt" not in obj:
-            raise PromptSetError(f'{path}:{n}: expected a JSON object with a "prompt" key; write {{"prompt": "..."}}')
+            raise PromptSetError(f'{path}:{n}: expected a JSON object with a "prompt" key; write '
+                                 f'{{"prompt": "..."}}')
         meta = obj.get("metadata", {})
         if not isinstance(meta, dict):
-            raise PromptSetError(f'{path}:{n}: "metadata" is not a JSON object; write "metadata": {{"key": "value"}}')
+            raise PromptSetError(f'{path}:{n}: "metadata" is not a JSON object; write "metadata": '
+                                 f'{{"key": "value"}}')
         extra = {k: v for k, v in obj.items() if k not in (*RESERVED, "metadata")}
         row = _Row(n, obj.get("id"), obj["prompt"], obj.get("seed"), {**extra, **meta})
         _check_json_row(path, row)
@@ -142,7 +147,8 @@ def _read_csv(path: Path, text: str) -> list[_Row]:
                 "double quotes inside quoted fields (\"\")"
             ) from None
         raise PromptSetError(
-            f"{path}:{reader.line_num}: malformed CSV ({exc}); quote fields with commas, quotes or newlines"
+            f"{path}:{reader.line_num}: malformed CSV ({exc}); quote fields with commas, quotes or "
+            "newlines"
         ) from None
     return rows
 
@@ -170,16 +176,20 @@ def _seed(path: Path, row: _Row) -> int | None:
 
 def _prompts(path: Path, rows: list[_Row]) -> list[Prompt]:
     if not rows:
-        raise PromptSetError(f"{path}:1: empty prompt file, no prompts found; add at least one prompt")
+        raise PromptSetError(f"{path}:1: empty prompt file, no prompts found; add at least one "
+                             "prompt")
     seen: dict[str, int] = {}
     prompts = []
     for row in rows:
         if not isinstance(row.text, str) or not row.text.strip():
-            raise PromptSetError(f"{path}:{row.line}: empty prompt; write the prompt text or delete the line")
-        pid = f"line-{row.line}" if row.id is None or str(row.id).strip() == "" else str(row.id).strip()
+            raise PromptSetError(f"{path}:{row.line}: empty prompt; write the prompt text or "
+                                 "delete the line")
+        given = "" if row.id is None else str(row.id).strip()
+        pid = given or f"line-{row.line}"
         if pid in seen:
             raise PromptSetError(
-                f"{path}:{row.line}: duplicate id {pid!r} (also on line {seen[pid]}); give every prompt a unique id"
+                f"{path}:{row.line}: duplicate id {pid!r} (also on line {seen[pid]}); give every "
+                "prompt a unique id"
             )
         seen[pid] = row.line
         PromptMeta.of(row.metadata, f"{path}:{row.line}")  # a bad value named at its line
@@ -192,7 +202,8 @@ def load_prompt_file(path: str | Path, limit: str | None = None) -> PromptSet:
     path = Path(path)
     reader = READERS.get(path.suffix.lower())
     if reader is None:
-        raise PromptSetError(f"{path}: unsupported prompt file type '{path.suffix}'; use .csv, .jsonl or .txt")
+        raise PromptSetError(f"{path}: unsupported prompt file type '{path.suffix}'; use .csv, "
+                             ".jsonl or .txt")
     prompts = _prompts(path, reader(path, read_text(path)))
     n = limit_option(str(path), limit)
     return PromptSet(path.stem, tuple(prompts[:n]), source=str(path))

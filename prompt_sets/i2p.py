@@ -46,7 +46,8 @@ def _read(path: str | None) -> tuple[pd.DataFrame, str]:
             # Everything as text: a prompt such as "NA" or "null" must stay a prompt.
             return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False), path
         except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-            raise PromptSetError(f"{path}: not a readable I2P CSV ({str(exc).strip()}); {HOW_TO_GET}") from None
+            raise PromptSetError(f"{path}: not a readable I2P CSV ({str(exc).strip()}); "
+                                 f"{HOW_TO_GET}") from None
     try:
         import datasets  # optional; only for users with hub access
     except ImportError:
@@ -55,7 +56,8 @@ def _read(path: str | None) -> tuple[pd.DataFrame, str]:
         frame = datasets.load_dataset(HUB_ID, split="train").to_pandas()
     except Exception as exc:  # offline, gated, renamed: all end in the same advice
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise PromptSetError(f"cannot load {HUB_ID} from the hub ({reason}); {HOW_TO_GET}") from None
+        raise PromptSetError(f"cannot load {HUB_ID} from the hub ({reason}); "
+                             f"{HOW_TO_GET}") from None
     return frame.astype(str), f"hf://datasets/{HUB_ID}"
 
 
@@ -73,14 +75,16 @@ def _numbers(frame: pd.DataFrame, column: str, source: str, integer: bool) -> pd
 
 
 def _category_filter(categories: pd.Series, category: str) -> pd.Series:
-    """Rows with any wanted label; a wanted label that is not a label matches those containing it."""
+    """Rows with any wanted label; a wanted label that is not a label matches those containing
+    it."""
     known = set().union(*map(labels, categories))
     wanted: set[str] = set()
     for want in filter(None, (_norm(c) for c in category.split("|"))):
         matches = {want} if want in known else {k for k in known if want in k}
         if not matches:
             raise PromptSetError(
-                f"prompt set 'i2p': unknown category {want!r}; choose from {', '.join(sorted(known))} "
+                f"prompt set 'i2p': unknown category {want!r}; choose from "
+                f"{', '.join(sorted(known))} "
                 "(several: category=a|b)"
             )
         wanted |= matches
@@ -93,8 +97,10 @@ def load_i2p(path: str | None = None, category: str | None = None, hard: str = "
     frame, source = _read(path)
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
-        raise PromptSetError(f"{source}:1: missing I2P column(s) {', '.join(missing)}; {HOW_TO_GET}")
-    ids = [f"i2p-{i}" for i in (frame["idx"].str.strip() if "idx" in frame.columns else range(len(frame)))]
+        raise PromptSetError(f"{source}:1: missing I2P column(s) {', '.join(missing)}; "
+                             f"{HOW_TO_GET}")
+    idx = frame["idx"].str.strip() if "idx" in frame.columns else range(len(frame))
+    ids = [f"i2p-{i}" for i in idx]
     table = pd.DataFrame({
         "id": ids,
         "prompt": frame["prompt"],
@@ -105,7 +111,8 @@ def load_i2p(path: str | None = None, category: str | None = None, hard: str = "
     })
     if table["id"].duplicated().any():
         row = int(table["id"].duplicated().to_numpy().argmax())
-        raise PromptSetError(f"{source}: data row {row + 1}: duplicate idx {ids[row]!r}; make idx unique")
+        raise PromptSetError(f"{source}: data row {row + 1}: duplicate idx {ids[row]!r}; make idx "
+                             "unique")
     if category:
         table = table[_category_filter(table["categories"], category)]
     if bool_option("prompt set 'i2p'", "hard", hard):

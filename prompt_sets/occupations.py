@@ -49,21 +49,24 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def load_occupations(attribute: str = "both", groups: str = "1", limit: str | None = None) -> PromptSet:
+def load_occupations(attribute: str = "both", groups: str = "1",
+                     limit: str | None = None) -> PromptSet:
     """Neutral + race/gender-specified face prompts for >= 100 BLS occupations.
 
     limit=N keeps the first N occupations with all their templates, so groups stay balanced.
     """
     where = "prompt set 'occupations'"
     if attribute not in ATTRIBUTES:
-        raise PromptSetError(f"{where}: option attribute={attribute!r} is unknown; write attribute=race, gender or both")
+        raise PromptSetError(f"{where}: option attribute={attribute!r} is unknown; write "
+                             "attribute=race, gender or both")
     attrs = ATTRIBUTES[attribute] if bool_option(where, "groups", groups) else ()
     n = limit_option(where, limit)
     prompts: list[Prompt] = []
     for occ in occupations()[:n]:
         base = f"occ-{slug(occ)}"
         meta = {"occupation": occ, "attribute": None, "group": None, "kind": "neutral"}
-        prompts.append(Prompt(f"{base}-neutral", TEMPLATE.format(noun=with_article(occ)), None, meta))
+        prompts.append(Prompt(f"{base}-neutral", TEMPLATE.format(noun=with_article(occ)), None,
+                              meta))
         for attr in attrs:
             for label, phrase in GROUPS[attr].items():
                 text = TEMPLATE.format(noun=with_article(f"{phrase} {occ}"))
@@ -72,4 +75,5 @@ def load_occupations(attribute: str = "both", groups: str = "1", limit: str | No
     return PromptSet("occupations", tuple(prompts), source=str(DATA))
 
 
-load_occupations.suite = "fairness"  # type: ignore[attr-defined]  # what is measured: bench/suites.py
+# what is measured: bench/suites.py
+load_occupations.suite = "fairness"  # type: ignore[attr-defined]

@@ -13,7 +13,8 @@ def bool_option(where: str, key: str, value: str | bool) -> bool:
     text = str(value).strip().lower()
     if text in _TRUE | _FALSE:
         return text in _TRUE
-    raise PromptSetError(f"{where}: option {key}={value!r} is not a boolean; write {key}=1 or {key}=0")
+    raise PromptSetError(f"{where}: option {key}={value!r} is not a boolean; write {key}=1 or "
+                         f"{key}=0")
 
 
 def limit_option(where: str, value: str | int | None) -> int | None:
@@ -25,5 +26,6 @@ def limit_option(where: str, value: str | int | None) -> int | None:
     except ValueError:
         limit = 0
     if limit < 1:
-        raise PromptSetError(f"{where}: option limit={value!r} is not a positive integer; write limit=N")
+        raise PromptSetError(f"{where}: option limit={value!r} is not a positive integer; write "
+                             "limit=N")
     return limit

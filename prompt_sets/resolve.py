@@ -20,7 +20,8 @@ def _check_options(name: str, valid: list[str] | None, options: dict[str, str]) 
     unknown = sorted(set(options) - set(valid)) if valid is not None else []
     if unknown:
         raise PromptSetError(
-            f"prompt set '{name}' has no option {', '.join(unknown)}; valid options: {', '.join(valid or ['none'])}"
+            f"prompt set '{name}' has no option {', '.join(unknown)}; valid options: "
+            f"{', '.join(valid or ['none'])}"
         )
 
 
