@@ -242,7 +242,8 @@ def nonnegative_float(text: str) -> float:
 
 
 class TrainingError(ModelError):
-    """A training run that cannot go on (a non-finite loss): one line naming the step and the fix."""
+    """A training run that cannot go on (a non-finite loss): one line naming the step and the
+    fix."""
 
 
 def check_finite(method: str, value: float, what: str, fix: str) -> None:

@@ -235,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     tail = max(1, len(losses) // 10)
     card: dict[str, Any] = {"method": "esd", "model": a.model, "model_fingerprint": fingerprint(pipe),
                             "architecture": architecture(pipe),
-                            "attribute": a.name or "erase", **asdict(cfg), "dtype": dtype_name(pipe),
+                            "attribute": a.name or "erase", **asdict(cfg),
+                            "dtype": dtype_name(pipe),
                             "parameters": len(deltas),
                             "values": int(sum(d.numel() for d in deltas.values())),
                             "loss_first_tenth": round(float(np.mean(losses[:tail])), 6),

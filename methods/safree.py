@@ -242,7 +242,8 @@ class SAFREE(Adapter):
     def release(self, pipe: Any) -> None:
         self._pipe, self._p_concept = None, None
 
-    def warnings(self, pipe: Any, model_fp: str, guidance: Sequence[float], steps: int) -> list[str]:
+    def warnings(self, pipe: Any, model_fp: str, guidance: Sequence[float],
+                 steps: int) -> list[str]:
         # A token is a trigger when its masked distance exceeds the others' mean by alpha (1%);
         # bfloat16's text encoder moves those distances by about as much (float16 does not:
         # tests/test_dtype_methods.py).

@@ -80,7 +80,8 @@ def test_esd_in_half_precision_moves_images_as_in_float32():
     # 0.9997 (float16) and 0.992 (bfloat16) measured; a delta lost to rounding would give ~0.
     for dtype in HALF:
         assert np.corrcoef(effect[dtype], effect["float32"])[0, 1] > 0.98, dtype
-        assert np.linalg.norm(effect[dtype]) == pytest.approx(np.linalg.norm(effect["float32"]), rel=0.05)
+        assert np.linalg.norm(effect[dtype]) == pytest.approx(np.linalg.norm(effect["float32"]),
+                                                              rel=0.05)
 
 
 # ---- SAFREE ------------------------------------------------------------------------------------
@@ -156,15 +157,18 @@ def fixed_checker(root, images):
     model = StableDiffusionSafetyChecker(CLIPConfig(
         text_config=tower, vision_config={**tower, "image_size": 32, "patch_size": 8},
         projection_dim=8)).eval()
-    extractor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    extractor = CLIPImageProcessor(size={"shortest_edge": 32},
+                                   crop_size={"height": 32, "width": 32})
     with torch.no_grad():
         for name in ("concept_embeds", "special_care_embeds"):
             getattr(model, name).copy_(torch.randn_like(getattr(model, name)))
         model.special_care_embeds_weights.fill_(10.0)  # never: cos <= 1
         model.concept_embeds_weights.fill_(10.0)
-        pooled = model.vision_model(extractor(numpy_to_pil(images), return_tensors="pt").pixel_values)[1]
+        pixels = extractor(numpy_to_pil(images), return_tensors="pt").pixel_values
+        pooled = model.vision_model(pixels)[1]
         emb = torch.nn.functional.normalize(model.visual_projection(pooled))
-        cos = (emb @ torch.nn.functional.normalize(model.concept_embeds[:1]).T).flatten().sort().values
+        concept = torch.nn.functional.normalize(model.concept_embeds[:1])
+        cos = (emb @ concept.T).flatten().sort().values
         n = len(cos)
         gaps = cos[n // 4 + 1:3 * n // 4 + 1] - cos[n // 4:3 * n // 4]
         i = n // 4 + int(gaps.argmax())
@@ -196,7 +200,8 @@ def test_checker_flags_on_a_fixed_batch_are_the_same_in_every_dtype(tiny_pipe, t
             **tiny_pipe.components,
             "safety_checker": StableDiffusionSafetyChecker.from_pretrained(
                 tmp_path / "safety_checker", torch_dtype=getattr(torch, dtype)),
-            "feature_extractor": CLIPImageProcessor.from_pretrained(tmp_path / "feature_extractor")})
+            "feature_extractor": CLIPImageProcessor.from_pretrained(
+                tmp_path / "feature_extractor")})
         ref_images, ref_flags = ref.run_safety_checker(fixed.copy(), "cpu", getattr(torch, dtype))
         assert flags[dtype].tolist() == list(ref_flags), dtype
         np.testing.assert_array_equal(images, ref_images)
