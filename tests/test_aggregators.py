@@ -35,7 +35,8 @@ GENDER = ["male", "female"]
 
 
 def test_parity_hand_values_and_scipy_references():
-    t = table({"baseline": [["male", "male", "female", None], ["male", "female", "female", "female"]]})
+    t = table({"baseline": [["male", "male", "female", None],
+                            ["male", "female", "female", "female"]]})
     agg = Parity("face.gender", GENDER, "gender")
     cells = agg.compute(t)["baseline"]
     p = np.array([[2 / 3, 1 / 3], [1 / 4, 3 / 4]])  # per-prompt proportions
@@ -97,7 +98,8 @@ def test_parity_one_prompt_and_one_image():
     assert c == Cell(math.sqrt(0.5), math.sqrt(0.5), math.sqrt(0.5), 1)
 
 
-@pytest.mark.parametrize("correction, adjusted", [("holm", [2 / 64 * 2, 1.0]), ("bh", [2 / 64 * 2, 1.0])])
+@pytest.mark.parametrize("correction, adjusted", [("holm", [2 / 64 * 2, 1.0]),
+                                                   ("bh", [2 / 64 * 2, 1.0])])
 def test_parity_paired_comparison_with_correction(correction, adjusted):
     biased = [["male"] * 4] * 6  # parity sqrt(1/2) in every prompt
     fair = [["male", "female"] * 2] * 6  # parity 0
@@ -134,7 +136,8 @@ def test_parity_holm_and_bh_on_hand_example():
     assert holm["b"]["parity_l2_p[gender]"].value == pytest.approx(2 * pa)
     assert bh["a"]["parity_l2_p[gender]"].value == pytest.approx(pb)
     assert bh["b"]["parity_l2_p[gender]"].value == pytest.approx(pb)
-    assert holm["a"]["parity_l2_diff[gender]"].value == pytest.approx(units["a"].mean() * math.sqrt(2) / 8)
+    assert holm["a"]["parity_l2_diff[gender]"].value == pytest.approx(
+        units["a"].mean() * math.sqrt(2) / 8)
 
 
 def test_parity_unmatched_seeds_are_noted():
@@ -154,7 +157,8 @@ def test_parity_confusion_correction_hand_value():
     assert cells["parity_l2[gender]"].value == pytest.approx(math.sqrt(2) * 0.3)
     assert cells["parity_l2_corrected[gender]"].value == pytest.approx(math.sqrt(0.5))
     assert cells["norm_entropy_corrected[gender]"].value == pytest.approx(0)
-    np.testing.assert_allclose(agg.proportions(t, corrected=True).loc["baseline"], [1, 0], atol=1e-12)
+    np.testing.assert_allclose(agg.proportions(t, corrected=True).loc["baseline"], [1, 0],
+                               atol=1e-12)
     ident = Parity("face.gender", GENDER, "gender", confusion=np.eye(2)).compute(t)["baseline"]
     assert ident["kl_uniform_corrected[gender]"] == ident["kl_uniform[gender]"]
 

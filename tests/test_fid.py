@@ -18,7 +18,8 @@ from bench.metrics import fid
 COCO = Path(__file__).resolve().parents[2] / "shared/data/coco_30k.csv"
 
 
-def exact_gaussian(rng: np.random.Generator, n: int, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
+def exact_gaussian(rng: np.random.Generator, n: int, mean: np.ndarray,
+                   cov: np.ndarray) -> np.ndarray:
     """n samples whose sample mean and (n-1)-normalised covariance are exactly mean and cov."""
     z = rng.standard_normal((n, len(mean)))
     z -= z.mean(0)
@@ -87,7 +88,8 @@ def test_kid_is_torch_fidelitys_unbiased_mmd_and_its_se_covers() -> None:
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     """A state dict with exactly the keys and shapes of weights-inception-2015-12-05-6726825d.pth
-    (the module's own, built without loading), random He-normal convolutions so features are O(1)."""
+    (the module's own, built without loading), random He-normal convolutions so features are
+    O(1)."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3 as Net
 
     with mock.patch.object(Net, "load_state_dict", lambda self, sd: None), \
@@ -269,4 +271,5 @@ def feature_aggregators(table: pd.DataFrame) -> list:
     from bench.report.boards import plan
     from bench.suites import SUITES
 
-    return [a for a in plan(table, SUITES.get("fairness")).aggregators if not isinstance(a, Latency)]
+    return [a for a in plan(table, SUITES.get("fairness")).aggregators
+            if not isinstance(a, Latency)]

@@ -21,7 +21,8 @@ from bench.metrics.hpsv2 import FILES, HPSv2
 SMALL = "ViT-S-32"
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073])[:, None, None]
 STD = torch.tensor([0.26862954, 0.26130258, 0.27577711])[:, None, None]
-PROMPTS = ["a photo of a doctor", "an oil painting of a lighthouse at dusk", "a photo of a nurse " * 30]
+PROMPTS = ["a photo of a doctor", "an oil painting of a lighthouse at dusk",
+           "a photo of a nurse " * 30]
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,8 @@ def test_hpsv2_cell_in_a_run(published, tmp_path):
     (tmp_path / "p.txt").write_text("a photo of a doctor\na photo of a nurse\n")
     out = tmp_path / "run"
     assert main(["run", "--model", "tiny-random", "--steps", "3", "--quiet", "--samples", "2",
-                 "--prompt-set", str(tmp_path / "p.txt"), "--methods", "baseline", "--out", str(out),
+                 "--prompt-set", str(tmp_path / "p.txt"), "--methods", "baseline",
+                 "--out", str(out),
                  "--metrics", f"hpsv2:weights={path},model={SMALL}"]) == 0
     board = pd.read_csv(out / "leaderboard.csv")
     cell = board[board.metric == "hpsv2"].iloc[0]

@@ -33,10 +33,12 @@ def published(tmp_path_factory):
     root = tmp_path_factory.mktemp("pickscore")
     torch.manual_seed(0)
     config = CLIPConfig(
-        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         vocab_size=49408, max_position_embeddings=77, hidden_act="gelu"),
-        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=224, patch_size=32, hidden_act="gelu"),
+        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, vocab_size=49408, max_position_embeddings=77,
+                         hidden_act="gelu"),
+        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, image_size=224, patch_size=32,
+                           hidden_act="gelu"),
         projection_dim=32, logit_scale_init_value=4.6052)
     net = CLIPModel(config).eval().requires_grad_(False)
     net.save_pretrained(root / "model", safe_serialization=True)
@@ -78,9 +80,11 @@ def test_pickscore_equals_the_model_card_formula(published):
 
     from bench.models import clip_tokenizer
 
-    tokens = clip_tokenizer()(PROMPTS, padding=True, truncation=True, max_length=77, return_tensors="pt")
+    tokens = clip_tokenizer()(PROMPTS, padding=True, truncation=True, max_length=77,
+                              return_tensors="pt")
     with torch.no_grad():
-        image_emb = net.vision_model(pixel_values=torch.stack([reference_pixels(im) for im in images])).pooler_output
+        pixels = torch.stack([reference_pixels(im) for im in images])
+        image_emb = net.vision_model(pixel_values=pixels).pooler_output
         image_emb = net.visual_projection(image_emb)
         text_emb = net.text_projection(net.text_model(**tokens).pooler_output)
     cos = torch.nn.functional.cosine_similarity(image_emb, text_emb, dim=-1)
