@@ -15,12 +15,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from bench.adapter import Adapter, Batch
 from bench.grid import WorkItem, batches, prompt_sha256
 from bench.planning import RunPlan
-from bench.sampler import Adapter, Batch, NonFiniteError, sample, to_uint8
+from bench.sampler import NonFiniteError, sample, to_uint8
 from bench.scoring import ScoringJob, chunks, score_rows
 from bench.spec import SamplerSpec
 from bench.store import RunStore
@@ -130,7 +132,9 @@ class Writer:
         self._slots = threading.BoundedSemaphore(max(1, depth))
         self._futures: set[Future] = set()
 
-    def put(self, key: str, image: Any, rec: dict) -> None:
+    def put(self, key: str, image: np.ndarray, rec: dict) -> None:
+        """Queue one image: (H, W, 3) uint8, or float in [0, 1] as the sampler returns it, then
+        converted to 8 bits (`to_uint8`) on a writer thread."""
         self._raise_first_error()
         self._slots.acquire()
         try:
@@ -139,9 +143,9 @@ class Writer:
             self._slots.release()
             raise
 
-    def _put(self, key: str, image: Any, rec: dict) -> None:
+    def _put(self, key: str, image: np.ndarray, rec: dict) -> None:
         try:
-            self.store.put(key, image, rec)
+            self.store.put(key, image if image.dtype == np.uint8 else to_uint8(image), rec)
         finally:
             self._slots.release()
 
@@ -237,7 +241,9 @@ def write_batch(pipe: Any, adapters: Sequence[Adapter], chunk: Sequence[WorkItem
                         height=settings.height, width=settings.width,
                         negative_prompt=settings.sampler.negative_prompt,
                         guidance_rescale=settings.sampler.guidance_rescale)
-        pixels = to_uint8(result.images)
+        # Through the writer, the 8-bit conversion runs on its threads, off the generating one
+        # (sample() has already refused non-finite pixels).
+        pixels = result.images if writer is not None else to_uint8(result.images)
     except NonFiniteError as exc:
         raise exc.naming(chunk[0].method, [(w.prompt.id, w.seed) for w in chunk],
                          settings.dtype) from None

@@ -48,6 +48,22 @@ def test_put_blocks_when_depth_images_are_queued():
     assert store.started == list("abcd")
 
 
+def test_float_images_are_stored_as_the_sampler_rounds_them(tmp_path):
+    """A float image is converted on the writer's thread exactly as to_uint8 (diffusers'
+    rounding) converts it on the generating one."""
+    from bench.sampler import to_uint8
+
+    rng = np.random.default_rng(0)
+    image = rng.random((8, 8, 3), dtype=np.float32)
+    image[0, 0] = [0.0, 1.0, 127.5 / 255]
+    store = RunStore(tmp_path / "r")
+    with Writer(store, depth=2, threads=1) as writer:
+        writer.put("k", image, {"key": "k"})
+    stored = np.asarray(store.load_image("k"))
+    assert np.array_equal(stored, to_uint8(image))
+    assert stored[0, 0].tolist() == [0, 255, int(np.round(np.float32(127.5 / 255) * 255))]
+
+
 def test_a_write_error_is_raised_whole_in_the_generating_thread(tmp_path):
     class FullDisk(RunStore):
         def put(self, key, image, record):
