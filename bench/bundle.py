@@ -128,7 +128,7 @@ def _write_zip(out: Path, files: dict[str, Path], info: bytes) -> None:
 
 # --- reading ---------------------------------------------------------------------------------
 # Bundles are untrusted: what they may expand to is capped before anything is read. A bench
-# bundle's entries (PNG, parquet, JSON, HTML) compress at most ~10:1 (results/world/bundle.zip:
+# bundle's entries (PNG, parquet, JSON, HTML) compress at most ~10:1 (the reference bundle:
 # 1.3:1 overall, 4.9:1 at most), so an entry expanding more than 100:1 is a zip bomb. The total
 # cap can be raised for `--images all` bundles of large runs.
 MAX_BYTES_ENV = "BENCH_BUNDLE_MAX_BYTES"

@@ -103,7 +103,7 @@ class Manifest:
     git_dirty: bool | None = None
     reproduces: Reproduction | None = None
     # torch's intra-op threads: on the CPU they split the kernels' sums, so images and scores
-    # depend on them in their last bits (results/world/README.md); None: not recorded
+    # depend on them in their last bits (measured on the reference run); None: not recorded
     threads: int | None = None
     version: int = VERSION
     extras: Mapping[str, Any] = field(default_factory=dict)  # keys this bench does not know

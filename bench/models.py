@@ -109,7 +109,7 @@ def apply_options(pipe: Any, options: Sequence[str] = ()) -> None:
     `compile`: torch.compile of the UNet in place (`nn.Module.compile`, mode default,
     fullgraph=False), so `pipe.unet` stays the UNet: its config, hooks on the module itself and
     in-place weight edits (uce, weights) work as uncompiled; each new input shape or grad mode
-    compiles again (the world: ~50 s on an idle CPU core)."""
+    compiles again (the synthetic model: ~50 s on an idle CPU core)."""
     for name in ("slicing", "tiling"):
         if f"vae_{name}" in options:
             enable = getattr(pipe.vae, f"enable_{name}", None)

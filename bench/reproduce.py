@@ -133,7 +133,8 @@ def differences(manifest: Manifest, p: RunPlan) -> list[Difference]:
 def pin_threads(manifest: Manifest, device: str) -> str | None:
     """A CPU run reproduced on the CPU computes with the thread count it recorded: torch splits
     the UNet's and the scorers' sums by thread, so at another count a few 8-bit values of the
-    images and the last digits of scores differ (results/world/README.md). Returns the note."""
+    images and the last digits of scores differ (measured on the reference run). Returns the
+    note."""
     import torch
 
     recorded, here = manifest.threads, torch.get_num_threads()

@@ -123,7 +123,7 @@ def warn(message: str) -> None:
 
 
 # zlib level of the PNGs (lossless at every level: pixels never change, file bytes do).
-# Measured on 512 px world portraits (benchmarks/bench_pipeline.py, one core, loaded machine):
+# Measured on 512 px synthetic portraits (benchmarks/bench_pipeline.py, one core, loaded machine):
 # level 1 encodes in 0.6x the time of PIL's default 6 for 1.13x the bytes.
 PNG_COMPRESS_LEVEL = 1
 

@@ -1,7 +1,7 @@
 """Checkpoints of trained methods: where they are found and how they are checked.
 
 A checkpoint is a directory holding `card.json` (what it was trained for) and its weights. A
-method takes `checkpoint=DIR`, or uses the one the model ships: the synthetic world's loader sets
+method takes `checkpoint=DIR`, or uses the one the model ships: a model's loader may set
 `pipe.bench_checkpoints_dir`, under which `<method>-<attribute>/` directories live.
 """
 from __future__ import annotations
@@ -26,8 +26,8 @@ class CheckpointError(ModelError):
 
 
 def shipped_checkpoints(pipe: Any, method: str) -> list[Path]:
-    """`<pipe.bench_checkpoints_dir>/<method>-*/` directories with a card (the synthetic world's
-    loader sets `bench_checkpoints_dir`; other models ship none)."""
+    """`<pipe.bench_checkpoints_dir>/<method>-*/` directories with a card (a model's
+    loader may set `bench_checkpoints_dir`; most models ship none)."""
     base = getattr(pipe, "bench_checkpoints_dir", None)
     if not base:
         return []

@@ -54,7 +54,7 @@ FACE_TEMPLATES = ("a photo of the face of {noun}", "a portrait photo of {noun}")
 
 def attribute_specs() -> dict[str, AttributeSpec]:
     """race/gender as the `occupations` prompt set phrases them (FairFace's 7 race groups), skin
-    as the synthetic world's captions do ("a photo of a doctor with dark skin")."""
+    as portrait captions do ("a photo of a doctor with dark skin")."""
     from bench.prompt_sets.occupations import GROUPS
 
     def spec(groups: dict[str, str], pattern: str, templates: tuple[str, ...]) -> AttributeSpec:
@@ -94,7 +94,7 @@ def conditioning_width(pipe: Any) -> int:
 
 def default_occupations(pipe: Any) -> list[str]:
     """Training occupations: those the model declares (`pipe.bench_occupations`: a model that
-    knows only a few, like the synthetic world), else the `occupations` prompt set's."""
+    knows only a few), else the `occupations` prompt set's."""
     own = getattr(pipe, "bench_occupations", None)
     if own:
         return list(own)

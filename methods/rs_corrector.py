@@ -108,7 +108,7 @@ def load_preference(path: Any, card: dict[str, Any], device: Any = "cpu") -> Pre
 class RSCorrectorParams:
     checkpoint: str = ""  # a `bench train rs-corrector` directory; "" -> the model's default
     attribute: str = ""  # which default checkpoint (rs-corrector-<attribute>); "" -> the only one
-    # Defaults chosen on the synthetic world (25 DDIM steps, guidance 7.5, 32 images per neutral
+    # Defaults chosen on the synthetic model (25 DDIM steps, guidance 7.5, 32 images per neutral
     # prompt; docs/methods.md has the sweep). Raw gradient steps are heavy-tailed (median RMS
     # 0.002, max 1.6 at eta=4): the few huge ones flip groups and break faces, the rest do
     # nothing; normalised steps move every image alike and keep faces. Without keep_norm the
@@ -160,8 +160,8 @@ class RSCorrector(CheckpointedAdapter):
 
     def warnings(self, pipe: Any, model_fp: str, guidance: Sequence[float], steps: int) -> list[str]:
         """R knows only the trajectories it was trained on: another guidance, step count or model
-        puts its inputs off that distribution (at guidance 1 the world's R loses 23 points of
-        occupation accuracy; docs/methods.md)."""
+        puts its inputs off that distribution (at guidance 1 the synthetic model's R loses 23
+        points of occupation accuracy; docs/methods.md)."""
         path = resolve_checkpoint(self.name, self.params.checkpoint, self.params.attribute, pipe)
         if path is None:  # skipped: nothing to warn about
             return []

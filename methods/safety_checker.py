@@ -8,7 +8,7 @@ a flagged image is stored black and recorded as filtered (`filtered` in its reco
 images.parquet), counted in the `filtered_rate` column and left out of the quality means and FID.
 
 A model may bring its own checker instead: `pipe.bench_safety_checker`, a callable from float
-images (B, H, W, 3) in [0, 1] to a boolean flag per image (the synthetic world sets its hazard
+images (B, H, W, 3) in [0, 1] to a boolean flag per image (a synthetic model may set its hazard
 detector there); flagged images are blacked out the same way.
 """
 from __future__ import annotations

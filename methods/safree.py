@@ -47,7 +47,7 @@ NUDITY = ("Sexual Acts", "Content Meant to Arouse Sexual Excitement", "Nudity", 
           "Erotic Art", "Lustful", "Seductive", "Orgasmic", "Libido", "Kinky", "Sexual Orientation",
           "Sexual Attraction", "Sexual Intercourse", "Sexual Pleasure", "Sexual Fantasy",
           "Carnal Desires", "Sexual Gratification")
-# Ours: the harness's safety concept (SLD's, which the world's hazard vocabulary is built from),
+# Ours: the harness's safety concept (SLD's),
 # one keyword per comma-separated phrase.
 SAFETY = tuple(w.strip() for w in DEFAULT_CONCEPT.removeprefix("an image showing ").split(","))
 PRESETS = {"safety": SAFETY, "nudity": NUDITY}

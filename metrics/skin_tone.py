@@ -16,8 +16,8 @@ swatches themselves (MST 1 has Cr 133.2, MST 10 Cr 130.8). Instead the pixels of
 within `max_delta_e` (CIE76) of the band's densest Lab colour are skin: eyes, brows, mouth, hair
 and background are the minority of the band and fall outside it.
 
-`fallback="center"` uses a fixed portrait box (the centre of the image, where the world and most
-portrait prompts put the face) when MTCNN finds no face; MTCNN rarely fires on the world's
+`fallback="center"` uses a fixed portrait box (the centre of the image, where most
+portrait prompts put the face) when MTCNN finds no face; MTCNN rarely fires on
 cartoon faces (probability < 0.9 on most 128-512 px renders). The default ("none") leaves such
 images unlabelled, as the other face-based classifiers do.
 """

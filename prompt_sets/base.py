@@ -20,7 +20,7 @@ class PromptSetError(ValueError):
 class PromptMeta:
     """What a prompt's metadata means to the grid, the scorers and the report. Each field is
     text or None; in the run's tables it is the column `meta.<field>` (`column`). Other keys a
-    prompt file carries (I2P's `hard`, the world's `hazard_rate`) are `extras`, kept as they are."""
+    prompt file carries (I2P's `hard`, `hazard_rate`) are `extras`, kept as they are."""
     kind: str | None = None  # sizes the grid (samples_by_kind): "neutral", "group", "hazard", ...
     occupation: str | None = None
     attribute: str | None = None  # the attribute a group-specified prompt names: "skin", "race"
