@@ -43,6 +43,8 @@ def listing(what: str) -> str:
         return _metrics_listing()
     if what == "suites":
         return _suites_listing()
+    if what == "plugins":
+        return _plugins_listing()
     registry = {"methods": METHODS, "metrics": METRICS, "prompt-sets": PROMPT_SETS}[what]
     entries = list(registry.items())
     width = max((len(n) for n, _ in entries), default=0) + 2
@@ -51,6 +53,23 @@ def listing(what: str) -> str:
         extra = _params(obj) + _sdxl(obj) if what == "methods" else ""
         kind = f"{_metric_kind(obj):<11}" if what == "metrics" else ""
         rows.append(f"{name:<{width}}{kind}{_first_line(obj)}{extra}")
+    return "\n".join(rows)
+
+
+def _plugins_listing() -> str:
+    """What plugins registered besides methods, metrics, prompt sets, models and suites: default
+    runs, commands and label-scorer calibrations."""
+    from bench.metrics.base import CALIBRATIONS
+    from bench.plugins import COMMANDS, DEFAULT_RUNS
+
+    rows = ["default runs (bench run with no --model):"]
+    rows += [f"  {n}: model {d.model}, prompt sets {', '.join(d.prompt_sets)}"
+             for n, d in DEFAULT_RUNS.items()] or ["  (none)"]
+    rows.append("commands (bench NAME ...):")
+    rows += [f"  {n}: {c.help}" for n, c in COMMANDS.items()] or ["  (none)"]
+    rows.append("calibrations (a label scorer's measured confusion counts):")
+    rows += [f"  {n}: {c.scorer} {c.attribute} ({', '.join(c.groups)}); {c.source}"
+             for n, c in CALIBRATIONS.items()] or ["  (none)"]
     return "\n".join(rows)
 
 

@@ -130,7 +130,7 @@ def parser() -> argparse.ArgumentParser:
                          epilog="examples:\n  bench list methods\n  bench list prompt-sets",
                          formatter_class=fmt)
     lst.add_argument("what", choices=["methods", "metrics", "prompt-sets", "models", "protocols",
-                                      "suites"])
+                                      "suites", "plugins"])
 
     gen = sub.add_parser("generate", help="one prompt, one seed, one method, to a PNG (debugging)",
                          epilog="example:\n  bench generate --model tiny-random --method sld-max "

@@ -73,6 +73,18 @@ def test_several_default_runs_ask_for_a_model(registries, capsys, tmp_path):
     assert "several plugins register a default run (other, world)" in err and "--model" in err
 
 
+def test_bench_list_plugins_shows_each_registered_entry(registries, monkeypatch, capsys):
+    DEFAULT_RUNS.register("other", DefaultRun("tiny-random", ("occupations",)))
+    monkeypatch.setattr(COMMANDS, "_entries", {})
+    assert main(["list", "plugins"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    runs = out[1:out.index("commands (bench NAME ...):")]
+    assert "  other: model tiny-random, prompt sets occupations" in runs
+    assert len(runs) == len(DEFAULT_RUNS.names())
+    assert out[out.index("commands (bench NAME ...):") + 1] == "  (none)"
+    cal = CALIBRATIONS.get("world-32px")
+    assert f"  world-32px: skin_tone skin ({', '.join(cal.groups)}); {cal.source}" in out
+
 def test_registries_refuse_what_they_do_not_hold(registries):
     with pytest.raises(RegistryTypeError, match="a bench.plugins.DefaultRun"):
         DEFAULT_RUNS.register("x", ("tiny-random",))
