@@ -35,3 +35,26 @@ def prompt_file(tmp_path):
         return path
 
     return make
+
+
+@pytest.fixture
+def install_plugin(tmp_path, monkeypatch):
+    """Put a third-party distribution on sys.path, as `pip install` would: `module`.py holding
+    `source` and a dist-info whose entry_points.txt is `entry_points`. The registries given load
+    their entry points again and are restored after the test."""
+    def install(module: str, source: str, entry_points: str, *registries) -> Path:
+        root = tmp_path / "plugin_src"
+        root.mkdir(exist_ok=True)
+        (root / f"{module}.py").write_text(source)
+        info = root / f"{module}-0.1.dist-info"
+        info.mkdir()
+        name = module.replace("_", "-")
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+        (info / "entry_points.txt").write_text(entry_points)
+        monkeypatch.syspath_prepend(str(root))
+        for reg in registries:
+            reg.names()
+            monkeypatch.setattr(reg, "_entries", dict(reg._entries))
+            monkeypatch.setattr(reg, "_plugins_loaded", False)
+        return root
+    return install

@@ -285,23 +285,18 @@ def test_html_report_escapes_prompts(tmp_path, prompt_file):
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
 
 
-def test_plugin_method_through_entry_point(tmp_path, prompts, monkeypatch):
-    pkg = tmp_path / "plugin_src"
-    pkg.mkdir()
-    (pkg / "my_plugin.py").write_text(
+def test_plugin_method_through_entry_point(tmp_path, prompts, install_plugin):
+    from bench.registry import METHODS
+
+    install_plugin(
+        "my_plugin",
         "from bench.adapter import Adapter\n"
         "class Darken(Adapter):\n"
         "    name = 'darken'\n"
         "    description = 'test plugin: scales the conditional embedding'\n"
         "    def encode(self, cond, batch):\n"
-        "        return cond * 0.5\n")
-    dist = pkg / "my_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[bench.methods]\ndarken = my_plugin:Darken\n")
-    monkeypatch.syspath_prepend(str(pkg))
-    from bench.registry import METHODS
-    monkeypatch.setattr(METHODS, "_plugins_loaded", False)
+        "        return cond * 0.5\n",
+        "[bench.methods]\ndarken = my_plugin:Darken\n", METHODS)
     out = tmp_path / "plug"
     assert main(["run", *FAST, "--methods", "baseline,darken", "--prompt-set", str(prompts),
                  "--samples", "1", "--out", str(out)]) == 0

@@ -96,23 +96,15 @@ def test_registries_refuse_what_they_do_not_hold(registries):
 
 # --------------------------------------------------------------------------------- commands
 
-def test_plugin_command_through_entry_point(tmp_path, monkeypatch, capsys):
-    pkg = tmp_path / "plugin_src"
-    pkg.mkdir()
-    (pkg / "hello_plugin.py").write_text(
+def test_plugin_command_through_entry_point(install_plugin, capsys):
+    install_plugin(
+        "hello_plugin",
         "from bench.plugins import Command\n"
         "COMMAND = Command(help='say hello', main='hello_plugin:main', epilog='example: bench hello x')\n"
         "def main(argv):\n"
         "    print('hello', argv)\n"
-        "    return 3\n")
-    dist = pkg / "hello_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: hello-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(
-        "[bench.commands]\nhello = hello_plugin:COMMAND\nrun = hello_plugin:COMMAND\n")
-    monkeypatch.syspath_prepend(str(pkg))
-    monkeypatch.setattr(COMMANDS, "_entries", {})
-    monkeypatch.setattr(COMMANDS, "_plugins_loaded", False)
+        "    return 3\n",
+        "[bench.commands]\nhello = hello_plugin:COMMAND\nrun = hello_plugin:COMMAND\n", COMMANDS)
     assert main(["hello", "a", "--flag"]) == 3
     assert capsys.readouterr().out == "hello ['a', '--flag']\n"
     assert main(["--help"]) == 0

@@ -140,16 +140,12 @@ SUITE = Suite("pink-suite", "redness", scorers={"*": ("plug-red",)},
 
 
 @pytest.fixture
-def plugin(tmp_path, monkeypatch):
-    """A distribution on sys.path whose entry points register a scorer, an aggregator, a prompt
-    set and the suite that ties them, as a third-party package would."""
+def plugin(install_plugin):
+    """A distribution whose entry points register a scorer, an aggregator, a prompt set and the
+    suite that ties them, as a third-party package would."""
     from bench.registry import METRICS, PROMPT_SETS
 
-    (tmp_path / "pink_plugin.py").write_text(PLUGIN)
-    info = tmp_path / "pink_plugin-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pink-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(textwrap.dedent("""\
+    return install_plugin("pink_plugin", PLUGIN, textwrap.dedent("""\
         [bench.metrics]
         plug-red = pink_plugin:Red
         plug-count = pink_plugin:Count
@@ -159,13 +155,7 @@ def plugin(tmp_path, monkeypatch):
 
         [bench.suites]
         pink-suite = pink_plugin:SUITE
-        """))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    for reg in (METRICS, PROMPT_SETS, SUITES):  # reload the entry points, undo afterwards
-        reg.names()
-        monkeypatch.setattr(reg, "_entries", dict(reg._entries))
-        monkeypatch.setattr(reg, "_plugins_loaded", False)
-    return tmp_path
+        """), METRICS, PROMPT_SETS, SUITES)
 
 
 def test_plugin_suite_reaches_the_leaderboard(plugin, tmp_path):
