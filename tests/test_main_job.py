@@ -200,14 +200,20 @@ def test_timing_for_another_guidance_or_no_rounds_falls_back_to_generation_times
     assert time_methods(clock.run, _batches(methods), 0).empty
 
 
-def test_run_times_methods_interleaved_and_the_leaderboard_says_so(tmp_path, prompt_file):
-    import pandas as pd
-
+def _tiny_run(prompt_file, tmp_path, methods: str):
+    """Two prompts x 2 samples of `methods` on tiny-random in batches of 3; the run directory."""
     prompts = prompt_file(["a photo of a doctor", "a photo of a nurse"])
     out = tmp_path / "run"
     assert main(["run", "--model", "tiny-random", "--steps", "2", "--metrics", "none", "--quiet",
-                 "--methods", "baseline,sld-max", "--prompt-set", str(prompts), "--samples", "2",
+                 "--methods", methods, "--prompt-set", str(prompts), "--samples", "2",
                  "--batch-size", "3", "--out", str(out)]) == 0
+    return out
+
+
+def test_run_times_methods_interleaved_and_the_leaderboard_says_so(tmp_path, prompt_file):
+    import pandas as pd
+
+    out = _tiny_run(prompt_file, tmp_path, "baseline,sld-max")
     timing = pd.read_parquet(out / "timing.parquet")
     assert list(timing["method"]) == ["baseline", "sld-max", "sld-max", "baseline"] * 2
     assert (timing["images"] == 3).all() and (timing["seconds"] > 0).all()
@@ -219,11 +225,7 @@ def test_run_times_methods_interleaved_and_the_leaderboard_says_so(tmp_path, pro
 
 def test_one_method_has_no_timing_phase(tmp_path, prompt_file):
     """Nothing to interleave with: latency from the generation's own times, no extra batches."""
-    prompts = prompt_file(["a photo of a doctor", "a photo of a nurse"])
-    out = tmp_path / "run"
-    assert main(["run", "--model", "tiny-random", "--steps", "2", "--metrics", "none", "--quiet",
-                 "--methods", "baseline", "--prompt-set", str(prompts), "--samples", "2",
-                 "--batch-size", "3", "--out", str(out)]) == 0
+    out = _tiny_run(prompt_file, tmp_path, "baseline")
     assert not (out / "timing.parquet").exists()
     assert "timed interleaved" not in (out / "leaderboard.md").read_text()
 
